@@ -1,0 +1,221 @@
+"""The unified vocabulary: disjoint id blocks per modality, their special tokens and task tokens.
+
+One object describes the whole id space; the pipeline, loader, trainer and sampler all read it,
+and it is serialised into manifests and checkpoints so that ids never silently change meaning.
+
+Layout (offsets grow in this order; the paper fixes the counts, not the order)::
+
+    text  block: [sentencepiece ids 0..T-1] BOS_text EOS_text MASK_text PAD
+    image block: [codebook 0..I-1]          BOS_image EOS_image MASK_image
+    audio block: [codes 0..A*levels-1]      BOS_audio EOS_audio MASK_audio
+    task  block: TASK_text TASK_image_text TASK_audio_text
+
+Inside every block the *predictable* ids (what the model may output at a position of that
+modality) are the codes plus BOS and EOS; MASK, PAD and task tokens are never targets.
+With the paper's sizes (T=100,277, I=16,384, A=1,024 shared by all levels) the total is 117,698.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+TEXT, IMAGE, AUDIO, TASK = 0, 1, 2, 3
+MODALITIES = ("text", "image", "audio")
+MODALITY_IDS = {"text": TEXT, "image": IMAGE, "audio": AUDIO}
+TASKS = ("text", "image_text", "audio_text")
+# Which media modality a task carries (text rows carry only text).
+TASK_MEDIA = {"text": TEXT, "image_text": IMAGE, "audio_text": AUDIO}
+
+
+@dataclass(frozen=True)
+class Block:
+    """A contiguous id range: ``codes`` content ids, then BOS, EOS, MASK (and PAD for text)."""
+
+    name: str
+    offset: int
+    codes: int
+    has_pad: bool = False
+
+    @property
+    def bos(self) -> int:
+        return self.offset + self.codes
+
+    @property
+    def eos(self) -> int:
+        return self.offset + self.codes + 1
+
+    @property
+    def mask(self) -> int:
+        return self.offset + self.codes + 2
+
+    @property
+    def pad(self) -> int:
+        if not self.has_pad:
+            raise AttributeError(f"block {self.name} has no PAD token")
+        return self.offset + self.codes + 3
+
+    @property
+    def size(self) -> int:
+        """All ids of the block, specials included."""
+        return self.codes + (4 if self.has_pad else 3)
+
+    @property
+    def predictable(self) -> int:
+        """Number of ids a position of this modality may be predicted as: codes, BOS, EOS."""
+        return self.codes + 2
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+@dataclass(frozen=True)
+class VocabLayout:
+    """Sizes and fingerprints of the three tokenizers; every id offset derives from them.
+
+    ``audio_levels`` is the number of residual codebooks kept (k). With ``audio_shared_block``
+    all levels share one ``audio_codes``-id range (the paper's choice: the level is known only
+    from its position); otherwise level j uses ids ``j*audio_codes .. (j+1)*audio_codes-1``.
+    """
+
+    text_codes: int
+    image_codes: int = 16384
+    audio_codes: int = 1024
+    audio_levels: int = 4
+    audio_shared_block: bool = True
+    fingerprints: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for name in ("text_codes", "image_codes", "audio_codes", "audio_levels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"VocabLayout.{name} must be a positive integer, got {value!r}")
+
+    # ---- blocks -------------------------------------------------------------------------
+    @property
+    def text(self) -> Block:
+        return Block("text", 0, self.text_codes, has_pad=True)
+
+    @property
+    def image(self) -> Block:
+        return Block("image", self.text.end, self.image_codes)
+
+    @property
+    def audio(self) -> Block:
+        codes = self.audio_codes if self.audio_shared_block else self.audio_codes * self.audio_levels
+        return Block("audio", self.image.end, codes)
+
+    @property
+    def blocks(self) -> tuple[Block, Block, Block]:
+        """Blocks indexed by modality id (TEXT, IMAGE, AUDIO)."""
+        return (self.text, self.image, self.audio)
+
+    @property
+    def task_offset(self) -> int:
+        return self.audio.end
+
+    def task_token(self, task: str) -> int:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        return self.task_offset + TASKS.index(task)
+
+    @property
+    def pad(self) -> int:
+        return self.text.pad
+
+    @property
+    def vocab_size(self) -> int:
+        return self.task_offset + len(TASKS)
+
+    def mask_token(self, modality: int) -> int:
+        return self.blocks[modality].mask
+
+    # ---- id arithmetic ------------------------------------------------------------------
+    def to_global(self, modality: int, local: np.ndarray) -> np.ndarray:
+        """Modality-local codes → global ids. Audio codes come as a (levels, frames) matrix
+        and are flattened frame-major (f0c0 f0c1 … f1c0 …)."""
+        if modality == AUDIO:
+            return self.audio_to_global(local)
+        local = np.asarray(local, dtype=np.int64).reshape(-1)
+        block = self.blocks[modality]
+        if local.size and (local.min() < 0 or local.max() >= block.codes):
+            raise ValueError(f"{block.name} code out of range [0, {block.codes})")
+        return local + block.offset
+
+    def audio_to_global(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes, dtype=np.int64)
+        if codes.ndim != 2:
+            raise ValueError(f"audio codes must be (levels, frames), got shape {codes.shape}")
+        if codes.shape[0] < self.audio_levels:
+            raise ValueError(f"audio codes have {codes.shape[0]} levels, layout needs {self.audio_levels}")
+        codes = codes[: self.audio_levels]
+        if codes.size and (codes.min() < 0 or codes.max() >= self.audio_codes):
+            raise ValueError(f"audio code out of range [0, {self.audio_codes})")
+        if not self.audio_shared_block:
+            codes = codes + (np.arange(self.audio_levels, dtype=np.int64) * self.audio_codes)[:, None]
+        return codes.T.reshape(-1) + self.audio.offset
+
+    def audio_from_global(self, ids: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`audio_to_global`; a trailing partial frame is dropped."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        frames = ids.size // self.audio_levels
+        codes = (ids[: frames * self.audio_levels] - self.audio.offset).reshape(frames, self.audio_levels).T
+        if not self.audio_shared_block:
+            codes = codes - (np.arange(self.audio_levels, dtype=np.int64) * self.audio_codes)[:, None]
+        return np.ascontiguousarray(codes)
+
+    def to_local(self, modality: int, ids: np.ndarray) -> np.ndarray:
+        block = self.blocks[modality]
+        ids = np.asarray(ids, dtype=np.int64)
+        return ids - block.offset
+
+    def modality_of(self, ids: np.ndarray) -> np.ndarray:
+        """Per-id modality (TEXT/IMAGE/AUDIO, TASK for task tokens); PAD counts as TEXT."""
+        ids = np.asarray(ids)
+        out = np.full(ids.shape, TASK, dtype=np.int8)
+        for m, block in enumerate(self.blocks):
+            out[(ids >= block.offset) & (ids < block.end)] = m
+        if (ids < 0).any() or (ids >= self.vocab_size).any():
+            raise ValueError(f"id outside vocabulary [0, {self.vocab_size})")
+        return out
+
+    # ---- serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["vocab_size"] = self.vocab_size
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VocabLayout":
+        d = dict(d)
+        expected = d.pop("vocab_size", None)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown VocabLayout keys: {sorted(unknown)}")
+        layout = cls(**d)
+        if expected is not None and expected != layout.vocab_size:
+            raise ValueError(f"serialised vocab_size {expected} != derived {layout.vocab_size}")
+        return layout
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> "VocabLayout":
+        return cls.from_dict(json.loads(s))
+
+    def check_compatible(self, other: "VocabLayout", what: str = "data") -> None:
+        """Refuse to mix ids from different tokenizers or layouts, with a clear message."""
+        if self != other:
+            raise ValueError(f"vocabulary layout of {what} differs: {other.to_dict()} vs {self.to_dict()}")
+        for key in set(self.fingerprints) & set(other.fingerprints):
+            if self.fingerprints[key] != other.fingerprints[key]:
+                raise ValueError(
+                    f"{key} tokenizer fingerprint of {what} is {other.fingerprints[key]}, "
+                    f"expected {self.fingerprints[key]}: these ids come from a different tokenizer"
+                )
