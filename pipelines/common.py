@@ -1,0 +1,100 @@
+"""What every tokenize pipeline shares: options, input expansion, the read → … → sink frame.
+
+A modality pipeline supplies a reader (file URL → records or dead-letter dicts) and a list of
+steps; :func:`build` wires them with the counting and the shard sink, and :func:`run` executes
+on whatever runner the Beam options name (DirectRunner by default) and prints a summary.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from trimodal.pipelines.outcomes import FILTERED, REJECTED, Step, run_step
+from trimodal.pipelines.sink import SinkConfig, WriteDataset
+from trimodal.shards import storage
+from trimodal.shards.manifest import MANIFEST_NAME, Manifest
+
+DEFAULT_BEAM_ARGS = ["--runner=DirectRunner"]
+
+
+def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
+    """Beam options pass through unchanged; only a missing ``--runner`` gets the DirectRunner
+    (naming it avoids the Prism runner's binary download)."""
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args = DEFAULT_BEAM_ARGS + args
+    return PipelineOptions(args)
+
+
+def is_dead(x: dict[str, Any]) -> bool:
+    return "outcome" in x and "reason" in x and "stage" in x
+
+
+def build(
+    p: beam.Pipeline,
+    inputs: list[str],
+    read_file: Callable[[str], Iterator[dict[str, Any]]],
+    steps: Sequence[tuple[str, Step]],
+    sink: SinkConfig,
+    batch_step: tuple[str, beam.PTransform] | None = None,
+) -> beam.PCollection:
+    """read → steps → (batched tokenization) → shards + dead-letter + manifest."""
+    read = (
+        p
+        | "Inputs" >> beam.Create(inputs)
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "Read" >> beam.FlatMap(read_file)
+    )
+    n_read = read | "CountRead" >> beam.combiners.Count.Globally()
+    parts = read | "SplitReadErrors" >> beam.Partition(lambda x, _: 1 if is_dead(x) else 0, 2)
+    good, dead = parts[0], [parts[1]]
+    good = good | "Rebalance" >> beam.Reshuffle()
+    for label, step in steps:
+        good, filt, rej = run_step(good, step, label)
+        dead += [filt, rej]
+    if batch_step is not None:
+        label, transform = batch_step
+        res = good | label >> transform
+        good = res.ok
+        dead += [res[FILTERED], res[REJECTED]]
+    all_dead = dead | "AllDeadLetter" >> beam.Flatten()
+    return (good, all_dead, n_read) | "WriteDataset" >> WriteDataset(sink)
+
+
+def prepare_output(root: str) -> None:
+    """A re-run first removes the old manifest: until the new one is written the root is
+    incomplete, so no reader can pair an old manifest with new shards."""
+    url = storage.join(root, MANIFEST_NAME)
+    fs, path = storage.fs_and_path(url)
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def run(build_fn: Callable[[beam.Pipeline], Any], root: str, beam_args: Sequence[str]) -> Manifest:
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    prepare_output(root)
+    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+        build_fn(p)
+    return Manifest.load(root)
+
+
+def summary(manifest: Manifest, root: str) -> str:
+    c = manifest.counts
+    filt = sum(c["filtered"].values())
+    rej = sum(c["rejected"].values())
+    lines = [
+        f"wrote {c['written']} samples in {len(manifest.shards)} shards to {root}",
+        f"  read {c['read']} = written {c['written']} + filtered {filt} + rejected {rej}",
+        f"  tokens: {manifest.tokens()}",
+    ]
+    for outcome in ("filtered", "rejected"):
+        for reason, n in c[outcome].items():
+            lines.append(f"  {outcome} {reason}: {n}")
+    if manifest.dead_letter:
+        lines.append(f"  dead-letter records: {storage.join(root, manifest.dead_letter)}/")
+    return "\n".join(lines)

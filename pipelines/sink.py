@@ -1,0 +1,172 @@
+"""The shard sink: tokenized samples → WebDataset tars + dead-letter files + the manifest.
+
+Deterministic and idempotent without a global sort: the number of shards N comes from the total
+payload size (``ceil(bytes / target_shard_bytes)``, a global Combine used as a side input); a
+sample goes to shard ``hash(key) % N`` and samples inside a shard are ordered by key. The same
+input and config therefore give the same shard names and bytes on any runner, any worker count.
+Each shard is written atomically (temporary name, then rename/commit); the manifest is written
+last, so a dataset root with a manifest is complete. Shards left by an earlier run with another
+N are removed once the new manifest is in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+
+from trimodal.pipelines.outcomes import FILTERED, REJECTED
+from trimodal.shards import storage
+from trimodal.shards.manifest import Manifest, ShardInfo
+from trimodal.shards.writer import shard_name, write_shard
+
+DEAD_LETTER_DIR = "deadletter"
+
+
+@dataclass
+class SinkConfig:
+    root: str
+    modality: str
+    tokenizers: dict[str, dict[str, Any]]
+    target_shard_bytes: int = 128 * 2**20
+    compression: str = "none"
+    dead_letter_records_per_file: int = 1_000_000
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def _bucket(key: str, n: int) -> int:
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % n
+
+
+def _sample_bytes(sample: dict[str, Any]) -> int:
+    return 1024 + sum(int(np.asarray(a).nbytes) for a in sample["arrays"].values())
+
+
+def _num_shards(total_bytes: int, n_samples: int, target: int) -> int:
+    return max(1, min(n_samples, math.ceil(total_bytes / target)))
+
+
+class _WriteShard(beam.DoFn):
+    def __init__(self, cfg: SinkConfig):
+        self.cfg = cfg
+
+    def process(self, item, n_shards: int):
+        index, samples = item
+        samples = sorted(samples, key=lambda s: s["key"])
+        info = write_shard(
+            self.cfg.root,
+            shard_name(index, n_shards, self.cfg.compression),
+            ((s["key"], s["meta"], s["arrays"]) for s in samples),
+            compression=self.cfg.compression,
+        )
+        yield info
+
+
+class _WriteDeadLetter(beam.DoFn):
+    def __init__(self, root: str):
+        self.root = root
+
+    def process(self, item, n_files: int):
+        index, records = item
+        records = sorted(records, key=lambda r: (r["id"], r["stage"], r["reason"]))
+        data = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records).encode()
+        name = f"{DEAD_LETTER_DIR}/deadletter-{index:05d}-of-{n_files:05d}.jsonl"
+        storage.write_atomic(storage.join(self.root, name), data)
+        yield name
+
+
+def _reason_counts(counts: list[tuple[tuple[str, str], int]], outcome: str) -> dict[str, int]:
+    return dict(sorted((reason, n) for (o, reason), n in counts if o == outcome))
+
+
+def _finalize(_, cfg: SinkConfig, shards: list[ShardInfo], dead: list[tuple[tuple[str, str], int]], dead_files: list[str], n_read: int):
+    shards = sorted(shards, key=lambda s: s.name)
+    manifest = Manifest(
+        kind="tokenized",
+        modality=cfg.modality,
+        tokenizers=cfg.tokenizers,
+        shards=shards,
+        counts={
+            "read": n_read,
+            "written": sum(s.samples for s in shards),
+            "filtered": _reason_counts(dead, FILTERED),
+            "rejected": _reason_counts(dead, REJECTED),
+        },
+        dead_letter=DEAD_LETTER_DIR if dead_files else None,
+        config=cfg.config,
+    )
+    manifest.save(cfg.root)
+    remove_stale(cfg.root, {s.name for s in shards}, set(dead_files))
+    return manifest
+
+
+def remove_stale(root: str, keep_shards: set[str], keep_dead: set[str]) -> list[str]:
+    """Delete shards/dead-letter files of earlier runs and temporary leftovers under ``root``."""
+    fs, path = storage.fs_and_path(root)
+    removed = []
+    candidates = fs.glob(f"{path}/shard-*") + fs.glob(f"{path}/{DEAD_LETTER_DIR}/*")
+    for full in candidates:
+        rel = full[len(path) :].lstrip("/")
+        if rel in keep_shards or rel in keep_dead:
+            continue
+        fs.rm(full)
+        removed.append(rel)
+    return removed
+
+
+class WriteDataset(beam.PTransform):
+    """(samples, dead-letter records, read count) → shards, dead-letter files, manifest.
+
+    A sample is ``{"key", "meta", "arrays"}``; dead-letter records come from
+    :mod:`trimodal.pipelines.outcomes`. Returns a PCollection holding the final Manifest.
+    """
+
+    def __init__(self, cfg: SinkConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, inputs):
+        samples, dead, n_read = inputs
+        cfg = self.cfg
+        total = samples | "SampleBytes" >> beam.Map(_sample_bytes) | "TotalBytes" >> beam.CombineGlobally(sum)
+        n_samples = samples | "CountSamples" >> beam.combiners.Count.Globally()
+        n_shards = (
+            total
+            | "NumShards" >> beam.Map(lambda b, n: _num_shards(b, n, cfg.target_shard_bytes), n=beam.pvalue.AsSingleton(n_samples))
+        )
+        shards = (
+            samples
+            | "AssignShard" >> beam.Map(lambda s, n: (_bucket(s["key"], n), s), n=beam.pvalue.AsSingleton(n_shards))
+            | "GroupShards" >> beam.GroupByKey()
+            | "WriteShards" >> beam.ParDo(_WriteShard(cfg), n_shards=beam.pvalue.AsSingleton(n_shards))
+        )
+        n_dead = dead | "CountDead" >> beam.combiners.Count.Globally()
+        n_dead_files = n_dead | "NumDeadFiles" >> beam.Map(lambda n: max(1, math.ceil(n / cfg.dead_letter_records_per_file)))
+        dead_files = (
+            dead
+            | "AssignDead" >> beam.Map(lambda r, n: (_bucket(r["id"] + r["stage"], n), r), n=beam.pvalue.AsSingleton(n_dead_files))
+            | "GroupDead" >> beam.GroupByKey()
+            | "WriteDead" >> beam.ParDo(_WriteDeadLetter(cfg.root), n_files=beam.pvalue.AsSingleton(n_dead_files))
+        )
+        reasons = (
+            dead
+            | "DeadReasons" >> beam.Map(lambda r: ((r["outcome"], r["reason"]), 1))
+            | "CountReasons" >> beam.CombinePerKey(sum)
+        )
+        return (
+            samples.pipeline
+            | "Finalize" >> beam.Create([None])
+            | "WriteManifest" >> beam.Map(
+                _finalize,
+                cfg=cfg,
+                shards=beam.pvalue.AsList(shards),
+                dead=beam.pvalue.AsList(reasons),
+                dead_files=beam.pvalue.AsList(dead_files),
+                n_read=beam.pvalue.AsSingleton(n_read),
+            )
+        )
