@@ -20,8 +20,11 @@ Why our own reader: per-sample Python overhead, not I/O, dominates shard reading
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import math
+import re
 import tarfile
 from collections.abc import Iterator
 from typing import Any
@@ -116,23 +119,38 @@ def npy_view(payload: memoryview | bytes) -> np.ndarray:
         hlen, start = int.from_bytes(mv[8:10], "little"), 10
     else:
         hlen, start = int.from_bytes(mv[8:12], "little"), 12
-    header = bytes(mv[start : start + hlen]).decode("latin1")
-    d = _parse_npy_header(header)
-    dtype = np.dtype(d["descr"])
+    dtype, shape, fortran = _parse_npy_header(bytes(mv[start : start + hlen]))
+    arr = np.frombuffer(mv, dtype=dtype, count=math.prod(shape), offset=start + hlen)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+_HEADER_RE = re.compile(
+    rb"^\{'descr': '([^']+)', 'fortran_order': (True|False), 'shape': \(([0-9, ]*)\), \}\s*$"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
+    """Parse (and cache) an .npy header. numpy writes one canonical form, matched by a regex;
+    anything else falls back to a literal parse. Object dtypes (pickles) are refused."""
+    m = _HEADER_RE.match(header)
+    if m:
+        descr, fortran = m.group(1).decode(), m.group(2) == b"True"
+        shape = tuple(int(x) for x in m.group(3).split(b",") if x.strip())
+    else:
+        import ast
+
+        try:
+            d = ast.literal_eval(header.decode("latin1"))
+        except (ValueError, SyntaxError):
+            raise ShardFormatError(f"bad .npy header {header!r}") from None
+        if not isinstance(d, dict) or not {"descr", "fortran_order", "shape"} <= set(d):
+            raise ShardFormatError(f"bad .npy header {header!r}")
+        descr, fortran, shape = d["descr"], bool(d["fortran_order"]), tuple(int(x) for x in d["shape"])
+    dtype = np.dtype(descr)
     if dtype.hasobject:
         raise ShardFormatError("object arrays are refused (no pickles)")
-    shape = tuple(d["shape"])
-    arr = np.frombuffer(mv, dtype=dtype, count=int(np.prod(shape)) if shape else 1, offset=start + hlen)
-    return arr.reshape(shape, order="F" if d["fortran_order"] else "C")
-
-
-def _parse_npy_header(header: str) -> dict[str, Any]:
-    import ast
-
-    d = ast.literal_eval(header)
-    if not isinstance(d, dict) or not {"descr", "fortran_order", "shape"} <= set(d):
-        raise ShardFormatError(f"bad .npy header {header!r}")
-    return d
+    return dtype, shape, fortran
 
 
 def iter_samples(buf: bytes | memoryview, name: str = "<shard>") -> Iterator[dict[str, Any]]:

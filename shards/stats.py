@@ -1,0 +1,694 @@
+"""Dataset statistics: samples, tokens, length histograms, padding at L, filtered/rejected counts.
+
+``compute_stats(roots)`` starts from each root's manifest (never lists a bucket) and reads every
+shard once with the zero-copy reader (:func:`trimodal.shards.format.iter_samples`). Per sample it
+only records a handful of integers (array sizes, audio seconds); every reduction is done with
+numpy per shard, so there is no per-token Python work and memory does not grow with the dataset:
+lengths are kept as exact integer count tables (:class:`_Counts`), from which histograms, means
+and percentiles are derived at the end, and from which the padding at any row length L follows.
+
+Groups are ``(source, modality)``; they are merged into the ``sources``, ``modalities`` and
+top-level views. Everything returned is plain ``int``/``float``/``str``/``list``/``dict`` so that
+``json.dumps(stats)`` works.
+
+Row arithmetic (SPEC §3): a paired row is ``[TASK, BOS_m, media…, EOS_m, BOS_text, text…,
+EOS_text, PAD…]``, i.e. ``media + text + 5`` tokens before padding; its padding at L is
+``max(0, L - (media + text + 5))`` (a longer row is counted in ``over_length``). Image media =
+the code count (h·w); audio media = frames × k (k = the levels stored, or ``audio_levels`` when
+given). Text documents are packed into rows with no padding, each framed ``BOS … EOS`` and each
+row opened by ``TASK_text``: ``rows = ceil(Σ(n + 2) / (L - 1))``, padding 0. Mixed shards hold
+rows already packed; their padding is the measured count of PAD ids at their own length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from trimodal.shards import storage
+from trimodal.shards.format import ShardFormatError, iter_samples
+from trimodal.shards.manifest import Manifest
+from trimodal.shards.reader import ShardCorrupted, read_shard_bytes
+from trimodal.tokenizers.vocab import TASKS
+
+FRAMING_TOKENS = 5  # TASK, BOS_m, EOS_m, BOS_text, EOS_text around a paired row
+HIST_BINS = 40
+PAD_BINS = 20
+UNKNOWN_SOURCE = "(unknown)"
+
+# Histogram names, in display order, with (title, x label).
+HISTOGRAMS: dict[str, tuple[str, str]] = {
+    "text_tokens_per_document": ("Text tokens per document", "tokens"),
+    "caption_tokens": ("Caption tokens", "tokens"),
+    "transcript_tokens": ("Transcript tokens", "tokens"),
+    "image_tokens": ("Image tokens (codes per image)", "codes"),
+    "audio_frames": ("Audio frames", "frames"),
+    "audio_seconds": ("Audio seconds", "seconds"),
+    "row_padding": ("Row padding fraction", "padding fraction of the row"),
+}
+_TEXT_HIST = {"text": "text_tokens_per_document", "image_text": "caption_tokens", "audio_text": "transcript_tokens"}
+
+
+# --------------------------------------------------------------------------------------------
+# exact, bounded-memory count tables
+# --------------------------------------------------------------------------------------------
+class _Counts:
+    """Exact multiset of non-negative integers: a dense bincount below ``cap``, a sparse dict above.
+
+    ``scale`` converts stored integers to the reported unit (0.01 for seconds kept in
+    centiseconds). ``exact_sum`` optionally carries the unquantised sum (seconds).
+    """
+
+    CAP = 1 << 16
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+        self.dense = np.zeros(0, dtype=np.int64)
+        self.sparse: dict[int, int] = {}
+        self.exact_sum: float | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.dense.sum()) + sum(self.sparse.values())
+
+    def add(self, values: np.ndarray, exact_sum: float | None = None) -> None:
+        values = np.asarray(values, dtype=np.int64).reshape(-1)
+        if values.size == 0:
+            return
+        if values.min() < 0:
+            raise ValueError("counts must be non-negative")
+        small = values[values < self.CAP]
+        if small.size:
+            bc = np.bincount(small)
+            if bc.size > self.dense.size:
+                grown = np.zeros(bc.size, dtype=np.int64)
+                grown[: self.dense.size] = self.dense
+                self.dense = grown
+            self.dense[: bc.size] += bc
+        big = values[values >= self.CAP]
+        if big.size:
+            u, c = np.unique(big, return_counts=True)
+            for v, k in zip(u.tolist(), c.tolist()):
+                self.sparse[v] = self.sparse.get(v, 0) + k
+        if exact_sum is not None:
+            self.exact_sum = (self.exact_sum or 0.0) + exact_sum
+
+    def merge(self, other: "_Counts") -> None:
+        if other.dense.size > self.dense.size:
+            grown = np.zeros(other.dense.size, dtype=np.int64)
+            grown[: self.dense.size] = self.dense
+            self.dense = grown
+        self.dense[: other.dense.size] += other.dense
+        for v, k in other.sparse.items():
+            self.sparse[v] = self.sparse.get(v, 0) + k
+        if other.exact_sum is not None:
+            self.exact_sum = (self.exact_sum or 0.0) + other.exact_sum
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct stored values (ascending) and their counts."""
+        vals = np.nonzero(self.dense)[0]
+        cnts = self.dense[vals]
+        if self.sparse:
+            sv = np.array(sorted(self.sparse), dtype=np.int64)
+            sc = np.array([self.sparse[v] for v in sv.tolist()], dtype=np.int64)
+            vals, cnts = np.concatenate([vals, sv]), np.concatenate([cnts, sc])
+        return vals.astype(np.int64), cnts.astype(np.int64)
+
+    def total(self) -> int:
+        vals, cnts = self.items()
+        return int((vals * cnts).sum())
+
+    def summary(self) -> dict[str, Any]:
+        vals, cnts = self.items()
+        n = int(cnts.sum())
+        if n == 0:
+            return {"n": 0}
+        raw_sum = int((vals * cnts).sum())
+        s = self.exact_sum if self.exact_sum is not None else raw_sum * self.scale
+        cum = np.cumsum(cnts)
+
+        def pct(p: float) -> float | int:
+            v = vals[int(np.searchsorted(cum, max(1, math.ceil(p * n))))]
+            return self._unit(int(v))
+
+        return {
+            "n": n,
+            "sum": self._round(s),
+            "min": self._unit(int(vals[0])),
+            "max": self._unit(int(vals[-1])),
+            "mean": self._round(s / n),
+            "p50": pct(0.50),
+            "p90": pct(0.90),
+            "p99": pct(0.99),
+        }
+
+    def histogram(self, bins: int = HIST_BINS) -> dict[str, Any]:
+        """``{"edges", "counts", "scale", …summary}``; bin i holds values in [edges[i], edges[i+1])."""
+        vals, cnts = self.items()
+        out = self.summary()
+        if out["n"] == 0:
+            return {**out, "edges": [], "counts": [], "scale": "linear"}
+        lo, hi = int(vals[0]), int(vals[-1]) + 1  # half-open integer range [lo, hi)
+        scale = "linear"
+        if hi - lo <= bins:
+            edges = np.arange(lo, hi + 1, dtype=np.int64)
+        elif lo > 0 and hi / lo > 100:
+            scale = "log"
+            edges = np.unique(np.round(np.geomspace(lo, hi, bins + 1)).astype(np.int64))
+            edges[-1] = hi
+        else:
+            width = math.ceil((hi - lo) / bins)
+            edges = lo + width * np.arange(math.ceil((hi - lo) / width) + 1, dtype=np.int64)
+        idx = np.searchsorted(edges, vals, side="right") - 1
+        counts = np.bincount(idx, weights=cnts, minlength=edges.size - 1)[: edges.size - 1]
+        edges_out = [self._unit(int(e)) for e in edges.tolist()]
+        return {**out, "edges": edges_out, "counts": [int(c) for c in counts.tolist()], "scale": scale}
+
+    def _unit(self, v: int) -> float | int:
+        return v if self.scale == 1.0 else self._round(v * self.scale)
+
+    @staticmethod
+    def _round(x: float) -> float:
+        return float(round(x, 6))
+
+
+# --------------------------------------------------------------------------------------------
+# per (source, modality) accumulators
+# --------------------------------------------------------------------------------------------
+class _Group:
+    def __init__(self) -> None:
+        self.samples = 0
+        self.tokens: dict[str, int] = {}
+        self.hist: dict[str, _Counts] = {}
+        self.paired = _Counts()  # content length media + text + 5 per paired row
+        self.text_framed = 0  # Σ (n + 2) over text-only documents
+        self.text_docs = 0
+        self.mixed_pad: dict[int, _Counts] = {}  # row length L → PAD count per row
+        self.seconds_missing = 0
+
+    def h(self, name: str, scale: float = 1.0) -> _Counts:
+        c = self.hist.get(name)
+        if c is None:
+            c = self.hist[name] = _Counts(scale)
+        return c
+
+    def add_tokens(self, name: str, n: int) -> None:
+        self.tokens[name] = self.tokens.get(name, 0) + int(n)
+
+    def merge(self, other: "_Group") -> None:
+        self.samples += other.samples
+        for k, v in other.tokens.items():
+            self.add_tokens(k, v)
+        for k, c in other.hist.items():
+            self.h(k, c.scale).merge(c)
+        self.paired.merge(other.paired)
+        self.text_framed += other.text_framed
+        self.text_docs += other.text_docs
+        for L, c in other.mixed_pad.items():
+            self.mixed_pad.setdefault(L, _Counts()).merge(c)
+        self.seconds_missing += other.seconds_missing
+
+    # ---- padding ---------------------------------------------------------------------------
+    def padding(self, seq_len: int | None) -> tuple[dict[str, Any] | None, np.ndarray]:
+        """Padding summary and the per-row padding-fraction histogram (PAD_BINS over [0, 1])."""
+        rows = pad_tokens = slots = over = 0
+        frac_hist = np.zeros(PAD_BINS, dtype=np.int64)
+        have = False
+        if seq_len is not None:
+            L = int(seq_len)
+            vals, cnts = self.paired.items()
+            if cnts.size:
+                have = True
+                pad = np.clip(L - vals, 0, None)
+                rows += int(cnts.sum())
+                pad_tokens += int((pad * cnts).sum())
+                slots += int(cnts.sum()) * L
+                over += int(cnts[vals > L].sum())
+                frac_hist += _frac_hist(pad / L, cnts)
+            if self.text_docs:
+                have = True
+                text_rows = math.ceil(self.text_framed / max(1, L - 1))
+                rows += text_rows
+                slots += text_rows * L
+                frac_hist[0] += text_rows  # packed text rows carry no padding
+        for L, c in self.mixed_pad.items():
+            vals, cnts = c.items()
+            if cnts.size:
+                have = True
+                rows += int(cnts.sum())
+                pad_tokens += int((vals * cnts).sum())
+                slots += int(cnts.sum()) * L
+                frac_hist += _frac_hist(vals / max(1, L), cnts)
+        if not have:
+            return None, frac_hist
+        seq = sorted({*(self.mixed_pad or {}), *([int(seq_len)] if seq_len is not None and (self.paired.n or self.text_docs) else [])})
+        return (
+            {
+                "seq_len": seq[0] if len(seq) == 1 else seq,
+                "rows": rows,
+                "pad_tokens": pad_tokens,
+                "fraction": float(round(pad_tokens / slots, 6)) if slots else 0.0,
+                "over_length": over,
+            },
+            frac_hist,
+        )
+
+    def to_json(self, seq_len: int | None) -> dict[str, Any]:
+        hists = {name: self.hist[name].histogram() for name in HISTOGRAMS if name in self.hist and self.hist[name].n}
+        padding, frac = self.padding(seq_len)
+        if padding is not None and frac.sum():
+            hists["row_padding"] = _pad_histogram(frac, padding["fraction"])
+        out: dict[str, Any] = {
+            "samples": self.samples,
+            "tokens": dict(sorted(self.tokens.items())),
+            "histograms": hists,
+            "padding": padding,
+        }
+        if self.seconds_missing:
+            out["audio_seconds_unknown"] = self.seconds_missing
+        return out
+
+
+def _frac_hist(frac: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    idx = np.minimum((np.asarray(frac, dtype=np.float64) * PAD_BINS).astype(np.int64), PAD_BINS - 1)
+    return np.bincount(idx, weights=weights, minlength=PAD_BINS).astype(np.int64)
+
+
+def _pad_histogram(frac_hist: np.ndarray, mean: float) -> dict[str, Any]:
+    edges = [round(i / PAD_BINS, 6) for i in range(PAD_BINS + 1)]
+    return {
+        "n": int(frac_hist.sum()),
+        "mean": mean,  # padding tokens / row slots over all rows
+        "edges": edges,
+        "counts": [int(c) for c in frac_hist.tolist()],
+        "scale": "linear",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------
+def _audio_frame_rate(manifest: Manifest) -> float | None:
+    info = manifest.tokenizers.get("audio") or {}
+    if info.get("frame_rate"):
+        return float(info["frame_rate"])
+    if info.get("sample_rate") and info.get("hop_length"):
+        return float(info["sample_rate"]) / float(info["hop_length"])
+    return None
+
+
+def _iter_shard_bytes(root: str, manifest: Manifest) -> Iterable[tuple[Any, bytes]]:
+    """Shard bytes in manifest order, the next shard read in a background thread."""
+    shards = manifest.shards
+    if not shards:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fut = pool.submit(read_shard_bytes, root, shards[0])
+        for i, info in enumerate(shards):
+            data = fut.result()
+            if i + 1 < len(shards):
+                fut = pool.submit(read_shard_bytes, root, shards[i + 1])
+            yield info, data
+
+
+def _tokenized_shard(data: bytes, where: str, manifest: Manifest, groups: dict, audio_levels: int | None, frame_rate: float | None) -> int:
+    """Accumulate one tokenized shard; returns its sample count."""
+    # Per group, per sample: (text, image, audio frames, audio k, centiseconds); -1 = absent.
+    rows: dict[tuple[str, str], list[tuple[int, int, int, int, int]]] = {}
+    secs: dict[tuple[str, str], float] = {}
+    missing: dict[tuple[str, str], int] = {}
+    default_mod = manifest.modality
+    n = 0
+    for s in iter_samples(data, name=where):
+        n += 1
+        meta = s.get("json") or {}
+        key = (str(meta.get("source") or UNKNOWN_SOURCE), str(meta.get("modality") or default_mod))
+        t = s["text"].size if "text" in s else -1
+        im = s["image"].size if "image" in s else -1
+        af = ak = cs = -1
+        if "audio" in s:
+            a = s["audio"]
+            if a.ndim == 2:
+                ak, af = a.shape
+            else:
+                ak, af = 1, a.size
+            sec = (meta.get("lengths") or {}).get("seconds")
+            if sec is None and frame_rate:
+                sec = af / frame_rate
+            if sec is None:
+                missing[key] = missing.get(key, 0) + 1
+            else:
+                cs = int(round(float(sec) * 100))
+                secs[key] = secs.get(key, 0.0) + float(sec)
+        lst = rows.get(key)
+        if lst is None:
+            lst = rows[key] = []
+        lst.append((t, im, af, ak, cs))
+        if "tokens" in s:  # a mixed-style row inside a tokenized dataset: count it, nothing else
+            groups.setdefault(key, _Group()).add_tokens("tokens", s["tokens"].size)
+    for key, lst in rows.items():
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = _Group()
+        arr = np.array(lst, dtype=np.int64).reshape(-1, 5)
+        t, im, af, ak, cs = arr.T
+        g.samples += arr.shape[0]
+        has_t, has_i, has_a = t >= 0, im >= 0, af >= 0
+        if has_t.any():
+            g.add_tokens("text", t[has_t].sum())
+            g.h(_TEXT_HIST.get(key[1], "text_tokens_per_document" if not (has_i.any() or has_a.any()) else "caption_tokens")).add(t[has_t])
+        if has_i.any():
+            g.add_tokens("image", im[has_i].sum())
+            g.h("image_tokens").add(im[has_i])
+        if has_a.any():
+            # tokens = every stored code (levels × frames), as the manifest counts them
+            g.add_tokens("audio", (af[has_a] * ak[has_a]).sum())
+            g.h("audio_frames").add(af[has_a])
+            has_s = cs >= 0
+            if has_s.any():
+                g.h("audio_seconds", 0.01).add(cs[has_s], exact_sum=secs.get(key, 0.0))
+        g.seconds_missing += missing.get(key, 0)
+        paired = has_i | has_a
+        if paired.any():
+            k = np.maximum(ak, 0) if audio_levels is None else np.clip(ak, 0, audio_levels)
+            media = np.where(has_i, im, 0) + np.where(has_a, af * k, 0)
+            content = media + np.where(has_t, t, 0) + FRAMING_TOKENS
+            g.paired.add(content[paired])
+        text_only = has_t & ~paired
+        if text_only.any():
+            g.text_docs += int(text_only.sum())
+            g.text_framed += int((t[text_only] + 2).sum())
+    return n
+
+
+def _mixed_shard(data: bytes, where: str, manifest: Manifest, groups: dict, layout: Any) -> int:
+    """Accumulate one mixed shard (rows of global ids packed to L)."""
+    metas: list[tuple[str, str]] = []
+    rows: list[np.ndarray] = []
+    for s in iter_samples(data, name=where):
+        meta = s.get("json") or {}
+        tok = s.get("tokens")
+        if tok is None:
+            raise ShardFormatError(f"{where}: mixed sample {s['__key__']} has no tokens.npy")
+        src = meta.get("source")
+        if src is None and isinstance(meta.get("sources"), list) and meta["sources"]:
+            src = "+".join(sorted({str(x) for x in meta["sources"]}))
+        mod = None
+        if layout is not None and tok.size:  # rows open with their task token (SPEC §3)
+            t0 = int(tok.reshape(-1)[0]) - layout.task_offset
+            if 0 <= t0 < len(TASKS):
+                mod = TASKS[t0]
+        mod = mod or meta.get("task") or meta.get("modality")
+        metas.append((str(src or UNKNOWN_SOURCE), str(mod or manifest.modality)))
+        rows.append(tok.reshape(-1))
+    if not rows:
+        return 0
+    pad_id = layout.pad if layout is not None else None
+    keys = sorted(set(metas))
+    kidx = {k: i for i, k in enumerate(keys)}
+    gi = np.array([kidx[m] for m in metas], dtype=np.int64)
+    lengths = np.array([r.size for r in rows], dtype=np.int64)
+    # classes: 0 text code, 1 text special (incl. PAD), 2 image code, 3 image special,
+    #          4 audio code, 5 audio special, 6 task
+    if layout is not None:
+        edges = np.array([layout.text.bos, layout.image.offset, layout.image.bos, layout.audio.offset, layout.audio.bos, layout.task_offset])
+    for L in np.unique(lengths).tolist():
+        sel = np.nonzero(lengths == L)[0]
+        X = np.stack([rows[i] for i in sel.tolist()]).astype(np.int64, copy=False)
+        g_sel = gi[sel]
+        npad = (X == pad_id).sum(axis=1) if pad_id is not None else np.zeros(len(sel), dtype=np.int64)
+        if layout is not None:
+            cls = np.searchsorted(edges, X, side="right")
+            per = np.bincount((np.arange(len(sel))[:, None] * 7 + cls).reshape(-1), minlength=len(sel) * 7).reshape(-1, 7)
+            per[:, 1] -= npad
+            names = {"text": per[:, 0], "image": per[:, 2], "audio": per[:, 4], "special": per[:, 1] + per[:, 3] + per[:, 5] + per[:, 6]}
+        else:
+            names = {"tokens": L - npad}
+        for k in np.unique(g_sel).tolist():
+            m = g_sel == k
+            g = groups.get(keys[k])
+            if g is None:
+                g = groups[keys[k]] = _Group()
+            g.samples += int(m.sum())
+            for name, v in names.items():
+                g.add_tokens(name, int(v[m].sum()))
+            g.mixed_pad.setdefault(int(L), _Counts()).add(npad[m])
+    return len(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_levels: int | None = None) -> dict[str, Any]:
+    """Statistics of one or more dataset roots (tokenized or mixed), as a JSON-ready dict.
+
+    Top-level keys: ``samples``, ``tokens`` (per modality/array name), ``shards``, ``bytes``,
+    ``read``, ``written``, ``filtered`` and ``rejected`` (per reason, summed over roots),
+    ``seq_len``, ``padding`` (None without a row length), ``histograms`` (overall),
+    ``modalities`` and ``sources`` (each with samples, tokens, histograms, padding),
+    ``datasets`` (per root: kind, modality, shard count, bytes, manifest counts) and
+    ``mismatches`` (shards whose parsed sample count differs from the manifest).
+
+    ``seq_len`` is the row length L for the padding figures of tokenized data (mixed data
+    reports padding at its own row length). ``audio_levels`` caps k, the audio levels a row
+    keeps (default: all stored levels). A missing or unparsable shard raises ``ShardCorrupted``.
+    """
+    if isinstance(roots, str):
+        roots = [roots]
+    if seq_len is not None and seq_len < FRAMING_TOKENS + 1:
+        raise ValueError(f"seq_len must be > {FRAMING_TOKENS}, got {seq_len}")
+    groups: dict[tuple[str, str], _Group] = {}
+    datasets: list[dict[str, Any]] = []
+    mismatches: list[dict[str, Any]] = []
+    totals = {"read": 0, "written": 0}
+    filtered: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    n_shards = n_bytes = 0
+    for root in roots:
+        root = root.rstrip("/")
+        manifest = Manifest.load(root)
+        counts = manifest.counts or {}
+        layout = None
+        if manifest.layout:
+            from trimodal.tokenizers.vocab import VocabLayout
+
+            layout = VocabLayout.from_dict(manifest.layout)
+        frame_rate = _audio_frame_rate(manifest)
+        for info, data in _iter_shard_bytes(root, manifest):
+            where = storage.join(root, info.name)
+            try:
+                if manifest.kind == "mixed":
+                    n = _mixed_shard(data, where, manifest, groups, layout)
+                else:
+                    n = _tokenized_shard(data, where, manifest, groups, audio_levels, frame_rate)
+            except ShardFormatError as e:
+                raise ShardCorrupted(str(e)) from None
+            if n != info.samples:
+                mismatches.append({"shard": where, "manifest": info.samples, "parsed": n})
+        for k in ("read", "written"):
+            totals[k] += int(counts.get(k, 0) or 0)
+        for src, dst in ((counts.get("filtered") or {}, filtered), (counts.get("rejected") or {}, rejected)):
+            for reason, v in src.items():
+                dst[reason] = dst.get(reason, 0) + int(v)
+        shard_bytes = sum(s.bytes for s in manifest.shards)
+        n_shards += len(manifest.shards)
+        n_bytes += shard_bytes
+        datasets.append(
+            {
+                "root": root,
+                "kind": manifest.kind,
+                "modality": manifest.modality,
+                "shards": len(manifest.shards),
+                "bytes": shard_bytes,
+                "samples": manifest.samples,
+                "tokens": dict(sorted(manifest.tokens().items())),
+                "read": int(counts.get("read", 0) or 0),
+                "written": int(counts.get("written", 0) or 0),
+                "filtered": dict(sorted((k, int(v)) for k, v in (counts.get("filtered") or {}).items())),
+                "rejected": dict(sorted((k, int(v)) for k, v in (counts.get("rejected") or {}).items())),
+                "seq_len": manifest.seq_len,
+                "tokenizers": {name: t.get("fingerprint") for name, t in sorted(manifest.tokenizers.items())},
+            }
+        )
+
+    overall = _Group()
+    by_source: dict[str, _Group] = {}
+    by_modality: dict[str, _Group] = {}
+    source_modalities: dict[str, dict[str, int]] = {}
+    for (src, mod), g in sorted(groups.items()):
+        overall.merge(g)
+        by_source.setdefault(src, _Group()).merge(g)
+        by_modality.setdefault(mod, _Group()).merge(g)
+        source_modalities.setdefault(src, {})[mod] = g.samples
+    top = overall.to_json(seq_len)
+    sources = {}
+    for src, g in sorted(by_source.items()):
+        sources[src] = {**g.to_json(seq_len), "modalities": source_modalities[src]}
+    modalities = {mod: g.to_json(seq_len) for mod, g in sorted(by_modality.items())}
+    return {
+        "roots": [d["root"] for d in datasets],
+        "seq_len": seq_len,
+        "samples": top["samples"],
+        "tokens": top["tokens"],
+        "shards": n_shards,
+        "bytes": n_bytes,
+        "read": totals["read"],
+        "written": totals["written"],
+        "filtered": dict(sorted(filtered.items())),
+        "rejected": dict(sorted(rejected.items())),
+        "padding": top["padding"],
+        "histograms": top["histograms"],
+        "modalities": modalities,
+        "sources": sources,
+        "datasets": datasets,
+        "mismatches": mismatches,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# presentation
+# --------------------------------------------------------------------------------------------
+def _fmt_int(n: Any) -> str:
+    return f"{int(n):,}" if isinstance(n, (int, np.integer)) or (isinstance(n, float) and n.is_integer()) else f"{n:,.2f}"
+
+
+def _fmt_bytes(n: int) -> str:
+    x = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if x < 1024 or unit == "TiB":
+            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
+        x /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    fmt = lambda cells: indent + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return [fmt(headers), indent + "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
+
+
+def _pad_cell(p: dict[str, Any] | None) -> str:
+    return "-" if not p else f"{100 * p['fraction']:.1f}%"
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """A readable, terminal-width summary of :func:`compute_stats`' result."""
+    lines: list[str] = []
+    tok_names = sorted({k for sec in (stats.get("modalities") or {}).values() for k in sec["tokens"]} | set(stats["tokens"]))
+    lines.append(
+        f"Datasets: {len(stats.get('datasets', []))} root(s), {_fmt_int(stats['shards'])} shards, {_fmt_bytes(stats.get('bytes', 0))}"
+    )
+    if stats.get("datasets"):
+        rows = [
+            [d["root"], d["kind"], d["modality"], _fmt_int(d["shards"]), _fmt_bytes(d["bytes"]), _fmt_int(d["samples"]),
+             _fmt_int(d["read"]), _fmt_int(sum(d["filtered"].values())), _fmt_int(sum(d["rejected"].values()))]
+            for d in stats["datasets"]
+        ]
+        lines += _table(["root", "kind", "modality", "shards", "bytes", "samples", "read", "filtered", "rejected"], rows)
+    lines.append("")
+    tok = ", ".join(f"{k} {_fmt_int(v)}" for k, v in sorted(stats["tokens"].items())) or "none"
+    lines.append(f"Samples: {_fmt_int(stats['samples'])}    tokens: {tok}")
+    pad = stats.get("padding")
+    if pad:
+        L = pad["seq_len"]
+        lines.append(
+            f"Padding at L={L}: {100 * pad['fraction']:.2f}% of {_fmt_int(pad['rows'])} rows' slots"
+            f" ({_fmt_int(pad['pad_tokens'])} PAD tokens; {_fmt_int(pad['over_length'])} rows longer than L)"
+        )
+    for label, key in (("Filtered", "filtered"), ("Rejected", "rejected")):
+        d = stats.get(key) or {}
+        body = ", ".join(f"{r} {_fmt_int(n)}" for r, n in sorted(d.items(), key=lambda x: (-x[1], x[0]))) or "none"
+        lines.append(f"{label}: {_fmt_int(sum(d.values()))}  ({body})")
+    if stats.get("mismatches"):
+        lines.append(f"WARNING: {len(stats['mismatches'])} shard(s) parse to a sample count other than the manifest's:")
+        for m in stats["mismatches"]:
+            lines.append(f"  {m['shard']}: manifest {m['manifest']}, parsed {m['parsed']}")
+
+    for title, key, extra in (("By modality", "modalities", None), ("By source", "sources", "modalities")):
+        sec = stats.get(key) or {}
+        if not sec:
+            continue
+        lines += ["", title]
+        headers = [key[:-1] if key != "modalities" else "modality", "samples", *(f"{t} tok" for t in tok_names), "pad@L"]
+        if extra:
+            headers.insert(1, "modalities")
+        rows = []
+        for name, s in sec.items():
+            r = [name, _fmt_int(s["samples"]), *(_fmt_int(s["tokens"][t]) if t in s["tokens"] else "-" for t in tok_names), _pad_cell(s.get("padding"))]
+            if extra:
+                r.insert(1, ",".join(sorted(s.get("modalities", {}))))
+            rows.append(r)
+        lines += _table(headers, rows)
+
+    hists = stats.get("histograms") or {}
+    if hists:
+        lines += ["", "Lengths"]
+        rows = []
+        for name, h in hists.items():
+            if name == "row_padding":
+                rows.append([name, _fmt_int(h["n"]), "", "", "", "", "", f"{100 * h['mean']:.1f}%"])
+                continue
+            rows.append([name, *(_fmt_num(h.get(k)) for k in ("n", "min", "p50", "p90", "p99", "max", "mean"))])
+        lines += _table(["histogram", "n", "min", "p50", "p90", "p99", "max", "mean"], rows)
+        if "audio_seconds" in hists:
+            sec = hists["audio_seconds"]["sum"]
+            lines.append(f"  audio total: {sec:,.1f} s ({sec / 3600:,.2f} h)")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_num(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 100):
+        return f"{int(v):,}"
+    return f"{v:,.2f}"
+
+
+def write_plots(stats: dict[str, Any], out_dir: str) -> list[str]:
+    """PNG histograms of the overall lengths (those with data) under ``out_dir``; returns paths."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fs, path = storage.fs_and_path(out_dir)
+    fs.makedirs(path, exist_ok=True)
+    written: list[str] = []
+    for name, (title, xlabel) in HISTOGRAMS.items():
+        h = (stats.get("histograms") or {}).get(name)
+        if not h or not h.get("counts") or sum(h["counts"]) == 0:
+            continue
+        edges = np.asarray(h["edges"], dtype=np.float64)
+        counts = np.asarray(h["counts"], dtype=np.float64)
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+        try:
+            ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c72b0", edgecolor="white", linewidth=0.5)
+            if h.get("scale") == "log":
+                ax.set_xscale("log")
+            if name == "row_padding":
+                ax.set_xlim(0, 1)
+                sub = f"n={h['n']:,} rows, mean {100 * h['mean']:.1f}%"
+                L = (stats.get("padding") or {}).get("seq_len")
+                if L is not None:
+                    title = f"{title} at L={L}"
+            else:
+                sub = f"n={h['n']:,}, mean {h['mean']:,.1f}, p50 {h['p50']:,}, p99 {h['p99']:,}, max {h['max']:,}"
+            ax.set_title(f"{title}\n{sub}", fontsize=10)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("count")
+            ax.grid(axis="y", alpha=0.3)
+            fig.tight_layout()
+            target = storage.join(out_dir, f"{name}.png")
+            import io
+
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png")
+            storage.write_atomic(target, buf.getvalue())
+            written.append(target)
+        finally:
+            plt.close(fig)
+    return written
