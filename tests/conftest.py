@@ -1,0 +1,76 @@
+"""Shared fixtures: a small text corpus with planted bad records, a SentencePiece model trained
+on it, and one text dataset written by the real Beam pipeline (session-scoped: built once)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+WORDS = (
+    "the model reads a corpus of documents and learns to fill masked tokens with words that fit "
+    "their context while images and audio share one sequence with captions and transcripts"
+).split()
+
+BAD_LINES = [
+    (b'{"text": ""}', "filtered", "empty"),
+    (b'{"text": "   \\n\\t  "}', "filtered", "empty"),
+    (b'\xff\xfe{"text": "invalid utf-8"}', "rejected", "invalid_utf8"),
+    (b"{this is not json}", "rejected", "bad_json"),
+    (b'{"body": "no text field"}', "rejected", "missing_field"),
+]
+
+
+def make_corpus(path: Path, n_docs: int = 200, seed: int = 0, bad: bool = True) -> dict:
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n_docs):
+        n = rng.randint(5, 80)
+        lines.append(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(n))}).encode())
+    planted = {}
+    if bad:
+        for raw, outcome, reason in BAD_LINES:
+            pos = rng.randint(0, len(lines))
+            lines.insert(pos, raw)
+        # line numbers of planted records, after all insertions
+        for lineno, raw in enumerate(lines, start=1):
+            for b, outcome, reason in BAD_LINES:
+                if raw == b:
+                    planted[f"{path}:{lineno}"] = (outcome, reason)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return {"good": n_docs, "planted": planted}
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("corpus")
+    info = make_corpus(folder / "corpus.jsonl")
+    info["path"] = folder / "corpus.jsonl"
+    return info
+
+
+@pytest.fixture(scope="session")
+def sp_model(tmp_path_factory, corpus) -> str:
+    from trimodal.tokenizers.text import train_text_tokenizer
+
+    texts = [json.loads(l)["text"] for l in corpus["path"].read_bytes().splitlines() if l.startswith(b'{"text": "')]
+    path = tmp_path_factory.mktemp("tok") / "text.model"
+    train_text_tokenizer(texts + [" ".join(WORDS)] * 10, 300, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def text_dataset(tmp_path_factory, corpus, sp_model) -> str:
+    from trimodal.pipelines.text import TextPipelineConfig, run_text_pipeline
+
+    out = str(tmp_path_factory.mktemp("ds") / "text")
+    run_text_pipeline(
+        TextPipelineConfig(inputs=[str(corpus["path"])], text_tokenizer=sp_model, out=out, target_shard_bytes=6000),
+        ["--runner=DirectRunner"],
+    )
+    return out
