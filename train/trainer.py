@@ -80,6 +80,7 @@ class RunConfig:
     keep_last: int = 3
     resume: bool = False
     progress: bool = True
+    stop_at_step: int = 0  # stop early (with a checkpoint) at this step; schedules still span `steps`
 
 
 @dataclass
@@ -279,7 +280,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     tokens_seen, t0 = 0, time.perf_counter()
     model.train()
-    for step in range(start_step, total_steps):
+    end_step = min(total_steps, cfg.run.stop_at_step) if cfg.run.stop_at_step > 0 else total_steps
+    for step in range(start_step, end_step):
         lr = lr_at(step, total_steps, sched["lr"], cfg.optim.warmup_steps, cfg.optim.min_lr, cfg.optim.warmup_max_fraction)
         set_lr(optimizer, lr)
         batches = [_collate([next(rows) for _ in range(micro)], info.device) for _ in range(accum)]
@@ -310,7 +312,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        if (step + 1) % cfg.run.log_every == 0 or step == start_step or step + 1 == total_steps:
+        if (step + 1) % cfg.run.log_every == 0 or step == start_step or step + 1 == end_step:
             elapsed = time.perf_counter() - t0
             record = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
                       "tokens": tokens_seen, "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
@@ -322,7 +324,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             logger.log(record)
             if bar is None and info.is_main:
                 print(json.dumps(record))
-        if cfg.run.ckpt_every > 0 and ((step + 1) % cfg.run.ckpt_every == 0 or step + 1 == total_steps):
+        if cfg.run.ckpt_every > 0 and ((step + 1) % cfg.run.ckpt_every == 0 or step + 1 == end_step):
             state = {"config": cfg.to_dict(), "layout": layout.to_dict(), "reparam": sched["reparam"],
                      "tokenizers": tokenizers_of(manifests),
                      "optim": {k: v for k, v in sched.items() if k != "reparam"}}

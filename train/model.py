@@ -1,0 +1,261 @@
+"""The bidirectional transformer denoiser (PAPER §4).
+
+One backbone for all modalities: pre-norm RMSNorm blocks with SwiGLU MLPs, RoPE over the whole
+row, QK-norm, no timestep input (the model reads the noise level off the masks), trunc-normal
+init. Input embeddings and output heads are split per vocabulary block and untied, so each can
+get its own optimiser settings (the paper tunes them per modality, PAPER §7).
+
+``forward`` returns final-normed hidden states only. The objective then runs a head on just the
+positions it scores, and only over their block's predictable ids (``logits_for``): with a
+100k-id text block next to a 16k image block, that is where most of the logit compute and
+memory goes.
+
+For FSDP2, shard each of ``model.layers``, each of ``model.heads`` (they are called outside
+``forward``, so they need their own hooks), then the root. Build on the meta device and call
+``init_weights()`` after ``to_empty`` to recompute the RoPE tables.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trimodal.tokenizers.vocab import MODALITIES, TASKS, VocabLayout
+
+
+def ffn_hidden(dim: int, ratio: float, multiple_of: int = 64) -> int:
+    """SwiGLU width: ratio·dim rounded up to a multiple of ``multiple_of`` (tile-friendly
+    matmuls). Exact where ratio·dim already is one (2.75·3072 = 8448); ``multiple_of=1`` keeps
+    the exact ratio (rounded up to a whole number) everywhere."""
+    return multiple_of * math.ceil(ratio * dim / multiple_of - 1e-9)
+
+
+@dataclass
+class ModelConfig:
+    """Transformer shape. The paper's ladder keeps width = 128 × depth (``from_depth``)."""
+
+    dim: int = 1024
+    n_layers: int = 8
+    n_heads: int = 8
+    mlp_ratio: float = 2.75
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    init_std: float = 0.02
+    qk_norm: bool = True
+    max_seq_len: int = 3256
+    ffn_multiple_of: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "n_layers", "n_heads", "max_seq_len", "ffn_multiple_of"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"ModelConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"ModelConfig head_dim ({self.head_dim}) must be even for RoPE")
+
+    @classmethod
+    def from_depth(cls, depth: int, **overrides) -> "ModelConfig":
+        """Ladder point: ``depth`` blocks of width 128·depth with ``depth`` heads (head dim 128)."""
+        return cls(**{"dim": 128 * depth, "n_layers": depth, "n_heads": depth, **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides) -> "ModelConfig":
+        """For tests and the demo: runs in milliseconds on a CPU."""
+        return cls(**{"dim": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 256, **overrides})
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        return ffn_hidden(self.dim, self.mlp_ratio, self.ffn_multiple_of)
+
+
+# ---- parameter and FLOP accounting (pure, so a 3B config can be sized without allocating) --
+
+
+def param_counts(cfg: ModelConfig, layout: VocabLayout) -> dict[str, int]:
+    """Parameter counts by group. ``non_embedding`` (the paper's N) excludes input embeddings
+    and output heads; it includes every norm."""
+    d, h = cfg.dim, cfg.hidden_dim
+    per_layer = 4 * d * d + 3 * d * h + 2 * d + (2 * cfg.head_dim if cfg.qk_norm else 0)
+    non_embedding = cfg.n_layers * per_layer + d  # + final norm
+    embedding = d * (sum(b.size for b in layout.blocks) + len(TASKS))
+    head = d * sum(b.predictable for b in layout.blocks)
+    return {
+        "non_embedding": non_embedding,
+        "embedding": embedding,
+        "head": head,
+        "total": non_embedding + embedding + head,
+    }
+
+
+def flops_per_token(cfg: ModelConfig, layout: VocabLayout, seq_len: int) -> int:
+    """Training FLOPs per position (forward + backward) for MFU: 6·N for the non-embedding
+    weights plus 12·layers·dim·seq_len for the (bidirectional, unmasked) attention scores and
+    weighted sum. Heads are left out: they run only on masked positions over one block, a
+    data-dependent few percent at 3B."""
+    n = param_counts(cfg, layout)["non_embedding"]
+    return 6 * n + 12 * cfg.n_layers * cfg.dim * seq_len
+
+
+# ---- modules ---------------------------------------------------------------------------
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos/sin of shape [max_seq_len, head_dim/2], float32."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x_i, x_{i+hd/2}) of x [B, H, L, hd] by position-dependent angles."""
+    seq_len = x.shape[-2]
+    c, s = cos[:seq_len], sin[:seq_len]
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        norm = (lambda: nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)) if cfg.qk_norm else nn.Identity
+        self.q_norm, self.k_norm = norm(), norm()
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None) -> Tensor:
+        bsz, seq_len, dim = x.shape
+        q, k, v = self.qkv(x).view(bsz, seq_len, 3, self.n_heads, self.head_dim).unbind(2)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, hd]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        return self.proj(y.transpose(1, 2).reshape(bsz, seq_len, dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU: fc2(silu(gate(x)) · fc1(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.fc1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.fc2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.silu(self.gate(x)) * self.fc1(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None) -> Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, key_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """Embeddings (one table per block: text, image, audio, task) → ``layers`` → final RMSNorm.
+    Heads (one per modality, over its predictable ids: codes, BOS, EOS) are applied by the
+    caller through :meth:`logits_for` / :meth:`head_logits` / :meth:`full_logits`."""
+
+    def __init__(self, cfg: ModelConfig, layout: VocabLayout) -> None:
+        super().__init__()
+        self.cfg, self.layout = cfg, layout
+        # (offset, size) of each embedding table's id range, in modality-id order.
+        self._ranges = [(b.offset, b.size) for b in layout.blocks] + [(layout.task_offset, len(TASKS))]
+        names = (*MODALITIES, "task")
+        self.embeddings = nn.ModuleDict(
+            {name: nn.Embedding(size, cfg.dim) for name, (_, size) in zip(names, self._ranges)}
+        )
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.heads = nn.ModuleDict(
+            {name: nn.Linear(cfg.dim, b.predictable, bias=False) for name, b in zip(MODALITIES, layout.blocks)}
+        )
+        self.register_buffer("rope_cos", torch.empty(cfg.max_seq_len, cfg.head_dim // 2), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(cfg.max_seq_len, cfg.head_dim // 2), persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Trunc-normal(std) for every matrix (truncated at ±3 std), ones for norm scales."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+            elif isinstance(module, nn.RMSNorm):
+                module.reset_parameters()
+        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Look each id up in its block's table. Every table is gathered over all positions
+        and selected with ``where``: no data-dependent shapes (compile-friendly), and every
+        table gets a gradient each step (zeros if unused), which keeps ranks in lockstep."""
+        h: Tensor | None = None
+        for emb, (offset, size) in zip(self.embeddings.values(), self._ranges):
+            local = tokens - offset
+            inside = ((local >= 0) & (local < size)).unsqueeze(-1)
+            e = emb(local.clamp(0, size - 1))
+            h = torch.where(inside, e, 0.0 if h is None else h)
+        assert h is not None
+        return h
+
+    def forward(self, tokens: Tensor, valid: Tensor | None = None) -> Tensor:
+        """tokens [B, L] global ids, valid [B, L] (False at PAD) → final-normed hidden [B, L, D].
+
+        PAD positions are excluded as attention keys; their own outputs are meaningless."""
+        seq_len = tokens.shape[1]
+        if seq_len > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {seq_len} exceeds max_seq_len {self.cfg.max_seq_len}")
+        key_mask = None if valid is None else valid[:, None, None, :]
+        h = self.embed(tokens)
+        for layer in self.layers:
+            h = layer(h, self.rope_cos, self.rope_sin, key_mask)
+        return self.norm(h)
+
+    # ---- heads ----------------------------------------------------------------------------
+    def head_logits(self, hidden: Tensor, modality: int) -> Tensor:
+        """hidden [..., D] → logits [..., predictable of that modality]; column j is the global
+        id ``block.offset + j`` (codes, then BOS, EOS)."""
+        return self.heads[MODALITIES[modality]](hidden)
+
+    def logits_for(self, hidden: Tensor, modality: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Group rows of hidden [N, D] by their modality [N]; returns, per modality id
+        (TEXT, IMAGE, AUDIO), ``(row index [n_m], logits [n_m, predictable_m])``. Every head is
+        called, with zero rows if need be, so all ranks run the same collectives under FSDP."""
+        out = []
+        for m in range(len(MODALITIES)):
+            idx = (modality == m).nonzero(as_tuple=True)[0]
+            out.append((idx, self.head_logits(hidden[idx], m)))
+        return out
+
+    def full_logits(self, hidden: Tensor) -> Tensor:
+        """hidden [N, D] → logits over the predictable ids of all blocks, concatenated in
+        modality order (text, image, audio)."""
+        return torch.cat([self.head_logits(hidden, m) for m in range(len(MODALITIES))], dim=-1)
+
+    # ---- accounting -------------------------------------------------------------------------
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; ``non_embedding`` drops embeddings and heads (the paper's N)."""
+        skip = ("embeddings.", "heads.") if non_embedding else ()
+        return sum(p.numel() for name, p in self.named_parameters() if not name.startswith(skip))
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        return flops_per_token(self.cfg, self.layout, seq_len or self.cfg.max_seq_len)

@@ -1,0 +1,118 @@
+"""SDE batch reparameterisation of AdamW (PAPER §6, eq. 4.1–4.2).
+
+A base run (B_base rows per step, D_base tokens, tuned AdamW settings) is transferred to a run
+of token horizon D and physical batch B through the *logical* batch B̃ = B_base·(D/D_base)^γ:
+
+    κ = B / B̃,   lr = lr_base·√κ,   β1 = β1_base^κ,   β2 = β2_base^κ,   ε = ε_base/√κ
+
+and the run takes S = D/(B·L) optimiser steps (the step count follows B: this is not gradient
+accumulation). γ = 0 keeps the SDE drift/noise fixed (isonoise), γ = 1 the horizon (isohorizon);
+the paper's fit gives γ = 0.44. The paper leaves weight decay unscaled in eq. 4.2; the
+``sqrt_kappa`` rule (Complete(d)P) scales it by √κ so the per-step decay lr·λ scales by κ.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass, field
+
+WEIGHT_DECAY_RULES = ("none", "sqrt_kappa")
+
+
+@dataclass(frozen=True)
+class BaseRun:
+    """The tuned reference point [paper: B_base 256, D_base 13B, Table 5 AdamW values]."""
+
+    batch: int = 256
+    tokens: float = 13e9
+    lr: float = 9e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+
+
+@dataclass(frozen=True)
+class ReparamConfig:
+    gamma: float = 0.44
+    weight_decay_rule: str = "none"
+    base: BaseRun = field(default_factory=BaseRun)
+
+
+@dataclass(frozen=True)
+class Reparam:
+    """The derived run settings; ``to_dict`` is what gets logged and stored in checkpoints."""
+
+    batch: int
+    tokens: float
+    seq_len: int
+    gamma: float
+    logical_batch: float  # B̃
+    kappa: float  # κ = B / B̃
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    weight_decay_rule: str
+    steps: int  # S = round(D / (B·L))
+    logical_steps: float  # S̃ = D / (B̃·L), for reference
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _check(cond: bool, name: str, value: object, need: str) -> None:
+    if not cond:
+        raise ValueError(f"{name} must be {need}, got {value!r}")
+
+
+def reparameterize(batch: int, tokens: float, seq_len: int, cfg: ReparamConfig | None = None) -> Reparam:
+    """Settings for a run of physical ``batch`` rows of ``seq_len`` positions and token horizon
+    ``tokens`` (D; counts positions, PAD included, matching D = B̃·S̃·L).
+
+    S is D/(B·L) rounded to the nearest integer (halves up), so the run sees D within B·L/2
+    positions; a horizon below half a step is an error."""
+    cfg = cfg or ReparamConfig()
+    base = cfg.base
+    _check(_is_int(batch) and batch > 0, "batch", batch, "a positive integer")
+    _check(_is_int(seq_len) and seq_len > 0, "seq_len", seq_len, "a positive integer")
+    _check(math.isfinite(tokens) and tokens > 0, "tokens", tokens, "a positive number")
+    _check(0.0 <= cfg.gamma <= 1.0, "gamma", cfg.gamma, "in [0, 1]")
+    _check(cfg.weight_decay_rule in WEIGHT_DECAY_RULES, "weight_decay_rule", cfg.weight_decay_rule,
+           f"one of {WEIGHT_DECAY_RULES}")
+    _check(base.batch > 0, "base.batch", base.batch, "positive")
+    _check(base.tokens > 0, "base.tokens", base.tokens, "positive")
+    _check(base.lr > 0, "base.lr", base.lr, "positive")
+    _check(0.0 < base.beta1 < 1.0, "base.beta1", base.beta1, "in (0, 1)")
+    _check(0.0 < base.beta2 < 1.0, "base.beta2", base.beta2, "in (0, 1)")
+    _check(base.eps > 0, "base.eps", base.eps, "positive")
+    _check(base.weight_decay >= 0, "base.weight_decay", base.weight_decay, "non-negative")
+
+    logical_batch = base.batch * (tokens / base.tokens) ** cfg.gamma
+    kappa = batch / logical_batch
+    sqrt_kappa = math.sqrt(kappa)
+    steps = math.floor(tokens / (batch * seq_len) + 0.5)
+    _check(steps >= 1, "tokens", tokens, f"at least half a step (batch·seq_len/2 = {batch * seq_len / 2:g})")
+    wd = base.weight_decay * (sqrt_kappa if cfg.weight_decay_rule == "sqrt_kappa" else 1.0)
+    return Reparam(
+        batch=int(batch),
+        tokens=float(tokens),
+        seq_len=int(seq_len),
+        gamma=cfg.gamma,
+        logical_batch=logical_batch,
+        kappa=kappa,
+        lr=base.lr * sqrt_kappa,
+        beta1=base.beta1**kappa,
+        beta2=base.beta2**kappa,
+        eps=base.eps / sqrt_kappa,
+        weight_decay=wd,
+        weight_decay_rule=cfg.weight_decay_rule,
+        steps=steps,
+        logical_steps=tokens / (logical_batch * seq_len),
+    )
