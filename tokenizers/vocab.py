@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -96,25 +97,25 @@ class VocabLayout:
                 raise ValueError(f"VocabLayout.{name} must be a positive integer, got {value!r}")
 
     # ---- blocks -------------------------------------------------------------------------
-    @property
+    @cached_property
     def text(self) -> Block:
         return Block("text", 0, self.text_codes, has_pad=True)
 
-    @property
+    @cached_property
     def image(self) -> Block:
         return Block("image", self.text.end, self.image_codes)
 
-    @property
+    @cached_property
     def audio(self) -> Block:
         codes = self.audio_codes if self.audio_shared_block else self.audio_codes * self.audio_levels
         return Block("audio", self.image.end, codes)
 
-    @property
+    @cached_property
     def blocks(self) -> tuple[Block, Block, Block]:
         """Blocks indexed by modality id (TEXT, IMAGE, AUDIO)."""
         return (self.text, self.image, self.audio)
 
-    @property
+    @cached_property
     def task_offset(self) -> int:
         return self.audio.end
 
@@ -127,7 +128,7 @@ class VocabLayout:
     def pad(self) -> int:
         return self.text.pad
 
-    @property
+    @cached_property
     def vocab_size(self) -> int:
         return self.task_offset + len(TASKS)
 
