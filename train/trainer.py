@@ -314,7 +314,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if (step + 1) % cfg.run.log_every == 0 or step == start_step or step + 1 == end_step:
             elapsed = time.perf_counter() - t0
-            record = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
+            record = {"step": step + 1, "elapsed": elapsed, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
                       "tokens": tokens_seen, "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
                       "padding": 1.0 - float(n_global) / (cfg.run.batch_size * cfg.data.seq_len)}
             for m, name in enumerate(MODALITIES):
