@@ -224,7 +224,9 @@ class Transformer(nn.Module):
         seq_len = tokens.shape[1]
         if seq_len > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {seq_len} exceeds max_seq_len {self.cfg.max_seq_len}")
-        key_mask = None if valid is None else valid[:, None, None, :]
+        # Without PAD (packed text rows) no mask is passed, so SDPA can use its flash kernel;
+        # a boolean key mask forces the slower memory-efficient/math kernels.
+        key_mask = None if valid is None or bool(valid.all()) else valid[:, None, None, :]
         h = self.embed(tokens)
         for layer in self.layers:
             h = layer(h, self.rope_cos, self.rope_sin, key_mask)

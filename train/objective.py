@@ -201,7 +201,8 @@ def diffusion_loss(
     With ``cfg.anti_mask`` every row appears twice: once with its mask and once with the
     complement, masked at rate α(t) and weighted by −α'(t)/α(t) (``Schedule.anti_weight``),
     evaluated at min(t, 1 − eps) — the mirror of the plain rows' t ≥ eps bound, which keeps the
-    weight finite as α(t) → 0. ``n_tokens`` then counts both copies (the default does)."""
+    weight finite as α(t) → 0. ``n_tokens`` counts the rows as passed in; it is doubled here
+    with the rows, so the loss stays a mean per non-PAD token."""
     schedule = schedule or make_schedule(cfg.schedule)
     if t is None:
         t = sample_t(tokens.shape[0], cfg.eps, generator, cfg.time_sampling, device=tokens.device)
@@ -213,6 +214,8 @@ def diffusion_loss(
         tokens, modality, valid = (torch.cat([x, x]) for x in (tokens, modality, valid))
         noisy, is_masked = torch.cat([noisy, noisy_c]), torch.cat([is_masked, is_masked_c])
         weight = torch.cat([weight, schedule.anti_weight(t.clamp(max=1.0 - cfg.eps))])
+        if n_tokens is not None:
+            n_tokens = 2 * n_tokens
     hidden = model(noisy, valid)
     return masked_diffusion_loss(
         model, hidden, tokens, modality, is_masked, valid, weight, layout,
