@@ -85,6 +85,23 @@ def train_text_tokenizer(
     if vocab_size < 8:
         raise ValueError(f"--vocab-size must be at least 8, got {vocab_size}")
     model = io.BytesIO()
+    try:
+        _train(texts, model, vocab_size, model_type, character_coverage, max_sentence_length, seed_sentencepiece_size,
+               num_threads)
+    except RuntimeError as e:
+        if "Vocabulary size is smaller than required_chars" in str(e):
+            raise ValueError(
+                f"--vocab-size {vocab_size} is too small: byte fallback needs 256 byte pieces plus one per "
+                f"character of the corpus ({str(e).rsplit('. ', 2)[-2]})"
+            ) from None
+        raise ValueError(f"SentencePiece training failed: {e}") from None
+    data = model.getvalue()
+    storage.write_atomic(out_path, data)
+    return TextTokenizer(data, path=out_path)
+
+
+def _train(texts, model, vocab_size, model_type, character_coverage, max_sentence_length, seed_sentencepiece_size,
+           num_threads) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(t for t in texts if t.strip()),
         model_writer=model,
@@ -102,6 +119,3 @@ def train_text_tokenizer(
         hard_vocab_limit=False,
         minloglevel=2,
     )
-    data = model.getvalue()
-    storage.write_atomic(out_path, data)
-    return TextTokenizer(data, path=out_path)
