@@ -627,6 +627,13 @@ class MoVQGANTokenizer:
         return self.model.config
 
     @property
+    def grid(self) -> tuple[int, int]:
+        """Latent grid (h, w) at the model's configured ``resolution`` (32x32 for the public
+        256 px models). Data made at another size records its own grid in the manifest."""
+        r = self.config.resolution
+        return self.model.latent_grid(r, r)
+
+    @property
     def fingerprint(self) -> str:
         """Hash of the weights (as loaded, computed once) and the config."""
         if self._fingerprint is None:

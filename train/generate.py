@@ -74,6 +74,10 @@ def generate_cli(args) -> list[str]:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = []
+    if prompt_ids.size == 0 and SamplerConfig.for_task(task, **overrides).cfg_scale != 1.0:
+        # an empty prompt is unconditional sampling: there is nothing for CFG to guide by
+        overrides["cfg_scale"] = 1.0
+        lines.append("empty prompt: unconditional sampling (no classifier-free guidance)")
 
     if task == "text":
         tpl = text_template(layout, prompt_ids, args.length)
@@ -111,7 +115,7 @@ def generate_cli(args) -> list[str]:
         levels = layout.audio_levels
         aud_tok = DACTokenizer.from_path(_tokenizer_path(args.audio_tokenizer, state, "audio"), n_keep=levels,
                                          device=str(device))
-        frames = max(1, round(aud_tok.frames_per_second * args.seconds))
+        frames = max(1, math.ceil(aud_tok.frames_per_second * args.seconds - 1e-9))  # never shorter than asked
         tpl = media_template(layout, task, frames * levels, prompt_ids)
         waves = []
         for i in range(args.num):
