@@ -85,6 +85,20 @@ def run(build_fn: Callable[[beam.Pipeline], Any], root: str, beam_args: Sequence
 
 def summary(manifest: Manifest, root: str) -> str:
     c = manifest.counts
+    if manifest.kind == "mixed":  # rows, not samples: read != written + filtered + rejected
+        lines = [
+            f"wrote {c['written']} rows of {manifest.seq_len} tokens in {len(manifest.shards)} shards to {root}",
+            f"  read {c['read']} input samples; filtered {sum(c['filtered'].values())}"
+            + (f"; stopped: {c['stopped']}" if c.get("stopped") else ""),
+        ]
+        for name, s in (c.get("sources") or {}).items():
+            lines.append(
+                f"  {name} ({s['modality']}, weight {s['weight']:.3g}): {s['rows']} of {s['rows_available']} rows, "
+                f"{s['samples_consumed']} of {s['samples']} samples"
+            )
+        for reason, n in c["filtered"].items():
+            lines.append(f"  filtered {reason}: {n}")
+        return "\n".join(lines)
     filt = sum(c["filtered"].values())
     rej = sum(c["rejected"].values())
     lines = [

@@ -79,34 +79,49 @@ def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def iter_tar(buf: bytes | memoryview, name: str = "<shard>") -> Iterator[tuple[str, memoryview]]:
-    """Yield ``(member name, payload view)`` of regular files from an in-memory tar (ustar/GNU)."""
-    view = memoryview(buf)
-    n = len(view)
+def iter_tar_offsets(buf: bytes | memoryview, name: str = "<shard>") -> Iterator[tuple[str, int, int]]:
+    """Yield ``(member name, payload start, payload end)`` of the regular files of an in-memory
+    tar (ustar/GNU): offsets into ``buf``, so an index of a shard can be kept without its bytes.
+
+    Per-member Python work is what limits shard reading, so header fields are read straight out
+    of a ``bytes`` buffer (no per-header copy); other buffers are read a header at a time."""
+    direct = isinstance(buf, bytes)
+    view = None if direct else memoryview(buf)
+    n = len(buf)
     pos = 0
     while pos + BLOCK <= n:
-        header = view[pos : pos + BLOCK]
-        if header[0] == 0:  # end-of-archive marker
+        if direct:
+            h, b = buf, pos
+        else:
+            h, b = bytes(view[pos : pos + BLOCK]), 0
+        if h[b] == 0:  # end-of-archive marker
             return
-        raw = bytes(header)
+        e = h.find(b"\0", b, b + 100)
+        member = h[b : e if e >= 0 else b + 100].decode()
+        field = h[b + 124 : b + 136].partition(b"\0")[0]
         try:
-            size = int(raw[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            size = int(field, 8) if field.strip() else 0
         except ValueError:
             raise ShardFormatError(f"{name}: bad tar header at offset {pos}") from None
-        member = raw[0:100].split(b"\0", 1)[0].decode()
-        prefix = raw[345:500].split(b"\0", 1)[0].decode() if raw[257:262] == b"ustar" else ""
-        if prefix:
-            member = f"{prefix}/{member}"
-        typeflag = raw[156:157]
+        if h[b + 345] and h[b + 257 : b + 262] == b"ustar":  # ustar name prefix
+            e = h.find(b"\0", b + 345, b + 500)
+            member = f"{h[b + 345 : e if e >= 0 else b + 500].decode()}/{member}"
         start = pos + BLOCK
         end = start + size
         if end > n:
             raise ShardFormatError(f"{name}: truncated tar member {member!r} at offset {pos}")
-        if typeflag in (b"0", b"\0"):
-            yield member, view[start:end]
+        if h[b + 156] in (48, 0):  # typeflag b"0" or b"\0": a regular file
+            yield member, start, end
         pos = start + (size + BLOCK - 1) // BLOCK * BLOCK
-    if pos < n and any(bytes(view[pos:])):
+    if pos < n and any(memoryview(buf)[pos:]):
         raise ShardFormatError(f"{name}: trailing garbage at offset {pos}")
+
+
+def iter_tar(buf: bytes | memoryview, name: str = "<shard>") -> Iterator[tuple[str, memoryview]]:
+    """Yield ``(member name, payload view)`` of regular files from an in-memory tar (ustar/GNU)."""
+    view = memoryview(buf)
+    for member, start, end in iter_tar_offsets(buf, name):
+        yield member, view[start:end]
 
 
 def npy_view(payload: memoryview | bytes) -> np.ndarray:

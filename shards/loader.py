@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from trimodal.shards.format import ShardFormatError, iter_tar, npy_view
+from trimodal.shards.format import ShardFormatError, iter_tar_offsets, npy_view
 from trimodal.shards.manifest import Manifest, check_same_tokenizers
 from trimodal.shards.reader import ShardCorrupted, read_shard_bytes
 from trimodal.shards.rows import RowTooLong, TextPacker, layout_ids, paired_row, row_dict
@@ -266,7 +266,7 @@ class _Cursor:
         # live (not state)
         self._order: np.ndarray | None = None
         self._order_epoch = -1
-        self._samples: list[dict[str, Any]] | None = None
+        self._samples: tuple[memoryview, list[tuple[str, list[tuple[str, int, int]]]]] | None = None
         self._perm: np.ndarray | None = None
         self._shard = -1
         self._failures = 0
@@ -300,6 +300,35 @@ class _Cursor:
         if self._failures > len(self.shard_ids):
             raise ShardCorrupted(f"source {self.source.name!r}: every shard of stream {self.stream} is corrupt ({err})")
 
+    def _index(self, shard: int, data: bytes, where: str) -> list[tuple[str, list[tuple[str, int, int]]]]:
+        """The shard's samples as ``(key, [(ext, start, end), ...])`` in tar order (offsets into
+        ``data``). Under sample striding every stream of this process reads the same few shards,
+        so their indexes are kept (a source has fewer shards than streams then: bounded) and each
+        stream walks the tar headers once instead of once per stream."""
+        info = self.source.manifest.shards[shard]
+        cache_key = (self.source.root, info.name, info.sha256)
+        if self.stride:
+            cached = self.ctx.shard_index.get(cache_key)
+            if cached is not None and cached[0] == len(data):
+                return cached[1]
+        groups: list[tuple[str, list[tuple[str, int, int]]]] = []
+        last = None
+        try:
+            for member, start, end in iter_tar_offsets(data, where):
+                key, _, ext = member.partition(".")
+                if key != last:
+                    members: list[tuple[str, int, int]] = []
+                    groups.append((key, members))
+                    last = key
+                members.append((ext, start, end))
+        except ShardFormatError as e:
+            raise ShardCorrupted(str(e)) from None
+        if len(groups) != info.samples:
+            raise ShardCorrupted(f"shard {where}: {len(groups)} samples, manifest says {info.samples}")
+        if self.stride:
+            self.ctx.shard_index[cache_key] = (len(data), groups)
+        return groups
+
     def _load(self, shard: int) -> bool:
         """Read shard ``shard`` and index its samples (arrays are decoded lazily, only for the
         samples of this stream); False when it was corrupt and skipped."""
@@ -307,19 +336,7 @@ class _Cursor:
         where = self._where(shard)
         try:
             data = read_shard_bytes(self.source.root, info, verify=self.ctx.config.verify_checksums)
-            groups: list[list[tuple[str, memoryview]]] = []
-            last = None
-            try:
-                for member, payload in iter_tar(data, where):
-                    key, _, ext = member.partition(".")
-                    if key != last:
-                        groups.append([("__key__", key)])
-                        last = key
-                    groups[-1].append((ext, payload))
-            except ShardFormatError as e:
-                raise ShardCorrupted(str(e)) from None
-            if len(groups) != info.samples:
-                raise ShardCorrupted(f"shard {where}: {len(groups)} samples, manifest says {info.samples}")
+            groups = self._index(shard, data, where)
         except ShardCorrupted as e:
             self._corrupt(e)
             return False
@@ -327,20 +344,21 @@ class _Cursor:
         idx = np.arange(self.stream, len(groups), n) if self.stride else np.arange(len(groups))
         rng = np.random.default_rng([self.ctx.config.seed, self.epoch, self.stream, self.source.salt, shard])
         self._perm = idx[rng.permutation(idx.size)]
-        self._samples = groups
+        self._samples = (memoryview(data), groups)
         self._shard = shard
         return True
 
-    def _decode(self, group: list[tuple[str, Any]]) -> dict[str, Any]:
-        sample: dict[str, Any] = {}
+    def _decode(self, view: memoryview, group: tuple[str, list[tuple[str, int, int]]]) -> dict[str, Any]:
+        key, members = group
+        sample: dict[str, Any] = {"__key__": key}
         try:
-            for ext, payload in group:
+            for ext, start, end in members:
                 if ext.endswith(".npy"):
-                    sample[ext[:-4]] = npy_view(payload)
+                    sample[ext[:-4]] = npy_view(view[start:end])
                 elif ext != "json":  # the loader needs only the arrays (and the key)
-                    sample[ext] = payload
+                    sample[ext] = view[start:end]
         except (ShardFormatError, ValueError) as e:
-            raise ShardCorrupted(f"shard {self._where(self._shard)}: sample {group[0][1]}: {e}") from None
+            raise ShardCorrupted(f"shard {self._where(self._shard)}: sample {key}: {e}") from None
         return sample
 
     def next(self) -> dict[str, Any] | None:
@@ -364,9 +382,9 @@ class _Cursor:
                 self.shard_pos += 1
                 self.sample_pos = 0
                 continue
-            group = self._samples[int(self._perm[self.sample_pos])]
+            view, groups = self._samples
             try:
-                sample = self._decode(group)
+                sample = self._decode(view, groups[int(self._perm[self.sample_pos])])
             except ShardCorrupted as e:  # skip the rest of this shard
                 self._samples = self._perm = None
                 self.shard_pos += 1
@@ -392,6 +410,13 @@ class _Context:
         self.ids = layout_ids(layout)
         self.image_offset = layout.image.offset
         self.image_codes = layout.image.codes
+        # (root, shard name, sha256) -> (bytes, sample index); see _Cursor._index. Per process.
+        self.shard_index: dict[tuple[str, str, str], tuple[int, list]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        d["shard_index"] = {}  # rebuilt by whoever iterates (a dataloader worker)
+        return d
 
     def media_to_global(self, modality: int, local: np.ndarray) -> np.ndarray:
         if modality == AUDIO:

@@ -15,6 +15,7 @@ Seeding every random draw from the step makes resume exact without saving RNG st
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -33,7 +34,7 @@ from trimodal.train.configs import ConfigError, apply_overrides, from_dict, load
 from trimodal.train.model import ModelConfig, Transformer
 from trimodal.train.objective import ObjectiveConfig, diffusion_loss
 from trimodal.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
-from trimodal.train.reparam import BaseRun, ReparamConfig, reparameterize
+from trimodal.train.reparam import WEIGHT_DECAY_RULES, BaseRun, ReparamConfig, reparameterize
 from trimodal.train.schedules import make_schedule, sample_t
 
 
@@ -63,6 +64,19 @@ class ReparamSection:
     base_batch: int = 256
     base_tokens: float = 13e9
 
+    def __post_init__(self) -> None:
+        # Checked even when the reparameterisation is off (tokens = 0): a bad value is a typo.
+        if not (math.isfinite(self.tokens) and self.tokens >= 0):
+            raise ValueError(f"reparam.tokens must be >= 0 (0 = off), got {self.tokens}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"reparam.gamma must be in [0, 1], got {self.gamma}")
+        if self.weight_decay_rule not in WEIGHT_DECAY_RULES:
+            raise ValueError(f"reparam.weight_decay_rule must be one of {list(WEIGHT_DECAY_RULES)}, "
+                             f"got {self.weight_decay_rule!r}")
+        if self.base_batch <= 0 or not self.base_tokens > 0:
+            raise ValueError(f"reparam.base_batch and reparam.base_tokens must be positive, "
+                             f"got {self.base_batch}, {self.base_tokens}")
+
 
 @dataclass
 class RunConfig:
@@ -81,6 +95,9 @@ class RunConfig:
     resume: bool = False
     progress: bool = True
     stop_at_step: int = 0  # stop early (with a checkpoint) at this step; schedules still span `steps`
+    # Debug: each rank appends a hash of every row it trains on to
+    # <out>/rows/rank-<r>.from-<start step>.jsonl (one line per step), to audit resumes.
+    log_rows: bool = False
 
 
 @dataclass
@@ -249,10 +266,15 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             state = ckpt.load_checkpoint(latest, model, optimizer)
             saved_layout = VocabLayout.from_dict(state["layout"])
             layout.check_compatible(saved_layout, what=f"checkpoint {latest}")
-            merged: dict[str, Any] = {}
-            for rs in state["rank_states"]:
-                merged.update(rs["streams"])
-            dataset.load_stream_states({int(k): v for k, v in merged.items()})
+            saved = state["rank_states"]
+            if int(state["world_size"]) == info.world_size and "format" in saved[info.rank]:
+                # Same ranks: this rank's own streams *and* its round-robin position among them.
+                dataset.load_state_dict(saved[info.rank])
+            else:  # another world size: the union of every rank's streams; each rank takes its own
+                merged: dict[str, Any] = {}
+                for rs in saved:
+                    merged.update(rs["streams"])
+                dataset.load_stream_states({int(k): v for k, v in merged.items()})
             start_step = int(state["step"])
             if info.is_main:
                 print(f"resumed from {latest} at step {start_step} (saved by {state['world_size']} ranks)")
@@ -272,6 +294,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
                   f"wd={r['weight_decay']:.4g} steps={r['steps']}")
 
     rows = iter(dataset)
+    rows_log = None
+    if cfg.run.log_rows:
+        (out / "rows").mkdir(parents=True, exist_ok=True)
+        rows_log = open(out / "rows" / f"rank-{info.rank}.from-{start_step:07d}.jsonl", "w")
     history: list[float] = []
     bar = None
     if info.is_main and cfg.run.progress:
@@ -285,6 +311,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         lr = lr_at(step, total_steps, sched["lr"], cfg.optim.warmup_steps, cfg.optim.min_lr, cfg.optim.warmup_max_fraction)
         set_lr(optimizer, lr)
         batches = [_collate([next(rows) for _ in range(micro)], info.device) for _ in range(accum)]
+        if rows_log is not None:
+            hashes = [hashlib.blake2b(r.cpu().numpy().tobytes(), digest_size=8).hexdigest()
+                      for b in batches for r in b["tokens"]]
+            rows_log.write(json.dumps({"step": step + 1, "rows": hashes}) + "\n")
+            rows_log.flush()
         n_local = torch.tensor(float(sum(int(b["valid"].sum()) for b in batches)), device=info.device)
         n_global = D.all_reduce_sum(n_local.clone())
         t_all = sample_t(micro * accum, cfg.objective.eps, _seeded(cfg.run.seed, step), cfg.objective.time_sampling,
@@ -328,12 +359,15 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             state = {"config": cfg.to_dict(), "layout": layout.to_dict(), "reparam": sched["reparam"],
                      "tokenizers": tokenizers_of(manifests),
                      "optim": {k: v for k, v in sched.items() if k != "reparam"}}
-            path = ckpt.save_checkpoint(ckpt_root, step + 1, model, optimizer, state,
-                                        {"streams": {str(k): v for k, v in dataset.stream_states().items()}}, info,
+            # state_dict(): this rank's streams ("streams", all a world-size change needs) plus
+            # its round-robin position ("owned", "rr"), needed to resume on the same ranks exactly.
+            path = ckpt.save_checkpoint(ckpt_root, step + 1, model, optimizer, state, dataset.state_dict(), info,
                                         keep_last=cfg.run.keep_last)
             logger.log({"event": "checkpoint", "step": step + 1, "path": str(path)})
     if bar is not None:
         bar.close()
+    if rows_log is not None:
+        rows_log.close()
     logger.close()
     return {"first_loss": history[0] if history else math.nan, "last_loss": history[-1] if history else math.nan,
             "losses": history, "steps": total_steps, "start_step": start_step, "out_dir": str(out),

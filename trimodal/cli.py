@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--captions", default=None, help="captions JSON-lines file (folder format)")
     pi.add_argument("--image-size", type=int, default=256)
     pi.add_argument("--device", default="auto")
+    pi.add_argument("--image-field", default=None, help="parquet image column (default: jpg, image, ...)")
+    pi.add_argument("--caption-field", default=None, help="caption column / JSON field (default: caption, text)")
+    pi.add_argument("--id-field", default=None)
+    pi.add_argument("--max-pixels", type=int, default=64_000_000, help="larger images are rejected unread")
+    pi.add_argument("--min-side", type=int, default=16, help="smaller images are filtered")
+    pi.add_argument("--seed", type=int, default=0, help="salt of the per-record preprocessing seed")
+    pi.add_argument("--allow-tf32", action="store_true", help="faster on GPU; codes may differ from CPU")
 
     pa = pipe.add_parser("audio-text", allow_abbrev=False, help="audio-transcript corpus -> tokenized shards")
     _add_pipeline_common(pa)
@@ -158,7 +165,9 @@ def cmd_pipeline(args: argparse.Namespace, beam_args: list[str]) -> int:
             inputs=args.input, text_tokenizer=args.text_tokenizer, image_tokenizer=args.image_tokenizer, out=args.out,
             format=args.format, captions=args.captions, source=args.source, image_size=args.image_size,
             device=args.device, batch_size=args.batch_size or 16, target_shard_bytes=shard_bytes,
-            compression=args.compression,
+            compression=args.compression, image_field=args.image_field, caption_field=args.caption_field,
+            id_field=args.id_field, max_pixels=args.max_pixels, min_side=args.min_side, seed=args.seed,
+            allow_tf32=args.allow_tf32,
         )
         manifest = run_image_text_pipeline(cfg, beam_args)
     elif args.pipe_command == "audio-text":
