@@ -109,6 +109,8 @@ def generate_cli(args) -> list[str]:
         Image.fromarray(image_grid(images)).save(out)
         lines.append(f"wrote {out} ({len(codes)} image(s) of {images.shape[1]}x{images.shape[2]})")
     else:
+        if args.seconds <= 0:
+            raise ValueError(f"--seconds must be positive, got {args.seconds}")
         from trimodal.tokenizers.audio_io import write_wav
         from trimodal.tokenizers.dac import DACTokenizer
 

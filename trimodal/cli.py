@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--audio-tokenizer", required=True, help="DAC weights path")
     pa.add_argument("--format", default="auto", choices=["auto", "manifest", "webdataset"])
     pa.add_argument("--codebooks", type=int, default=4, help="residual codebooks kept (k)")
-    pa.add_argument("--max-seconds", type=float, default=30.0)
+    pa.add_argument("--max-seconds", type=float, default=30.0, help="longer clips are filtered (too_long)")
+    pa.add_argument("--min-seconds", type=float, default=0.0, help="shorter clips are filtered (too_short)")
+    pa.add_argument("--bucket-seconds", type=float, default=1.0, help="length bucket width for batched encoding")
     pa.add_argument("--device", default="auto")
 
     pm = pipe.add_parser("mix", allow_abbrev=False, help="tokenized datasets -> mixed shards packed to L")
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--top-p", type=float, default=None)
     sa.add_argument("--order", choices=["random", "confidence"], default="random")
     sa.add_argument("--length", type=int, default=64, help="text: new tokens")
-    sa.add_argument("--seconds", type=float, default=5.0, help="speech: duration")
+    sa.add_argument("--seconds", type=float, default=5.0, help="speech: duration (> 0)")
     sa.add_argument("--num", type=int, default=1, help="samples (images: a grid)")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--text-tokenizer", default=None)
@@ -176,6 +178,7 @@ def cmd_pipeline(args: argparse.Namespace, beam_args: list[str]) -> int:
         cfg = AudioTextPipelineConfig(
             inputs=args.input, text_tokenizer=args.text_tokenizer, audio_tokenizer=args.audio_tokenizer, out=args.out,
             format=args.format, source=args.source, n_keep=args.codebooks, max_seconds=args.max_seconds,
+            min_seconds=args.min_seconds, bucket_seconds=args.bucket_seconds,
             device=args.device, batch_size=args.batch_size or 8, target_shard_bytes=shard_bytes,
             compression=args.compression,
         )

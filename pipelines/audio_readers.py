@@ -1,0 +1,293 @@
+"""Audio-transcript corpus readers: JSON-lines manifests and WebDataset tars, through fsspec.
+
+Each reader turns one input file into records ``{"id", "source", "audio": bytes, "text",
+"provenance"}`` or dead-letter dicts (:func:`trimodal.pipelines.outcomes.dead_letter`). Record
+ids are stable across runs (``<manifest>:<line>``, ``<tar>:<sample key>``), so shard contents
+are deterministic. A file that cannot be opened at all becomes one rejected record with reason
+``unreadable_file``.
+
+**Manifests** (LibriSpeech/NeMo style): one JSON object per line with ``audio_filepath``
+(relative to the manifest's folder, absolute, or a URL), ``text``, optional ``duration`` and
+optional ``offset``. A line *with* ``offset`` names a segment of a longer recording: the reader
+cuts ``[offset, offset + duration)`` (to the end when ``duration`` is absent) at the file's own
+sample rate and passes just that segment on, as a float32 WAV, so a long recording is never
+shipped whole once per segment and the segment -- not the recording -- is what ``max_seconds``
+judges. Without ``offset`` the whole file is the record (``duration`` is then informational only:
+the decoded length is what counts). Reasons: ``missing_file``, ``unreadable_file``, ``bad_json``,
+``invalid_utf8``, ``missing_field``, ``bad_field_type``, ``bad_segment`` (negative/non-finite
+times, or an offset past the end), and for segments the audio reasons of
+:func:`trimodal.tokenizers.audio_io.load_audio` (``empty``, ``undecodable``).
+
+**WebDataset tars**: members grouped by sample key (webdataset's rule: the path up to the first
+dot of the file name), one audio member (flac, wav, mp3, ogg, opus) plus a transcript from
+``.txt`` or from a ``.json`` with a ``text`` / ``transcript`` field. Reasons: ``missing_audio``,
+``missing_transcript``, ``invalid_utf8``, ``bad_json``, ``duplicate_key``, and
+``unreadable_file`` for a tar that breaks off mid-stream (the samples before the break are kept).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import soundfile as sf
+
+from trimodal.pipelines.outcomes import REJECTED, count, dead_letter
+from trimodal.tokenizers.audio_io import AudioRejected
+
+STAGE = "read"
+FORMATS = ("auto", "manifest", "webdataset")
+AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "opus")
+TRANSCRIPT_EXTS = ("txt", "text")
+JSON_TEXT_FIELDS = ("text", "transcript")
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+
+
+def detect_format(url: str) -> str:
+    return "webdataset" if url.lower().endswith(_TAR_SUFFIXES) else "manifest"
+
+
+def _bad(record_id: str, source: str, reason: str, detail: str = "") -> dict[str, Any]:
+    count(STAGE, REJECTED, reason)
+    return dead_letter(record_id, source, REJECTED, reason, STAGE, detail)
+
+
+def _record(record_id: str, source: str, audio: bytes, text: str, prov: dict[str, Any]) -> dict[str, Any]:
+    count(STAGE, "read")
+    return {"id": record_id, "source": source, "audio": audio, "text": text, "provenance": prov}
+
+
+# ----------------------------------------------------------------------------- manifests
+
+
+def resolve_audio_path(manifest_url: str, path: str) -> str:
+    """``audio_filepath`` → URL: URLs and absolute paths as they are (an absolute path stays on
+    the manifest's filesystem), anything else relative to the manifest's folder."""
+    if "://" in path:
+        return path
+    if path.startswith("/"):
+        if "://" in manifest_url:
+            protocol = manifest_url.split("://", 1)[0]
+            return f"{protocol}://{path.lstrip('/')}" if protocol not in ("file", "local") else path
+        return path
+    folder = manifest_url.rsplit("/", 1)[0] if "/" in manifest_url else "."
+    return f"{folder}/{path}"
+
+
+def _time_field(obj: dict[str, Any], name: str) -> float | None:
+    """A manifest's optional time value in seconds; raises ValueError naming the problem."""
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name!r} is {type(value).__name__}, not a number")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name!r} is {value}")
+    return value
+
+
+def cut_segment(f, offset: float, duration: float | None) -> tuple[bytes, dict[str, Any]]:
+    """Decode ``[offset, offset + duration)`` of an open audio file and return it as float32 WAV
+    bytes at the file's own rate (all channels), plus what was cut. Seeks instead of decoding
+    what lies before the segment. Raises :class:`AudioRejected` (``empty``, ``undecodable``,
+    ``bad_segment``)."""
+    try:
+        with sf.SoundFile(f) as snd:
+            sr, total = int(snd.samplerate), int(snd.frames)
+            start = int(round(offset * sr))
+            if start >= total > 0 or (total == 0 and start > 0):
+                raise AudioRejected("bad_segment", f"offset {offset} s is past the end ({total / max(sr, 1):.3f} s)")
+            n = total - start if duration is None else min(int(round(duration * sr)), total - start)
+            if start:
+                snd.seek(start)
+            x = snd.read(n, dtype="float32", always_2d=True)
+    except AudioRejected:
+        raise
+    except Exception as e:  # libsndfile raises LibsndfileError/RuntimeError/TypeError variants
+        detail = re.sub(r"^Error opening <[^>]*>: ", "", str(e))
+        raise AudioRejected("undecodable", f"{type(e).__name__}: {detail}") from None
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format="WAV", subtype="FLOAT")
+    return buf.getvalue(), {"offset": offset, "duration": round(x.shape[0] / sr, 6), "file_sample_rate": sr}
+
+
+def _read_audio_url(audio_url: str, offset: float | None, duration: float | None) -> tuple[bytes, dict[str, Any]]:
+    """Bytes of a whole file, or of one segment of it (see :func:`cut_segment`)."""
+    with fsspec.open(audio_url, "rb") as f:
+        if offset is None:
+            return f.read(), {}
+        head = f.read(1)
+        if not head:
+            raise AudioRejected("empty", "zero bytes")
+        f.seek(0)
+        return cut_segment(f, offset, duration)
+
+
+def read_manifest(
+    url: str, source: str, text_field: str = "text", audio_field: str = "audio_filepath"
+) -> Iterator[dict[str, Any]]:
+    with fsspec.open(url, "rb", compression="infer") as f:
+        for lineno, raw in enumerate(f, start=1):
+            rid = f"{url}:{lineno}"
+            if raw.strip(b"\r\n") == b"":
+                continue  # blank separator lines are not records
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield _bad(rid, source, "invalid_utf8", str(e))
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield _bad(rid, source, "bad_json", str(e))
+                continue
+            if not isinstance(obj, dict):
+                yield _bad(rid, source, "bad_json", f"expected an object, got {type(obj).__name__}")
+                continue
+            missing = [k for k in (audio_field, text_field) if obj.get(k) is None]
+            if missing:
+                yield _bad(rid, source, "missing_field", f"no {' / '.join(map(repr, missing))} field")
+                continue
+            path, text = obj[audio_field], obj[text_field]
+            if not isinstance(path, str) or not path or not isinstance(text, str):
+                which = audio_field if not isinstance(path, str) or not path else text_field
+                yield _bad(rid, source, "bad_field_type", f"{which!r} is {type(obj[which]).__name__}, not a non-empty string")
+                continue
+            try:
+                offset = _time_field(obj, "offset")
+                duration = _time_field(obj, "duration")
+            except TypeError as e:
+                yield _bad(rid, source, "bad_field_type", str(e))
+                continue
+            except ValueError as e:
+                yield _bad(rid, source, "bad_segment", str(e))
+                continue
+            audio_url = resolve_audio_path(url, path)
+            try:
+                data, segment = _read_audio_url(audio_url, offset, duration)
+            except FileNotFoundError as e:
+                yield _bad(rid, source, "missing_file", f"{audio_url}: {e}")
+                continue
+            except AudioRejected as e:
+                yield _bad(rid, source, e.reason, f"{audio_url}: {e.detail}")
+                continue
+            except (OSError, ValueError) as e:  # a folder, permissions, a broken remote object
+                yield _bad(rid, source, "unreadable_file", f"{audio_url}: {type(e).__name__}: {e}")
+                continue
+            prov: dict[str, Any] = {"file": url, "line": lineno, "audio": audio_url}
+            if duration is not None and offset is None:
+                prov["declared_duration"] = duration
+            if segment:
+                prov["segment"] = segment
+            yield _record(rid, source, data, text, prov)
+
+
+# ----------------------------------------------------------------------------- webdataset tars
+
+# webdataset's own rule (``webdataset.tariterators.base_plus_ext``): key = path up to the first
+# dot of the file name, extension = the rest.
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+def split_key(name: str) -> tuple[str, str] | None:
+    m = _KEY_EXT.match(name)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def _group_to_record(url: str, source: str, key: str, members: dict[str, bytes]) -> dict[str, Any]:
+    rid = f"{url}:{key}"
+    # a member's type is the last part of its extension ("seg.0.wav" is a wav), as webdataset decodes
+    exts: dict[str, str] = {}
+    for ext in sorted(members):
+        exts.setdefault(ext.rsplit(".", 1)[-1].lower(), ext)
+    audio_ext = next((exts[e] for e in AUDIO_EXTS if e in exts), None)
+    if audio_ext is None:
+        return _bad(rid, source, "missing_audio", f"members: {sorted(members)}")
+    text = None
+    txt_ext = next((exts[e] for e in TRANSCRIPT_EXTS if e in exts), None)
+    if txt_ext is not None:
+        try:
+            text = members[txt_ext].decode("utf-8")
+        except UnicodeDecodeError as e:
+            return _bad(rid, source, "invalid_utf8", f".{txt_ext}: {e}")
+    elif "json" in exts:
+        try:
+            obj = json.loads(members[exts["json"]].decode("utf-8"))
+        except UnicodeDecodeError as e:
+            return _bad(rid, source, "invalid_utf8", f".json: {e}")
+        except json.JSONDecodeError as e:
+            return _bad(rid, source, "bad_json", str(e))
+        if isinstance(obj, dict):
+            text = next((obj[f] for f in JSON_TEXT_FIELDS if isinstance(obj.get(f), str)), None)
+    if text is None:
+        return _bad(rid, source, "missing_transcript", f"members: {sorted(members)}")
+    return _record(rid, source, members[audio_ext], text, {"file": url, "key": key, "member": f"{key}.{audio_ext}"})
+
+
+def read_webdataset(url: str, source: str) -> Iterator[dict[str, Any]]:
+    seen: set[str] = set()
+    key: str | None = None
+    members: dict[str, bytes] = {}
+
+    def flush():
+        if key is None:
+            return None
+        if key in seen:
+            return _bad(f"{url}:{key}", source, "duplicate_key", "members of this key appear twice, apart")
+        seen.add(key)
+        return _group_to_record(url, source, key, members)
+
+    with fsspec.open(url, "rb", compression="infer") as f:
+        try:
+            with tarfile.open(fileobj=f, mode="r|*") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    parts = split_key(info.name)
+                    if parts is None or parts[1] == "":
+                        continue  # no extension: not a sample member (webdataset skips it too)
+                    k, ext = parts
+                    if k != key:
+                        out = flush()
+                        if out is not None:
+                            yield out
+                        key, members = k, {}
+                    data = tar.extractfile(info)
+                    members[ext] = data.read() if data is not None else b""
+        except (tarfile.TarError, EOFError, OSError) as e:
+            # the group being read when the tar broke off is incomplete: it is not a record
+            yield _bad(f"{url}:<truncated after {key}>", source, "unreadable_file", f"{type(e).__name__}: {e}")
+            return
+        out = flush()
+        if out is not None:
+            yield out
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def read_audio_file(url: str, fmt: str = "auto", source: str = "", text_field: str = "text",
+                    audio_field: str = "audio_filepath") -> Iterator[dict[str, Any]]:
+    """Dispatch on format; an unreadable input file becomes one rejected record naming the error."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown audio-text format {fmt!r}; expected one of {FORMATS}")
+    fmt = detect_format(url) if fmt == "auto" else fmt
+    source = source or url.rsplit("/", 1)[-1].split(".", 1)[0]
+    try:
+        if fmt == "manifest":
+            yield from read_manifest(url, source, text_field, audio_field)
+        else:
+            yield from read_webdataset(url, source)
+    except (OSError, ValueError, EOFError) as e:
+        yield _bad(url, source, "unreadable_file", f"{type(e).__name__}: {e}")
+
+
+__all__ = ["FORMATS", "AUDIO_EXTS", "detect_format", "resolve_audio_path", "cut_segment", "split_key",
+           "read_manifest", "read_webdataset", "read_audio_file"]
