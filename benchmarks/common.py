@@ -1,0 +1,140 @@
+"""Shared helpers of the CPU benchmarks: machine description, timing, medians, one JSON line.
+
+Every benchmark measures a candidate (the library path) and a baseline *in the same run*,
+interleaved (baseline, candidate, baseline, candidate, …) so that load from other processes on
+a small shared machine hits both alike, and reports medians. Each result says which clock it
+used: ``process_time`` (CPU seconds of this process, all its threads) where other processes
+make wall time too noisy, ``perf_counter`` (wall) otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CLOCKS = {"process_time": time.process_time, "perf_counter": time.perf_counter}
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark: CPU, core count, load, library versions."""
+    import numpy as np
+
+    info: dict[str, Any] = {
+        "processor": platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    try:
+        info["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    if "torch" in sys.modules or _importable("torch"):
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def timed(fn: Callable[[], Any], clock: str = "process_time") -> tuple[float, float, Any]:
+    """Run ``fn`` once: (seconds on ``clock``, wall seconds, its result)."""
+    c = CLOCKS[clock]
+    t0, w0 = c(), time.perf_counter()
+    out = fn()
+    return c() - t0, time.perf_counter() - w0, out
+
+
+def interleave(
+    fns: dict[str, Callable[[], Any]], repeats: int, clock: str = "process_time"
+) -> dict[str, dict[str, Any]]:
+    """Call every function of ``fns`` in turn, ``repeats`` rounds (the order alternates each
+    round, so neither side always runs first); returns per name the clock and wall times and
+    the last result."""
+    names = list(fns)
+    out: dict[str, dict[str, Any]] = {n: {"clock_s": [], "wall_s": [], "result": None} for n in names}
+    for r in range(repeats):
+        for n in names if r % 2 == 0 else names[::-1]:
+            dt, wall, res = timed(fns[n], clock)
+            out[n]["clock_s"].append(dt)
+            out[n]["wall_s"].append(wall)
+            out[n]["result"] = res
+    return out
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else math.nan
+
+
+def spread(xs: list[float]) -> float:
+    """(max − min) / median: how much the repeats disagreed."""
+    m = median(xs)
+    return float((max(xs) - min(xs)) / m) if xs and m > 0 else math.nan
+
+
+def rnd(x: float, digits: int = 4) -> float:
+    if not math.isfinite(x) or x == 0:
+        return x
+    return round(x, max(0, digits - 1 - int(math.floor(math.log10(abs(x))))))
+
+
+def emit(result: dict[str, Any]) -> dict[str, Any]:
+    """Print the result as one JSON line (machine description added) and return it."""
+    result = {**result, "machine": machine()}
+    print(json.dumps(result, sort_keys=False), flush=True)
+    return result
+
+
+def work_dir(name: str, base: str | None = None) -> Path:
+    """A cache folder for generated inputs (corpora, models, shards), reused between runs."""
+    root = Path(base or os.environ.get("TRIMODAL_BENCH_DIR", "/tmp/trimodal-bench"))
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def goal_met(ratio: float, goal: float, higher_is_better: bool = True) -> bool:
+    return bool(math.isfinite(ratio) and (ratio >= goal if higher_is_better else ratio <= goal))
+
+
+def make_text_shards(root: Path, samples: int, shards: int, min_len: int, max_len: int, text_codes: int,
+                     seed: int = 0) -> None:
+    """Synthetic tokenized text shards + manifest, as the text pipeline writes them (uniform
+    random ids below ``text_codes``, uint16 when they fit); cached: skipped when a manifest is there."""
+    import numpy as np
+
+    from trimodal.shards.manifest import Manifest
+    from trimodal.shards.writer import shard_name, write_shard
+
+    if (root / "manifest.json").exists():
+        return
+    rng = np.random.default_rng(seed)
+    dtype = np.uint16 if text_codes <= 65536 else np.uint32
+    infos = []
+    per = -(-samples // shards)
+    for s in range(shards):
+        items = []
+        for i in range(s * per, min(samples, (s + 1) * per)):
+            n = int(rng.integers(min_len, max_len + 1))
+            meta = {"id": f"synthetic:{i}", "source": "synthetic", "modality": "text",
+                    "lengths": {"text": n, "chars": 5 * n}, "provenance": {"file": "synthetic", "line": i}}
+            items.append((f"{i:012d}", meta, {"text": rng.integers(0, text_codes, n, dtype=dtype)}))
+        infos.append(write_shard(str(root), shard_name(s, shards), items))
+    tok = {"text": {"kind": "synthetic", "vocab_size": text_codes, "fingerprint": "synthetic"}}
+    Manifest(kind="tokenized", modality="text", tokenizers=tok, shards=infos,
+             counts={"read": samples, "written": samples, "filtered": {}, "rejected": {}}).save(str(root))

@@ -1,0 +1,290 @@
+"""`trimodal pipeline mix`: tokenized roots → mixed rows packed to L (real Beam runs, DirectRunner).
+
+The inputs are a text dataset made by the real text pipeline (tiny SentencePiece model trained
+here) and image-text / audio-text datasets written with the shard writer (their tokenizers are
+not needed to mix: only their manifests' vocab sizes and fingerprints).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trimodal.pipelines.mix import (
+    MixPipelineConfig,
+    layout_from_tokenizers,
+    plan_sources,
+    run_mix_pipeline,
+)
+from trimodal.pipelines.text import TextPipelineConfig, run_text_pipeline
+from trimodal.shards.format import key_from_id
+from trimodal.shards.manifest import Manifest
+from trimodal.shards.reader import iter_shard
+from trimodal.shards.rows import TextPacker, paired_row
+from trimodal.shards.verify import verify
+from trimodal.shards.writer import shard_name, write_shard
+from trimodal.tokenizers.text import TextTokenizer, train_text_tokenizer
+from trimodal.tokenizers.vocab import AUDIO, IMAGE, TASKS
+
+BEAM = ["--runner=DirectRunner"]
+WORDS = "the cat sat on a mat while images and audio share one sequence with captions transcripts".split()
+L = 40
+IMAGE_TOK = {"kind": "movqgan", "fingerprint": "image-fp", "vocab_size": 64}
+AUDIO_TOK = {"kind": "dac", "fingerprint": "audio-fp", "vocab_size": 32, "n_keep": 2}
+
+
+def _paired_source(root: Path, modality: str, tok: TextTokenizer, n_shards: int, per_shard: int, seed: int) -> list:
+    """Write a tokenized image_text/audio_text dataset; a few samples are too long for L."""
+    rng = np.random.default_rng(seed)
+    infos, raw = [], []
+    for k in range(n_shards):
+        samples = []
+        for j in range(per_shard):
+            rid = f"{modality}-{seed}-{k}-{j}"
+            if modality == "image_text":
+                shape = (8, 8) if j % 7 == 3 else (3, 4)  # 64 + 5 > L: filtered
+                media = rng.integers(0, 64, size=shape).astype(np.uint16)
+                arrays = {"image": media}
+            else:
+                frames = 30 if j % 5 == 2 else int(rng.integers(2, 10))  # 60 + 5 > L: filtered
+                arrays = {"audio": rng.integers(0, 32, size=(2, frames)).astype(np.uint16)}
+            arrays["text"] = rng.integers(0, tok.vocab_size, size=int(rng.integers(0, 30))).astype(np.uint16)
+            meta = {"id": rid, "source": modality, "modality": modality, "lengths": {}, "provenance": {}}
+            samples.append((key_from_id(rid), meta, arrays))
+        samples.sort(key=lambda s: s[0])
+        raw.extend(samples)
+        infos.append(write_shard(str(root), shard_name(k, n_shards), samples))
+    toks = {"text": tok.info(), ("image" if modality == "image_text" else "audio"): IMAGE_TOK if modality == "image_text" else AUDIO_TOK}
+    Manifest(kind="tokenized", modality=modality, tokenizers=toks, shards=infos,
+             counts={"read": len(raw), "written": len(raw), "filtered": {}, "rejected": {}}).save(str(root))
+    return raw
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    base = tmp_path_factory.mktemp("mixdata")
+    rng = random.Random(0)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 40))) for _ in range(240)]
+    (base / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    tok = train_text_tokenizer(docs + [" ".join(WORDS)] * 5, 300, str(base / "text.model"))
+    text_root = base / "text"
+    run_text_pipeline(
+        TextPipelineConfig(inputs=[str(base / "corpus.jsonl")], text_tokenizer=str(base / "text.model"), out=str(text_root),
+                          target_shard_bytes=4000),
+        BEAM,
+    )
+    assert len(Manifest.load(str(text_root)).shards) >= 4
+    image = _paired_source(base / "image", "image_text", tok, 3, 14, 1)
+    audio = _paired_source(base / "audio", "audio_text", tok, 2, 15, 2)
+    return {"base": base, "tok": tok, "text": str(text_root), "image": str(base / "image"), "audio": str(base / "audio"),
+            "image_raw": image, "audio_raw": audio}
+
+
+def _rows(root: str) -> list[dict]:
+    m = Manifest.load(root)
+    out = []
+    for info in m.shards:
+        for s in iter_shard(root, info, verify=True):
+            out.append({"key": s["__key__"], "meta": s["json"], "tokens": np.array(s["tokens"])})
+    return out
+
+
+def _tree_digest(root: str) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def _text_docs(root: str) -> list[tuple[str, np.ndarray]]:
+    m = Manifest.load(root)
+    return [(s["__key__"], np.array(s["text"])) for info in m.shards for s in iter_shard(root, info)]
+
+
+@pytest.fixture(scope="module")
+def mixed(data, tmp_path_factory):
+    """Three sources, one shard per unit (so text rows are stitched across units)."""
+    out = str(tmp_path_factory.mktemp("mixed") / "mix")
+    cfg = MixPipelineConfig(inputs=[data["text"], data["image"], data["audio"]], weights=[2, 1, 1], seq_len=L, out=out,
+                            seed=3, target_shard_bytes=20_000, group_bytes=1)
+    m = run_mix_pipeline(cfg, BEAM)
+    return {"cfg": cfg, "out": out, "manifest": m, "rows": _rows(out)}
+
+
+def test_manifest_and_rows_well_formed(data, mixed):
+    m, rows = mixed["manifest"], mixed["rows"]
+    assert m.kind == "mixed" and m.modality == "mixed" and m.seq_len == L
+    toks = {"text": data["tok"].info(), "image": IMAGE_TOK, "audio": AUDIO_TOK}
+    assert m.tokenizers == toks
+    layout = layout_from_tokenizers(toks)
+    assert m.layout == layout.to_dict()
+    assert (layout.text_codes, layout.image_codes, layout.audio_codes, layout.audio_levels) == (data["tok"].vocab_size, 64, 32, 2)
+    assert len(m.shards) > 1 and m.counts["written"] == m.samples == len(rows)
+    assert [r["meta"]["row"] for r in rows] == list(range(len(rows)))
+    for r in rows:
+        t = r["tokens"]
+        assert r["key"] == f"{r['meta']['row']:012d}"
+        assert t.dtype == np.uint32 and t.shape == (L,)
+        assert int(t[0]) == layout.task_token(r["meta"]["task"])
+        assert r["meta"]["sources"] and r["meta"]["samples"]
+        assert int(t.max()) < layout.vocab_size
+        if r["meta"]["task"] == "text":
+            assert not (t == layout.pad).any()
+    report = verify(mixed["out"])
+    assert report.ok, report.format()
+
+
+def test_text_rows_are_one_sequential_packer_over_the_source(data, mixed):
+    layout = layout_from_tokenizers(mixed["manifest"].tokenizers)
+    text_rows = [r for r in mixed["rows"] if r["meta"]["task"] == "text"]
+    packer = TextPacker(layout, L)
+    docs = _text_docs(data["text"])
+    expected = list(packer.rows(d for _, d in docs))[: len(text_rows)]
+    assert len(expected) == len(text_rows) > 3
+    for got, exp in zip(text_rows, expected):
+        assert got["tokens"].tolist() == exp.tolist()
+    # provenance: every doc key of a row, in order; consecutive rows share the straddling doc
+    keys = [k for k, _ in docs]
+    assert text_rows[0]["meta"]["samples"][0] == keys[0]
+    flat = list(dict.fromkeys(k for r in text_rows for k in r["meta"]["samples"]))
+    assert flat == keys[: len(flat)]
+    src = mixed["manifest"].counts["sources"]["text"]
+    assert src["samples_consumed"] == len(flat) and src["rows"] == len(text_rows)
+
+
+@pytest.mark.parametrize("modality", ["image_text", "audio_text"])
+def test_paired_rows_in_manifest_order_too_long_filtered(data, mixed, modality):
+    layout = layout_from_tokenizers(mixed["manifest"].tokenizers)
+    raw = data["image_raw" if modality == "image_text" else "audio_raw"]
+    got = [r for r in mixed["rows"] if r["meta"]["task"] == modality]
+    expected, keys, too_long = [], [], 0
+    for key, _, arrays in raw:
+        media = layout.to_global(IMAGE, arrays["image"]) if modality == "image_text" else layout.to_global(AUDIO, arrays["audio"])
+        if media.size + 5 > L:
+            too_long += 1
+            continue
+        tokens, _ = paired_row(layout, modality, media, arrays["text"], L)
+        expected.append(tokens)
+        keys.append(key)
+        if len(expected) == len(got):
+            break
+    assert len(got) == len(expected) > 0
+    for g, e, k in zip(got, expected, keys):
+        assert g["tokens"].tolist() == e.tolist() and g["meta"]["samples"] == [k]
+    name = Path(data["image" if modality == "image_text" else "audio"]).name
+    src = mixed["manifest"].counts["sources"][name]
+    assert src["too_long_for_seq_len"] == too_long and src["rows"] == len(got)
+    assert src["samples_consumed"] == len(got) + too_long
+
+
+def test_counts_and_plan_stop(mixed):
+    c = mixed["manifest"].counts
+    srcs = c["sources"]
+    assert c["read"] == sum(s["samples_consumed"] for s in srcs.values())
+    assert c["filtered"] == {"too_long_for_seq_len": sum(s["too_long_for_seq_len"] for s in srcs.values())}
+    assert c["filtered"]["too_long_for_seq_len"] > 0
+    assert sum(c["rows_per_task"].values()) == c["written"]
+    # default --rows: until the first source is exhausted
+    exhausted = [n for n, s in srcs.items() if s["rows"] == s["rows_available"]]
+    assert len(exhausted) == 1 and c["stopped"] == f"source {exhausted[0]!r} exhausted"
+    assert all(s["rows"] <= s["rows_available"] for s in srcs.values())
+
+
+def test_loader_and_stats_read_the_mixed_root(mixed):
+    from trimodal.shards.loader import LoaderConfig, SourceConfig, TrimodalDataset
+    from trimodal.shards.stats import compute_stats
+    from trimodal.tokenizers.vocab import VocabLayout
+
+    m = mixed["manifest"]
+    layout = VocabLayout.from_dict(m.layout)
+    ds = TrimodalDataset(LoaderConfig(sources=[SourceConfig(mixed["out"])], seq_len=L, cycle=False, num_streams=1), layout)
+    got = sorted(r["tokens"].numpy().astype(np.uint32).tobytes() for r in ds)
+    assert got == sorted(r["tokens"].tobytes() for r in mixed["rows"])
+    stats = compute_stats(mixed["out"])
+    assert stats["samples"] == m.samples and stats["written"] == m.samples
+    assert stats["filtered"] == m.counts["filtered"]
+
+
+def test_deterministic_and_independent_of_grouping_and_workers(data, mixed, tmp_path):
+    cfg = mixed["cfg"]
+    ref = _tree_digest(mixed["out"])
+    # same config into another root, one unit per source (no stitching), 2 worker processes
+    other = str(tmp_path / "again")
+    run_mix_pipeline(
+        MixPipelineConfig(**{**cfg.__dict__, "out": other, "group_bytes": 1 << 40}),
+        BEAM + ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    )
+    got = _tree_digest(other)
+    ref_m = json.loads(Path(mixed["out"], "manifest.json").read_text())
+    got_m = json.loads(Path(other, "manifest.json").read_text())
+    assert {k: v for k, v in got.items() if k != "manifest.json"} == {k: v for k, v in ref.items() if k != "manifest.json"}
+    ref_m["config"].pop("group_bytes"), got_m["config"].pop("group_bytes")
+    assert ref_m == got_m
+    # re-run into the same root: byte-identical, manifest included
+    run_mix_pipeline(cfg, BEAM)
+    assert _tree_digest(mixed["out"]) == ref
+
+
+def test_explicit_rows_seed_and_weights(data, tmp_path):
+    base = dict(inputs=[data["text"], f"pics={data['image']}"], seq_len=L, target_shard_bytes=1 << 20)
+    a = run_mix_pipeline(MixPipelineConfig(**base, weights=[1, 3], out=str(tmp_path / "a"), rows=50, seed=1), BEAM)
+    b = run_mix_pipeline(MixPipelineConfig(**base, weights=[1, 3], out=str(tmp_path / "b"), rows=50, seed=2), BEAM)
+    assert a.counts["written"] == b.counts["written"] == 50 and len(a.shards) == 1
+    assert set(a.counts["sources"]) == {"text", "pics"}
+    ra, rb = _rows(str(tmp_path / "a")), _rows(str(tmp_path / "b"))
+    assert [r["meta"]["task"] for r in ra] != [r["meta"]["task"] for r in rb]  # the seed changes the plan
+    # image has 36 rows: with 50 rows asked and weight 3/4 it runs out, leaves the draw, text fills up
+    pics = a.counts["sources"]["pics"]
+    assert pics["rows"] == pics["rows_available"] and a.counts["stopped"] == "rows"
+    assert a.counts["sources"]["text"]["rows"] == 50 - pics["rows"]
+    assert all(r["meta"]["sources"] == (["pics"] if r["meta"]["task"] == "image_text" else ["text"]) for r in ra)
+
+
+def test_plan_follows_weights():
+    choice, stopped = plan_sources([0.2, 0.5, 0.3], [10**6] * 3, 60_000, seed=0)
+    freq = np.bincount(choice, minlength=3) / choice.size
+    assert np.allclose(freq, [0.2, 0.5, 0.3], atol=0.01) and stopped == "rows"
+    again, _ = plan_sources([0.2, 0.5, 0.3], [10**6] * 3, 60_000, seed=0)
+    assert np.array_equal(choice, again)
+    # until-exhausted: stops right before the first draw of an exhausted source
+    choice, stopped = plan_sources([0.5, 0.5], [5, 1000], None, seed=0, names=["small", "big"])
+    assert (choice == 0).sum() == 5 and stopped == "source 'small' exhausted"
+    with pytest.raises(ValueError, match="only"):
+        plan_sources([1, 1], [3, 4], 10, seed=0)
+
+
+def test_refusals(data, tmp_path):
+    with pytest.raises(ValueError, match="weights"):
+        run_mix_pipeline(MixPipelineConfig([data["text"]], [1, 2], L, str(tmp_path / "x")), BEAM)
+    with pytest.raises(ValueError, match="more than the inputs"):
+        run_mix_pipeline(MixPipelineConfig([data["image"]], [1], L, str(tmp_path / "x"), rows=10_000), BEAM)
+    with pytest.raises(FileNotFoundError, match="no manifest"):
+        run_mix_pipeline(MixPipelineConfig([str(tmp_path / "nothing")], [1], L, str(tmp_path / "x")), BEAM)
+    # a dataset made with another text tokenizer is refused
+    other = tmp_path / "other"
+    m = Manifest.load(data["image"])
+    m.tokenizers = {**m.tokenizers, "text": {**m.tokenizers["text"], "fingerprint": "not-the-same"}}
+    for s in m.shards:
+        (other / s.name).parent.mkdir(parents=True, exist_ok=True)
+        (other / s.name).write_bytes((Path(data["image"]) / s.name).read_bytes())
+    m.save(str(other))
+    with pytest.raises(ValueError, match="text tokenizer differs"):
+        run_mix_pipeline(MixPipelineConfig([data["text"], str(other)], [1, 1], L, str(tmp_path / "x")), BEAM)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli(data, tmp_path, capsys):
+    from trimodal.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["pipeline", "mix", "--inputs", data["text"], data["audio"], "--weights", "1", "1", "--seq-len", str(L),
+               "--out", str(out), "--rows", "12", "--runner=DirectRunner"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert f"wrote 12 rows of {L} tokens" in captured.out
+    m = Manifest.load(str(out))
+    assert m.counts["written"] == 12 and set(m.counts["rows_per_task"]) == set(TASKS)
+    rc = main(["pipeline", "mix", "--inputs", data["text"], "--weights", "1", "2", "--seq-len", "40", "--out", str(out)])
+    assert rc == 1 and "weights" in capsys.readouterr().err
