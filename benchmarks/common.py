@@ -138,3 +138,24 @@ def make_text_shards(root: Path, samples: int, shards: int, min_len: int, max_le
     tok = {"text": {"kind": "synthetic", "vocab_size": text_codes, "fingerprint": "synthetic"}}
     Manifest(kind="tokenized", modality="text", tokenizers=tok, shards=infos,
              counts={"read": samples, "written": samples, "filtered": {}, "rejected": {}}).save(str(root))
+
+
+class torch_threads:
+    """``with torch_threads(n):`` run with ``n`` torch threads (0: leave as is), then restore."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        import torch
+
+        self.saved = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.saved)
+        return False

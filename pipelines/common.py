@@ -75,12 +75,17 @@ def prepare_output(root: str) -> None:
         fs.rm(path)
 
 
-def run(build_fn: Callable[[beam.Pipeline], Any], root: str, beam_args: Sequence[str]) -> Manifest:
+def run(build_fn: Callable[[beam.Pipeline], Any], root: str, beam_args: Sequence[str]) -> Manifest | None:
+    """Run the job; returns the new manifest, or None for a Dataflow ``--dry_run`` (the job
+    graph is built and checked, nothing runs, and an existing dataset is left untouched)."""
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    prepare_output(root)
-    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+    options = pipeline_options(beam_args)
+    dry_run = bool(options.get_all_options().get("dry_run"))
+    if not dry_run:
+        prepare_output(root)
+    with beam.Pipeline(options=options) as p:
         build_fn(p)
-    return Manifest.load(root)
+    return None if dry_run else Manifest.load(root)
 
 
 def summary(manifest: Manifest, root: str) -> str:

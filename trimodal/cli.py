@@ -193,6 +193,9 @@ def cmd_pipeline(args: argparse.Namespace, beam_args: list[str]) -> int:
         manifest = run_mix_pipeline(cfg, beam_args)
     else:  # pragma: no cover - argparse restricts choices
         raise ValueError(args.pipe_command)
+    if manifest is None:
+        print(f"dry run: the {args.pipe_command} job graph was built; nothing ran, {args.out} is untouched")
+        return 0
     print(summary(manifest, args.out))
     return 0
 
