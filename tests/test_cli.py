@@ -78,3 +78,16 @@ def test_tokenizer_pipeline_train_sample_chain(tmp_path, corpus):
     assert res.returncode == 0, res.stderr
     text = out.read_text()
     assert text.startswith("the model") and len(text.strip()) > len("the model")
+
+
+def test_dataflow_dry_run_through_the_cli_leaves_the_dataset_untouched(text_dataset, corpus, sp_model, tmp_path):
+    copy = tmp_path / "ds"
+    shutil.copytree(text_dataset, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    res = trimodal("pipeline", "text", "--input", str(corpus["path"]), "--text-tokenizer", sp_model, "--out", str(copy),
+                   "--runner=DataflowRunner", "--project=trimodal-test", "--region=us-central1",
+                   "--temp_location=gs://trimodal-test-bucket/tmp",
+                   "--dry_run=True", "--no_auth", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "dry run" in res.stdout
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
