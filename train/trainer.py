@@ -277,7 +277,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
                 dataset.load_stream_states({int(k): v for k, v in merged.items()})
             start_step = int(state["step"])
             if info.is_main:
-                print(f"resumed from {latest} at step {start_step} (saved by {state['world_size']} ranks)")
+                n = state["world_size"]
+                print(f"resumed from {latest} at step {start_step} (saved by {n} rank{'s' if n != 1 else ''})")
 
     schedule = make_schedule(cfg.objective.schedule)
     logger = Logger(out, info.is_main, resume=start_step > 0)
@@ -370,7 +371,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         rows_log.close()
     logger.close()
     return {"first_loss": history[0] if history else math.nan, "last_loss": history[-1] if history else math.nan,
-            "losses": history, "steps": total_steps, "start_step": start_step, "out_dir": str(out),
+            "losses": history, "steps": total_steps, "start_step": start_step, "end_step": end_step, "out_dir": str(out),
             "log": str(out / "log.jsonl"), "checkpoints": str(ckpt_root)}
 
 

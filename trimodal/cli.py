@@ -226,7 +226,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig.load(args.config, overrides)
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"trained steps {result['start_step']}..{result['steps']}: first loss {result['first_loss']:.4f}, "
+        print(f"trained steps {result['start_step']}..{result['end_step']} of {result['steps']}: first loss {result['first_loss']:.4f}, "
               f"last loss {result['last_loss']:.4f}")
         print(f"  log: {result['log']}\n  checkpoints: {result['checkpoints']}")
     return 0
