@@ -31,7 +31,6 @@ import io
 import json
 import math
 import re
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +38,7 @@ import fsspec
 import soundfile as sf
 
 from trimodal.pipelines.outcomes import REJECTED, count, dead_letter
+from trimodal.pipelines.readers import json_objects, split_key, tar_groups
 from trimodal.tokenizers.audio_io import AudioRejected
 
 STAGE = "read"
@@ -133,72 +133,50 @@ def _read_audio_url(audio_url: str, offset: float | None, duration: float | None
 def read_manifest(
     url: str, source: str, text_field: str = "text", audio_field: str = "audio_filepath"
 ) -> Iterator[dict[str, Any]]:
-    with fsspec.open(url, "rb", compression="infer") as f:
-        for lineno, raw in enumerate(f, start=1):
-            rid = f"{url}:{lineno}"
-            if raw.strip(b"\r\n") == b"":
-                continue  # blank separator lines are not records
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield _bad(rid, source, "invalid_utf8", str(e))
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield _bad(rid, source, "bad_json", str(e))
-                continue
-            if not isinstance(obj, dict):
-                yield _bad(rid, source, "bad_json", f"expected an object, got {type(obj).__name__}")
-                continue
-            missing = [k for k in (audio_field, text_field) if obj.get(k) is None]
-            if missing:
-                yield _bad(rid, source, "missing_field", f"no {' / '.join(map(repr, missing))} field")
-                continue
-            path, text = obj[audio_field], obj[text_field]
-            if not isinstance(path, str) or not path or not isinstance(text, str):
-                which = audio_field if not isinstance(path, str) or not path else text_field
-                yield _bad(rid, source, "bad_field_type", f"{which!r} is {type(obj[which]).__name__}, not a non-empty string")
-                continue
-            try:
-                offset = _time_field(obj, "offset")
-                duration = _time_field(obj, "duration")
-            except TypeError as e:
-                yield _bad(rid, source, "bad_field_type", str(e))
-                continue
-            except ValueError as e:
-                yield _bad(rid, source, "bad_segment", str(e))
-                continue
-            audio_url = resolve_audio_path(url, path)
-            try:
-                data, segment = _read_audio_url(audio_url, offset, duration)
-            except FileNotFoundError as e:
-                yield _bad(rid, source, "missing_file", f"{audio_url}: {e}")
-                continue
-            except AudioRejected as e:
-                yield _bad(rid, source, e.reason, f"{audio_url}: {e.detail}")
-                continue
-            except (OSError, ValueError) as e:  # a folder, permissions, a broken remote object
-                yield _bad(rid, source, "unreadable_file", f"{audio_url}: {type(e).__name__}: {e}")
-                continue
-            prov: dict[str, Any] = {"file": url, "line": lineno, "audio": audio_url}
-            if duration is not None and offset is None:
-                prov["declared_duration"] = duration
-            if segment:
-                prov["segment"] = segment
-            yield _record(rid, source, data, text, prov)
+    for item in json_objects(url, source, _bad):
+        if isinstance(item, dict):
+            yield item
+            continue
+        rid, lineno, obj = item
+        missing = [k for k in (audio_field, text_field) if obj.get(k) is None]
+        if missing:
+            yield _bad(rid, source, "missing_field", f"no {' / '.join(map(repr, missing))} field")
+            continue
+        path, text = obj[audio_field], obj[text_field]
+        if not isinstance(path, str) or not path or not isinstance(text, str):
+            which = audio_field if not isinstance(path, str) or not path else text_field
+            yield _bad(rid, source, "bad_field_type", f"{which!r} is {type(obj[which]).__name__}, not a non-empty string")
+            continue
+        try:
+            offset = _time_field(obj, "offset")
+            duration = _time_field(obj, "duration")
+        except TypeError as e:
+            yield _bad(rid, source, "bad_field_type", str(e))
+            continue
+        except ValueError as e:
+            yield _bad(rid, source, "bad_segment", str(e))
+            continue
+        audio_url = resolve_audio_path(url, path)
+        try:
+            data, segment = _read_audio_url(audio_url, offset, duration)
+        except FileNotFoundError as e:
+            yield _bad(rid, source, "missing_file", f"{audio_url}: {e}")
+            continue
+        except AudioRejected as e:
+            yield _bad(rid, source, e.reason, f"{audio_url}: {e.detail}")
+            continue
+        except (OSError, ValueError) as e:  # a folder, permissions, a broken remote object
+            yield _bad(rid, source, "unreadable_file", f"{audio_url}: {type(e).__name__}: {e}")
+            continue
+        prov: dict[str, Any] = {"file": url, "line": lineno, "audio": audio_url}
+        if duration is not None and offset is None:
+            prov["declared_duration"] = duration
+        if segment:
+            prov["segment"] = segment
+        yield _record(rid, source, data, text, prov)
 
 
 # ----------------------------------------------------------------------------- webdataset tars
-
-# webdataset's own rule (``webdataset.tariterators.base_plus_ext``): key = path up to the first
-# dot of the file name, extension = the rest.
-_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
-
-
-def split_key(name: str) -> tuple[str, str] | None:
-    m = _KEY_EXT.match(name)
-    return (m.group(1), m.group(2)) if m else None
 
 
 def _group_to_record(url: str, source: str, key: str, members: dict[str, bytes]) -> dict[str, Any]:
@@ -232,45 +210,8 @@ def _group_to_record(url: str, source: str, key: str, members: dict[str, bytes])
 
 
 def read_webdataset(url: str, source: str) -> Iterator[dict[str, Any]]:
-    seen: set[str] = set()
-    key: str | None = None
-    members: dict[str, bytes] = {}
-
-    def flush():
-        if key is None:
-            return None
-        if key in seen:
-            return _bad(f"{url}:{key}", source, "duplicate_key", "members of this key appear twice, apart")
-        seen.add(key)
-        return _group_to_record(url, source, key, members)
-
-    with fsspec.open(url, "rb", compression="infer") as f:
-        try:
-            with tarfile.open(fileobj=f, mode="r|*") as tar:
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    parts = split_key(info.name)
-                    if parts is None or parts[1] == "":
-                        continue  # no extension: not a sample member (webdataset skips it too)
-                    k, ext = parts
-                    if k != key:
-                        out = flush()
-                        if out is not None:
-                            yield out
-                        key, members = k, {}
-                    data = tar.extractfile(info)
-                    members[ext] = data.read() if data is not None else b""
-        except (tarfile.TarError, EOFError, OSError) as e:
-            # the group being read when the tar broke off is incomplete: it is not a record
-            yield _bad(f"{url}:<truncated after {key}>", source, "unreadable_file", f"{type(e).__name__}: {e}")
-            return
-        out = flush()
-        if out is not None:
-            yield out
-
-
-# ----------------------------------------------------------------------------- dispatch
+    for item in tar_groups(url, source, _bad):
+        yield item if isinstance(item, dict) else _group_to_record(url, source, *item)
 
 
 def read_audio_file(url: str, fmt: str = "auto", source: str = "", text_field: str = "text",

@@ -42,14 +42,13 @@ from __future__ import annotations
 
 import json
 import posixpath
-import re
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
 import fsspec
 
 from trimodal.pipelines.outcomes import REJECTED, count, dead_letter
+from trimodal.pipelines.readers import json_objects, split_key, tar_groups
 
 STAGE = "read"
 FORMATS = ("auto", "webdataset", "parquet", "folder")
@@ -149,15 +148,6 @@ def _caption_from_json(obj: Any, caption_field: str | None) -> Any:
 
 # ----------------------------------------------------------------------------- webdataset tars
 
-# webdataset's own rule (``webdataset.tariterators.base_plus_ext``): key = path up to the first
-# dot of the file name, extension = the rest.
-_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
-
-
-def split_key(name: str) -> tuple[str, str] | None:
-    m = _KEY_EXT.match(name)
-    return (m.group(1), m.group(2)) if m else None
-
 
 def _group_to_record(url: str, source: str, key: str, members: dict[str, bytes],
                      caption_field: str | None) -> dict[str, Any]:
@@ -194,42 +184,8 @@ def _group_to_record(url: str, source: str, key: str, members: dict[str, bytes],
 
 
 def read_webdataset(url: str, source: str, caption_field: str | None = None) -> Iterator[dict[str, Any]]:
-    seen: set[str] = set()
-    key: str | None = None
-    members: dict[str, bytes] = {}
-
-    def flush():
-        if key is None:
-            return None
-        if key in seen:
-            return _bad(f"{url}:{key}", source, "duplicate_key", "members of this key appear twice, apart")
-        seen.add(key)
-        return _group_to_record(url, source, key, members, caption_field)
-
-    with fsspec.open(url, "rb", compression="infer") as f:
-        try:
-            with tarfile.open(fileobj=f, mode="r|*") as tar:
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    parts = split_key(info.name)
-                    if parts is None or parts[1] == "":
-                        continue  # no extension: not a sample member (webdataset skips it too)
-                    k, ext = parts
-                    if k != key:
-                        out = flush()
-                        if out is not None:
-                            yield out
-                        key, members = k, {}
-                    data = tar.extractfile(info)
-                    members[ext] = data.read() if data is not None else b""
-        except (tarfile.TarError, EOFError, OSError) as e:
-            # the group being read when the tar broke off is incomplete: it is not a record
-            yield _bad(f"{url}:<truncated after {key}>", source, "unreadable_file", f"{type(e).__name__}: {e}")
-            return
-        out = flush()
-        if out is not None:
-            yield out
+    for item in tar_groups(url, source, _bad):
+        yield item if isinstance(item, dict) else _group_to_record(url, source, *item, caption_field)
 
 
 # ----------------------------------------------------------------------------- parquet
@@ -337,47 +293,34 @@ def read_folder(url: str, source: str, captions: str | None = None, is_dir: bool
     folder, captions_url = _folder_and_captions(url, captions, is_dir)
     caption_key = caption_field or "caption"
     referenced: set[str] = set()
-    with fsspec.open(captions_url, "rb", compression="infer") as f:
-        for lineno, raw in enumerate(f, start=1):
-            rid = f"{captions_url}:{lineno}"
-            if raw.strip(b"\r\n \t") == b"":
-                continue  # blank separator lines are not records
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield _bad(rid, source, "invalid_utf8", str(e))
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield _bad(rid, source, "bad_json", str(e))
-                continue
-            if not isinstance(obj, dict):
-                yield _bad(rid, source, "bad_json", f"expected an object, got {type(obj).__name__}")
-                continue
-            name = obj.get(file_field)
-            if isinstance(name, str) and name:
-                referenced.add(_norm(resolve_path(folder, name)))
-            missing = [k for k in (file_field, caption_key) if obj.get(k) is None]
-            if missing:
-                yield _bad(rid, source, "missing_field", f"no {' / '.join(map(repr, missing))} field")
-                continue
-            caption = obj[caption_key]
-            if not isinstance(name, str) or not name or not isinstance(caption, str):
-                which = caption_key if isinstance(name, str) and name else file_field
-                yield _bad(rid, source, "bad_field_type", f"{which!r} is {type(obj[which]).__name__}, not a (non-empty) string")
-                continue
-            image_url = resolve_path(folder, name)
-            prov = {"file": captions_url, "line": lineno, "image": image_url}
-            if lazy:
-                yield _record(rid, source, caption, prov, image_url=image_url)
-                continue
-            try:
-                data = fetch_image(image_url)
-            except FetchError as e:
-                yield _bad(rid, source, e.reason, e.detail)
-                continue
-            yield _record(rid, source, caption, prov, image=data)
+    for item in json_objects(captions_url, source, _bad):
+        if isinstance(item, dict):
+            yield item
+            continue
+        rid, lineno, obj = item
+        name = obj.get(file_field)
+        if isinstance(name, str) and name:
+            referenced.add(_norm(resolve_path(folder, name)))
+        missing = [k for k in (file_field, caption_key) if obj.get(k) is None]
+        if missing:
+            yield _bad(rid, source, "missing_field", f"no {' / '.join(map(repr, missing))} field")
+            continue
+        caption = obj[caption_key]
+        if not isinstance(name, str) or not name or not isinstance(caption, str):
+            which = caption_key if isinstance(name, str) and name else file_field
+            yield _bad(rid, source, "bad_field_type", f"{which!r} is {type(obj[which]).__name__}, not a (non-empty) string")
+            continue
+        image_url = resolve_path(folder, name)
+        prov = {"file": captions_url, "line": lineno, "image": image_url}
+        if lazy:
+            yield _record(rid, source, caption, prov, image_url=image_url)
+            continue
+        try:
+            data = fetch_image(image_url)
+        except FetchError as e:
+            yield _bad(rid, source, e.reason, e.detail)
+            continue
+        yield _record(rid, source, caption, prov, image=data)
     if report_uncaptioned and is_dir:
         yield from _uncaptioned(folder, referenced, source)
 

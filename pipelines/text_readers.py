@@ -8,13 +8,13 @@ A file that cannot be opened at all becomes one rejected record with reason ``un
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import fsspec
 
 from trimodal.pipelines.outcomes import REJECTED, count, dead_letter
+from trimodal.pipelines.readers import json_objects
 
 STAGE = "read"
 FORMATS = ("auto", "jsonl", "parquet", "txt")
@@ -43,35 +43,21 @@ def _record(record_id: str, source: str, text: str, **prov: Any) -> dict[str, An
 
 
 def read_jsonl(url: str, source: str, text_field: str = "text", id_field: str | None = None) -> Iterator[dict[str, Any]]:
-    with fsspec.open(url, "rb", compression="infer") as f:
-        for lineno, raw in enumerate(f, start=1):
-            rid = f"{url}:{lineno}"
-            if not raw.strip():
-                if raw.strip(b"\r\n") == b"":
-                    continue  # blank separator lines are not records
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield _bad(rid, source, "invalid_utf8", str(e))
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield _bad(rid, source, "bad_json", str(e))
-                continue
-            if not isinstance(obj, dict):
-                yield _bad(rid, source, "bad_json", f"expected an object, got {type(obj).__name__}")
-                continue
-            if id_field and obj.get(id_field) is not None:
-                rid = f"{url}:{obj[id_field]}"
-            if text_field not in obj:
-                yield _bad(rid, source, "missing_field", f"no {text_field!r} field")
-                continue
-            text = obj[text_field]
-            if not isinstance(text, str):
-                yield _bad(rid, source, "bad_field_type", f"{text_field!r} is {type(text).__name__}, not a string")
-                continue
-            yield _record(rid, source, text, file=url, line=lineno)
+    for item in json_objects(url, source, _bad):
+        if isinstance(item, dict):
+            yield item
+            continue
+        rid, lineno, obj = item
+        if id_field and obj.get(id_field) is not None:
+            rid = f"{url}:{obj[id_field]}"
+        if text_field not in obj:
+            yield _bad(rid, source, "missing_field", f"no {text_field!r} field")
+            continue
+        text = obj[text_field]
+        if not isinstance(text, str):
+            yield _bad(rid, source, "bad_field_type", f"{text_field!r} is {type(text).__name__}, not a string")
+            continue
+        yield _record(rid, source, text, file=url, line=lineno)
 
 
 def read_parquet(url: str, source: str, text_field: str = "text", id_field: str | None = None) -> Iterator[dict[str, Any]]:

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
 
 
 def _add_pipeline_common(p: argparse.ArgumentParser) -> None:

@@ -203,7 +203,7 @@ def run_demo(out: str, steps: int | None = None, modalities: list[str] | None = 
     for label, path in [("tokenizers", root / "tokenizers"), *[(f"dataset {k}", v) for k, v in datasets.items()],
                         ("stats", root / "stats" / "stats.json"), *[("plot", p) for p in plots],
                         ("training log", result["log"]), ("checkpoints", result["checkpoints"]),
-                        *[(f"sample", p) for p in outputs.values()]]:
+                        *[("sample", p) for p in outputs.values()]]:
         _say(f"  {label:<20} {path}")
     _say(f"done in {elapsed:.0f} s")
     if not fell:

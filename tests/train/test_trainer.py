@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from trimodal.train.configs import ConfigError
 from trimodal.train.trainer import TrainConfig, train
