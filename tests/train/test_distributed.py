@@ -184,7 +184,7 @@ def test_one_rank_checkpoint_resumes_on_two_ranks(runs, text_dataset, reference_
     first = _train_here(_sets(text_dataset, out, f"run.stop_at_step={CUT}"), monkeypatch)
     assert len(first["losses"]) == CUT
     proc = _torchrun(_sets(text_dataset, out), runs["base"], "--resume")
-    assert f"at step {CUT} (saved by 1 ranks)" in proc.stdout
+    assert f"at step {CUT} (saved by 1 rank)" in proc.stdout
     rows = _rows(out, upto={0: CUT})
     assert sorted(rows) == sorted([(0, s) for s in range(1, CUT + 1)] +
                                   [(r, s) for r in (0, 1) for s in range(CUT + 1, STEPS + 1)])
