@@ -180,7 +180,7 @@ def run_demo(out: str, steps: int | None = None, modalities: list[str] | None = 
                 top_p=None, text_tokenizer=None, image_tokenizer=None, audio_tokenizer=None, length=48, seconds=1.0)
     for task, prompt, name, extra in [
         ("text", "Return a new", "text.txt", {"steps": 48}),
-        ("text", "", "text_unconditional.txt", {"steps": 48}),
+        ("text", "", "text_unconditional.txt", {"steps": 48, "seed": 1}),
         ("image", "a red circle on a white background", "image.png", {"steps": 16, "num": 4}),
         ("speech", "a rising tone near 220 hertz", "speech.wav", {"steps": 25, "seconds": 0.5}),
     ]:
