@@ -22,7 +22,6 @@ wall figures are in the output too. Goal: loader ≥ 0.9 × baseline.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import sys
 import tarfile
@@ -32,17 +31,8 @@ from typing import Any
 import numpy as np
 
 
-def _bench_common():
-    mod = sys.modules.get("trimodal_bench_common")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("trimodal_bench_common", Path(__file__).with_name("common.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["trimodal_bench_common"] = mod
-        spec.loader.exec_module(mod)
-    return mod
-
-
-bc = _bench_common()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402  shared timing, machine description, synthetic shards
 GOAL = 0.9
 TEXT_CODES = 32_000
 

@@ -21,7 +21,6 @@ with ``--docs``. Prints one JSON line (``benchmarks/common.py``'s ``emit``: mach
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import random
 import sys
@@ -68,14 +67,8 @@ def make_image_dataset(root: Path, text_info: dict, n: int, per_shard: int = 500
              counts={"read": n, "written": n, "filtered": {}, "rejected": {}}).save(str(root))
 
 
-def _bench_common():
-    mod = sys.modules.get("trimodal_bench_common")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("trimodal_bench_common", Path(__file__).with_name("common.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["trimodal_bench_common"] = mod
-        spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402  shared timing, machine description, synthetic shards
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=4_000)
     ap.add_argument("--workdir", default=None, help="cache folder for the generated inputs (default $TRIMODAL_BENCH_DIR/pipeline_scaling)")
     args = ap.parse_args(argv)
-    bc = _bench_common()
 
     from trimodal.pipelines.mix import MixPipelineConfig, run_mix_pipeline
     from trimodal.pipelines.text import TextPipelineConfig, run_text_pipeline

@@ -23,7 +23,6 @@ logit columns computed (what the speed-up should be if the head matmuls dominate
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,17 +30,8 @@ from typing import Any
 import numpy as np
 
 
-def _bench_common():
-    mod = sys.modules.get("trimodal_bench_common")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("trimodal_bench_common", Path(__file__).with_name("common.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["trimodal_bench_common"] = mod
-        spec.loader.exec_module(mod)
-    return mod
-
-
-bc = _bench_common()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402  shared timing, machine description, synthetic shards
 GOAL = 2.0
 
 

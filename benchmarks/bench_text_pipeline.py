@@ -24,7 +24,6 @@ documents, JSONL) and cached with the trained SentencePiece model (BPE, 16k) und
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import sys
@@ -34,17 +33,8 @@ from typing import Any
 import numpy as np
 
 
-def _bench_common():
-    mod = sys.modules.get("trimodal_bench_common")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("trimodal_bench_common", Path(__file__).with_name("common.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["trimodal_bench_common"] = mod
-        spec.loader.exec_module(mod)
-    return mod
-
-
-bc = _bench_common()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402  shared timing, machine description, synthetic shards
 GOAL = 0.8
 
 

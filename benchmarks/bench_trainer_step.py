@@ -23,7 +23,6 @@ each round's median step time. Goal: trainer / plain ≤ 1.1.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import statistics
@@ -33,17 +32,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _bench_common():
-    mod = sys.modules.get("trimodal_bench_common")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("trimodal_bench_common", Path(__file__).with_name("common.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["trimodal_bench_common"] = mod
-        spec.loader.exec_module(mod)
-    return mod
-
-
-bc = _bench_common()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402  shared timing, machine description, synthetic shards
 GOAL = 1.1
 
 
