@@ -15,7 +15,7 @@ SentencePiece model (nothing downloads; cached under ``$TRIMODAL_BENCH_DIR``, de
    DirectRunner, and multi_processing with 2 workers; interleaved, medians).
 
 Wall times include Beam's pipeline start-up (seconds on the DirectRunner), so throughput grows
-with ``--docs``. Prints one JSON line (``benchmarks/common.py``'s ``emit``: machine included).
+with ``--docs``. Prints one JSON line (``benchmarks/bench_common.py``'s ``emit``: machine included).
 """
 
 from __future__ import annotations
