@@ -100,6 +100,9 @@ def shard_model(
         mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype) if param_dtype else MixedPrecisionPolicy()
         for block in model.layers:
             fully_shard(block, mp_policy=mp)
+        # Embeddings, final norm and the per-modality heads live in the root group. FSDP2 never
+        # reshards the root after forward, so the objective may call the heads outside forward
+        # (only on masked positions) before backward; they stay unsharded until then.
         fully_shard(model, mp_policy=mp)
     return model
 
