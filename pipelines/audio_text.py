@@ -60,7 +60,7 @@ from trimodal.pipelines import common
 from trimodal.pipelines.audio_readers import FORMATS, read_audio_file
 from trimodal.pipelines.outcomes import FILTERED, REJECTED, Step, count, filtered, rejected
 from trimodal.pipelines.sink import SinkConfig
-from trimodal.pipelines.text import load_text_tokenizer_shared, normalize_text
+from trimodal.pipelines.text import EncodePairedText
 from trimodal.shards.format import key_from_id
 from trimodal.tokenizers.audio_io import AudioRejected, load_audio
 from trimodal.tokenizers.dac import DACTokenizer
@@ -161,24 +161,9 @@ def load_codec_shared(path: str, n_keep: int, device: str, allow_tf32: bool = Fa
 # ----------------------------------------------------------------------------- steps
 
 
-class PrepareTranscript(Step):
-    """Normalise the transcript (as the text pipeline does) and encode it with SentencePiece.
-
-    Runs before audio decoding: a record without a transcript costs no decode."""
-
-    stage = "transcript"
-
-    def __init__(self, tokenizer_path: str):
-        self.tokenizer_path = tokenizer_path
-
-    def setup(self) -> None:
-        self.tok = load_text_tokenizer_shared(self.tokenizer_path)
-
-    def apply(self, record: dict[str, Any]) -> dict[str, Any]:
-        text = normalize_text(record["text"])
-        if not text:
-            raise filtered("empty_transcript", "no characters after whitespace stripping")
-        return {**record, "text": text, "text_ids": self.tok.encode_one(text)}
+def PrepareTranscript(tokenizer_path: str) -> EncodePairedText:
+    """Transcript normalisation + encoding (``empty_transcript`` filtered)."""
+    return EncodePairedText(tokenizer_path, field="text", name="transcript")
 
 
 class DecodeAudio(Step):

@@ -47,7 +47,7 @@ from trimodal.pipelines import common
 from trimodal.pipelines.image_readers import FORMATS, FetchError, expand_image_inputs, fetch_image, read_image_text_file
 from trimodal.pipelines.outcomes import FILTERED, REJECTED, Step, count, filtered, rejected
 from trimodal.pipelines.sink import SinkConfig
-from trimodal.pipelines.text import load_text_tokenizer_shared, normalize_text
+from trimodal.pipelines.text import EncodePairedText
 from trimodal.shards.format import key_from_id
 from trimodal.tokenizers.image_preprocess import ImageRejected, load_image, preprocess, record_seed
 from trimodal.tokenizers.movqgan import MoVQGANTokenizer
@@ -152,29 +152,9 @@ def preprocess_record(data: bytes, record_id: str, cfg: ImageTextPipelineConfig)
 # ----------------------------------------------------------------------------- steps
 
 
-class PrepareCaption(Step):
-    """Normalise the caption (as the text pipeline normalises documents) and encode it.
-
-    Runs before the image is fetched and decoded: a record without a usable caption costs no
-    decode."""
-
-    stage = "caption"
-
-    def __init__(self, tokenizer_path: str, max_tokens: int | None = None):
-        self.tokenizer_path = tokenizer_path
-        self.max_tokens = max_tokens
-
-    def setup(self) -> None:
-        self.tok = load_text_tokenizer_shared(self.tokenizer_path)
-
-    def apply(self, record: dict[str, Any]) -> dict[str, Any]:
-        caption = normalize_text(record["caption"])
-        if not caption:
-            raise filtered("empty_caption", "no characters after whitespace stripping")
-        ids = self.tok.encode_one(caption)
-        if self.max_tokens is not None and ids.size > self.max_tokens:
-            raise filtered("caption_too_long", f"{ids.size} > {self.max_tokens} tokens")
-        return {**record, "caption": caption, "text_ids": ids}
+def PrepareCaption(tokenizer_path: str, max_tokens: int | None = None) -> EncodePairedText:
+    """Caption normalisation + encoding (``empty_caption`` / ``caption_too_long`` filtered)."""
+    return EncodePairedText(tokenizer_path, field="caption", name="caption", max_tokens=max_tokens)
 
 
 class DecodeImage(Step):

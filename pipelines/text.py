@@ -63,6 +63,30 @@ class NormalizeText(Step):
         return {**record, "text": text}
 
 
+class EncodePairedText(Step):
+    """Normalise a caption or transcript (as documents are normalised) and encode it.
+
+    Paired pipelines run it before decoding media, so a record without usable text costs no
+    decode. ``field`` names the record's text (``caption``/``text``); an empty one is filtered
+    as ``empty_<name>``, one over ``max_tokens`` as ``<name>_too_long``."""
+
+    def __init__(self, tokenizer_path: str, field: str, name: str, max_tokens: int | None = None):
+        self.tokenizer_path, self.field, self.name, self.max_tokens = tokenizer_path, field, name, max_tokens
+        self.stage = name
+
+    def setup(self) -> None:
+        self.tok = load_text_tokenizer_shared(self.tokenizer_path)
+
+    def apply(self, record: dict[str, Any]) -> dict[str, Any]:
+        text = normalize_text(record[self.field])
+        if not text:
+            raise filtered(f"empty_{self.name}", "no characters after whitespace stripping")
+        ids = self.tok.encode_one(text)
+        if self.max_tokens is not None and ids.size > self.max_tokens:
+            raise filtered(f"{self.name}_too_long", f"{ids.size} > {self.max_tokens} tokens")
+        return {**record, self.field: text, "text_ids": ids}
+
+
 # One tokenizer per worker process, shared by the DoFn instances (threads) of that process.
 _TOKENIZERS = shared.Shared()
 
