@@ -343,7 +343,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         tokens_seen += int(n_global)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            per_modality = {name: f"{float(stats[0, m] / stats[3, m]):.3f}" for m, name in enumerate(MODALITIES)
+                            if stats[3, m] > 0}
+            bar.set_postfix(loss=f"{loss:.4f}", **per_modality, lr=f"{lr:.2e}")
         if (step + 1) % cfg.run.log_every == 0 or step == start_step or step + 1 == end_step:
             elapsed = time.perf_counter() - t0
             record = {"step": step + 1, "elapsed": elapsed, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
