@@ -35,6 +35,20 @@ def is_dead(x: dict[str, Any]) -> bool:
     return "outcome" in x and "reason" in x and "stage" in x
 
 
+READ_ERRORS = "read_errors"
+
+
+class _ReadFile(beam.DoFn):
+    """One input file → records (main output) and dead-letter dicts (``read_errors``)."""
+
+    def __init__(self, read_file: Callable[[str], Iterator[dict[str, Any]]]):
+        self.read_file = read_file
+
+    def process(self, url: str):
+        for x in self.read_file(url):
+            yield beam.pvalue.TaggedOutput(READ_ERRORS, x) if is_dead(x) else x
+
+
 def build(
     p: beam.Pipeline,
     inputs: list[str],
@@ -48,11 +62,10 @@ def build(
         p
         | "Inputs" >> beam.Create(inputs)
         | "SpreadFiles" >> beam.Reshuffle()
-        | "Read" >> beam.FlatMap(read_file)
+        | "Read" >> beam.ParDo(_ReadFile(read_file)).with_outputs(READ_ERRORS, main="ok")
     )
-    n_read = read | "CountRead" >> beam.combiners.Count.Globally()
-    parts = read | "SplitReadErrors" >> beam.Partition(lambda x, _: 1 if is_dead(x) else 0, 2)
-    good, dead = parts[0], [parts[1]]
+    good, dead = read.ok, [read[READ_ERRORS]]
+    n_read = (good, read[READ_ERRORS]) | "AllRead" >> beam.Flatten() | "CountRead" >> beam.combiners.Count.Globally()
     good = good | "Rebalance" >> beam.Reshuffle()
     for label, step in steps:
         good, filt, rej = run_step(good, step, label)

@@ -51,6 +51,25 @@ def _num_shards(total_bytes: int, n_samples: int, target: int) -> int:
     return max(1, min(n_samples, math.ceil(total_bytes / target)))
 
 
+class _CountAndBytes(beam.CombineFn):
+    """(samples, payload bytes) in one pass: both decide the shard count."""
+
+    def create_accumulator(self) -> tuple[int, int]:
+        return 0, 0
+
+    def add_input(self, acc: tuple[int, int], sample: dict[str, Any]) -> tuple[int, int]:
+        return acc[0] + 1, acc[1] + _sample_bytes(sample)
+
+    def merge_accumulators(self, accs) -> tuple[int, int]:
+        n = b = 0
+        for an, ab in accs:
+            n, b = n + an, b + ab
+        return n, b
+
+    def extract_output(self, acc: tuple[int, int]) -> tuple[int, int]:
+        return acc
+
+
 class _WriteShard(beam.DoFn):
     def __init__(self, cfg: SinkConfig):
         self.cfg = cfg
@@ -133,11 +152,10 @@ class WriteDataset(beam.PTransform):
     def expand(self, inputs):
         samples, dead, n_read = inputs
         cfg = self.cfg
-        total = samples | "SampleBytes" >> beam.Map(_sample_bytes) | "TotalBytes" >> beam.CombineGlobally(sum)
-        n_samples = samples | "CountSamples" >> beam.combiners.Count.Globally()
         n_shards = (
-            total
-            | "NumShards" >> beam.Map(lambda b, n: _num_shards(b, n, cfg.target_shard_bytes), n=beam.pvalue.AsSingleton(n_samples))
+            samples
+            | "CountAndBytes" >> beam.CombineGlobally(_CountAndBytes())
+            | "NumShards" >> beam.MapTuple(lambda n, b: _num_shards(b, n, cfg.target_shard_bytes))
         )
         shards = (
             samples
