@@ -23,7 +23,8 @@ import numpy as np
 from trimodal.pipelines.outcomes import FILTERED, REJECTED
 from trimodal.shards import storage
 from trimodal.shards.manifest import Manifest, ShardInfo
-from trimodal.shards.writer import shard_name, write_shard
+from trimodal.shards.format import encode_sample
+from trimodal.shards.writer import sample_tokens, shard_name, write_encoded
 
 DEAD_LETTER_DIR = "deadletter"
 
@@ -47,6 +48,17 @@ def _sample_bytes(sample: dict[str, Any]) -> int:
     return 1024 + sum(int(np.asarray(a).nbytes) for a in sample["arrays"].values())
 
 
+def _serialize(sample: dict[str, Any]) -> dict[str, Any]:
+    """Tar members made once, in the (parallel, fused) step that produced the sample, so the
+    shard GroupByKey moves bytes rather than pickled arrays."""
+    return {
+        "key": sample["key"],
+        "members": encode_sample(sample["key"], sample["meta"], sample["arrays"]),
+        "tokens": sample_tokens(sample["arrays"]),
+        "size": _sample_bytes(sample),
+    }
+
+
 def _num_shards(total_bytes: int, n_samples: int, target: int) -> int:
     return max(1, min(n_samples, math.ceil(total_bytes / target)))
 
@@ -58,7 +70,7 @@ class _CountAndBytes(beam.CombineFn):
         return 0, 0
 
     def add_input(self, acc: tuple[int, int], sample: dict[str, Any]) -> tuple[int, int]:
-        return acc[0] + 1, acc[1] + _sample_bytes(sample)
+        return acc[0] + 1, acc[1] + sample["size"]
 
     def merge_accumulators(self, accs) -> tuple[int, int]:
         n = b = 0
@@ -77,10 +89,10 @@ class _WriteShard(beam.DoFn):
     def process(self, item, n_shards: int):
         index, samples = item
         samples = sorted(samples, key=lambda s: s["key"])
-        info = write_shard(
+        info = write_encoded(
             self.cfg.root,
             shard_name(index, n_shards, self.cfg.compression),
-            ((s["key"], s["meta"], s["arrays"]) for s in samples),
+            ((s["members"], s["tokens"]) for s in samples),
             compression=self.cfg.compression,
         )
         yield info
@@ -152,6 +164,7 @@ class WriteDataset(beam.PTransform):
     def expand(self, inputs):
         samples, dead, n_read = inputs
         cfg = self.cfg
+        samples = samples | "Serialize" >> beam.Map(_serialize)
         n_shards = (
             samples
             | "CountAndBytes" >> beam.CombineGlobally(_CountAndBytes())

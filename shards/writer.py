@@ -30,13 +30,25 @@ def write_shard(
     compression: str = "none",
 ) -> ShardInfo:
     """Write ``(key, meta, arrays)`` samples in the given order as ``root/name``; atomic."""
+    return write_encoded(
+        root, name, ((encode_sample(key, meta, arrays), sample_tokens(arrays)) for key, meta, arrays in samples), compression
+    )
+
+
+def write_encoded(
+    root: str,
+    name: str,
+    samples: Iterable[tuple[list[tuple[str, bytes]], dict[str, int]]],
+    compression: str = "none",
+) -> ShardInfo:
+    """Write already-serialised samples (tar members from ``encode_sample`` + token counts)."""
     members: list[tuple[str, bytes]] = []
     count = 0
     tokens: dict[str, int] = {}
-    for key, meta, arrays in samples:
-        members.extend(encode_sample(key, meta, arrays))
+    for sample_members, sample_tok in samples:
+        members.extend(sample_members)
         count += 1
-        for k, v in sample_tokens(arrays).items():
+        for k, v in sample_tok.items():
             tokens[k] = tokens.get(k, 0) + v
     data = tar_bytes(members)
     if compression == "zstd":
