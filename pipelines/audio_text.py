@@ -59,9 +59,8 @@ from apache_beam.utils import shared
 from trimodal.pipelines import common
 from trimodal.pipelines.audio_readers import FORMATS, read_audio_file
 from trimodal.pipelines.outcomes import FILTERED, REJECTED, Step, count, filtered, rejected
-from trimodal.pipelines.sink import SinkConfig
+from trimodal.pipelines.sink import SinkConfig, make_sample
 from trimodal.pipelines.text import EncodePairedText
-from trimodal.shards.format import key_from_id
 from trimodal.tokenizers.audio_io import AudioRejected, load_audio
 from trimodal.tokenizers.dac import DACTokenizer
 from trimodal.tokenizers.text import TextTokenizer
@@ -235,18 +234,9 @@ class EncodeAudio(beam.DoFn):
         for record, audio in zip(batch, codes):
             count(self.stage, "ok")
             text = np.asarray(record["text_ids"])
-            yield {
-                "key": key_from_id(record["id"]),
-                "meta": {
-                    "id": record["id"],
-                    "source": record["source"],
-                    "modality": "audio_text",
-                    "lengths": {"audio_frames": int(audio.shape[1]), "text": int(text.size),
-                                "seconds": round(float(record["seconds"]), 4)},
-                    "provenance": record.get("provenance", {}),
-                },
-                "arrays": {"audio": audio, "text": text},
-            }
+            lengths = {"audio_frames": int(audio.shape[1]), "text": int(text.size),
+                       "seconds": round(float(record["seconds"]), 4)}
+            yield make_sample(record, "audio_text", lengths, {"audio": audio, "text": text})
 
 
 class _Encode(beam.PTransform):

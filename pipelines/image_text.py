@@ -46,9 +46,8 @@ from apache_beam.utils import shared
 from trimodal.pipelines import common
 from trimodal.pipelines.image_readers import FORMATS, FetchError, expand_image_inputs, fetch_image, read_image_text_file
 from trimodal.pipelines.outcomes import FILTERED, REJECTED, Step, count, filtered, rejected
-from trimodal.pipelines.sink import SinkConfig
+from trimodal.pipelines.sink import SinkConfig, make_sample
 from trimodal.pipelines.text import EncodePairedText
-from trimodal.shards.format import key_from_id
 from trimodal.tokenizers.image_preprocess import ImageRejected, load_image, preprocess, record_seed
 from trimodal.tokenizers.movqgan import MoVQGANTokenizer
 from trimodal.tokenizers.text import TextTokenizer
@@ -201,17 +200,8 @@ class EncodeImages(beam.DoFn):
         for record, grid in zip(batch, codes):
             count(self.stage, "ok")
             text = np.asarray(record["text_ids"])
-            yield {
-                "key": key_from_id(record["id"]),
-                "meta": {
-                    "id": record["id"],
-                    "source": record["source"],
-                    "modality": "image_text",
-                    "lengths": {"image": int(grid.size), "text": int(text.size)},
-                    "provenance": record.get("provenance", {}),
-                },
-                "arrays": {"image": np.ascontiguousarray(grid), "text": text},
-            }
+            yield make_sample(record, "image_text", {"image": int(grid.size), "text": int(text.size)},
+                              {"image": np.ascontiguousarray(grid), "text": text})
 
 
 class _Encode(beam.PTransform):

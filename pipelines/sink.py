@@ -23,7 +23,7 @@ import numpy as np
 from trimodal.pipelines.outcomes import FILTERED, REJECTED
 from trimodal.shards import storage
 from trimodal.shards.manifest import Manifest, ShardInfo
-from trimodal.shards.format import encode_sample
+from trimodal.shards.format import encode_sample, key_from_id
 from trimodal.shards.writer import sample_tokens, shard_name, write_encoded
 
 DEAD_LETTER_DIR = "deadletter"
@@ -46,6 +46,18 @@ def _bucket(key: str, n: int) -> int:
 
 def _sample_bytes(sample: dict[str, Any]) -> int:
     return 1024 + sum(int(np.asarray(a).nbytes) for a in sample["arrays"].values())
+
+
+def make_sample(record: dict[str, Any], modality: str, lengths: dict[str, Any],
+                arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The sample a tokenize step hands to the sink: a stable key from the record id, the sample
+    json (id, source, modality, lengths, provenance) and the modality-local code arrays."""
+    return {
+        "key": key_from_id(record["id"]),
+        "meta": {"id": record["id"], "source": record["source"], "modality": modality, "lengths": lengths,
+                 "provenance": record.get("provenance", {})},
+        "arrays": arrays,
+    }
 
 
 def _serialize(sample: dict[str, Any]) -> dict[str, Any]:

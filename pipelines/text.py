@@ -16,9 +16,8 @@ from apache_beam.utils import shared
 
 from trimodal.pipelines import common
 from trimodal.pipelines.outcomes import FILTERED, REJECTED, Bad, Step, bad_output, count, filtered
-from trimodal.pipelines.sink import SinkConfig
+from trimodal.pipelines.sink import SinkConfig, make_sample
 from trimodal.pipelines.text_readers import read_text_file
-from trimodal.shards.format import key_from_id
 from trimodal.tokenizers.text import TextTokenizer
 
 
@@ -119,17 +118,8 @@ class TokenizeText(beam.DoFn):
                 yield bad_output(record, filtered("too_few_tokens", f"{codes.size} < {self.min_tokens}"), self.stage)
                 continue
             count(self.stage, "ok")
-            yield {
-                "key": key_from_id(record["id"]),
-                "meta": {
-                    "id": record["id"],
-                    "source": record["source"],
-                    "modality": "text",
-                    "lengths": {"text": int(codes.size), "chars": len(record["text"])},
-                    "provenance": record.get("provenance", {}),
-                },
-                "arrays": {"text": codes},
-            }
+            yield make_sample(record, "text", {"text": int(codes.size), "chars": len(record["text"])},
+                              {"text": codes})
 
 
 class _Tokenize(beam.PTransform):
