@@ -99,6 +99,17 @@ def _record(record_id: str, source: str, caption: str, prov: dict[str, Any], ima
     return rec
 
 
+def _record_at(rid: str, source: str, caption: str, prov: dict[str, Any], image_url: str, lazy: bool) -> dict[str, Any]:
+    """A record for an image stored at ``image_url``: the URL only (``lazy``: fetched after the
+    records are spread over workers) or the fetched bytes; a failed fetch is a dead-letter."""
+    if lazy:
+        return _record(rid, source, caption, prov, image_url=image_url)
+    try:
+        return _record(rid, source, caption, prov, image=fetch_image(image_url))
+    except FetchError as e:
+        return _bad(rid, source, e.reason, e.detail)
+
+
 def _protocol(fs: fsspec.AbstractFileSystem) -> str:
     return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
@@ -240,14 +251,8 @@ def read_parquet(url: str, source: str, image_field: str | None = None, caption_
                 if image is None and path:
                     image_url = resolve_path(folder, path)
                     prov["image"] = image_url
-                    if lazy:
-                        yield _record(rid, source, caption, prov, image_url=image_url)
-                        continue
-                    try:
-                        image = fetch_image(image_url)
-                    except FetchError as e:
-                        yield _bad(rid, source, e.reason, e.detail)
-                        continue
+                    yield _record_at(rid, source, caption, prov, image_url, lazy)
+                    continue
                 if image is None:
                     yield _bad(rid, source, "missing_image", f"{img_col!r} is null")
                     continue
@@ -312,15 +317,7 @@ def read_folder(url: str, source: str, captions: str | None = None, is_dir: bool
             continue
         image_url = resolve_path(folder, name)
         prov = {"file": captions_url, "line": lineno, "image": image_url}
-        if lazy:
-            yield _record(rid, source, caption, prov, image_url=image_url)
-            continue
-        try:
-            data = fetch_image(image_url)
-        except FetchError as e:
-            yield _bad(rid, source, e.reason, e.detail)
-            continue
-        yield _record(rid, source, caption, prov, image=data)
+        yield _record_at(rid, source, caption, prov, image_url, lazy)
     if report_uncaptioned and is_dir:
         yield from _uncaptioned(folder, referenced, source)
 
