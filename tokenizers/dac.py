@@ -18,10 +18,8 @@ from __future__ import annotations
 import contextvars
 import math
 import os
-import threading
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trimodal.tokenizers.base import state_dict_fingerprint
+from trimodal.tokenizers.runtime import WeightsMismatch, check_weights, inference, resolve_device
 
 __all__ = [
     "DACConfig",
@@ -462,34 +461,16 @@ class DAC(nn.Module):
 # ----------------------------------------------------------------------------- weight files
 
 
-class DACLoadError(ValueError):
+class DACLoadError(WeightsMismatch):
     """A weight file does not match the architecture its own kwargs describe."""
-
-
-def _list(items: list[str], limit: int = 10) -> str:
-    more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
 
 
 def check_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
     """Strict key and shape check, raising one error that names every offending key."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(k for k in expected if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in expected)
-    mismatched = sorted(
-        f"{k} (file {tuple(state_dict[k].shape)}, model {expected[k]})"
-        for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != expected[k]
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_list(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches: {_list(mismatched)}")
-    if problems:
-        raise DACLoadError("DAC state dict does not match the model; " + "; ".join(problems))
+    try:
+        check_weights(model.state_dict(), state_dict, "DAC state dict")
+    except WeightsMismatch as e:
+        raise DACLoadError(str(e)) from None
 
 
 def load_dac(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> DAC:
@@ -524,35 +505,6 @@ def save_dac(model: DAC, path: str | os.PathLike[str]) -> None:
 
 # ----------------------------------------------------------------------------- tokenizer
 
-_tf32_lock = threading.Lock()
-_tf32_users = 0
-_tf32_saved: tuple[bool, bool] = (True, False)
-
-
-@contextmanager
-def _no_tf32() -> Iterator[None]:
-    """Disable TF32 convolutions/matmuls while any DAC call runs (reference-counted).
-
-    cuDNN convolutions default to TF32 (~1e-3 relative error), enough to flip codes whose
-    nearest/second-nearest gap is small, so GPU and CPU workers would write different tokens.
-    The flags are global; the count keeps concurrent DAC calls from restoring them early.
-    """
-    global _tf32_users, _tf32_saved
-    with _tf32_lock:
-        if _tf32_users == 0:
-            _tf32_saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-        _tf32_users += 1
-    try:
-        yield
-    finally:
-        with _tf32_lock:
-            _tf32_users -= 1
-            if _tf32_users == 0:
-                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = _tf32_saved
-
-
 class DACTokenizer:
     """The project's audio tokenizer: mono waveforms at the codec rate <-> (k, frames) uint16 codes.
 
@@ -573,22 +525,14 @@ class DACTokenizer:
             raise ValueError(f"n_keep must be in [1, {cfg.n_codebooks}], got {n_keep}")
         if cfg.codebook_size > 65536:
             raise ValueError("codebook_size does not fit uint16 codes")
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but CUDA is not available")
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.n_keep = n_keep
         self.allow_tf32 = allow_tf32
         self._fingerprint: str | None = None
 
-    @contextmanager
-    def _inference(self) -> Iterator[None]:
-        with torch.inference_mode():
-            if self.device.type == "cuda" and not self.allow_tf32:
-                with _no_tf32():
-                    yield
-            else:
-                yield
+    def _inference(self):
+        return inference(self.device, self.allow_tf32)
 
     @classmethod
     def from_path(

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trimodal.tokenizers.base import state_dict_fingerprint
+from trimodal.tokenizers.runtime import WeightsMismatch, check_weights, inference, resolve_device
 
 __all__ = [
     "INFERENCE_PREFIXES",
@@ -121,7 +122,7 @@ class MoVQGANConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-class MoVQGANLoadError(ValueError):
+class MoVQGANLoadError(WeightsMismatch):
     """A checkpoint that does not match the architecture (lists the offending keys)."""
 
 
@@ -523,14 +524,10 @@ def load_movqgan(
         ) from e
     sd = _inference_state_dict(obj, path)
     cfg = _resolve_config(path, config, sd)
-    missing, unexpected, wrong = _mismatches(sd, _expected_shapes(cfg))
-    if missing or unexpected or wrong:
-        parts = [f"{path}: checkpoint does not match MoVQGAN config {cfg.to_dict()}"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
-            if keys:
-                shown = "\n    ".join(keys[:20]) + (f"\n    ... {len(keys) - 20} more" if len(keys) > 20 else "")
-                parts.append(f"  {title} ({len(keys)}):\n    {shown}")
-        raise MoVQGANLoadError("\n".join(parts))
+    try:
+        check_weights(_expected_shapes(cfg), sd, f"{path} (MoVQGAN config {cfg.to_dict()})")
+    except WeightsMismatch as e:
+        raise MoVQGANLoadError(str(e)) from None
     # Built on the meta device and filled by assignment: no random init, no second copy in memory.
     with torch.device("meta"):
         model = MoVQGAN(cfg)
@@ -541,12 +538,6 @@ def load_movqgan(
 # ----------------------------------------------------------------------------------------------
 # Tokenizer interface
 # ----------------------------------------------------------------------------------------------
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _one_image(img: Any) -> np.ndarray:
@@ -599,7 +590,7 @@ class MoVQGANTokenizer:
     ) -> None:
         if model.config.n_embed > np.iinfo(np.uint16).max + 1:
             raise ValueError(f"codebook of {model.config.n_embed} does not fit uint16 codes")
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.batch_size = int(batch_size)
         self.allow_tf32 = allow_tf32
@@ -615,7 +606,7 @@ class MoVQGANTokenizer:
         allow_tf32: bool = False,
     ) -> "MoVQGANTokenizer":
         """Load a checkpoint (see :func:`load_movqgan`) straight onto ``device``."""
-        model = load_movqgan(path, config, device=_resolve_device(device))
+        model = load_movqgan(path, config, device=resolve_device(device))
         return cls(model, device=device, batch_size=batch_size, allow_tf32=allow_tf32)
 
     @property
@@ -640,14 +631,6 @@ class MoVQGANTokenizer:
             self._fingerprint = state_dict_fingerprint(self.model.state_dict(), self.config.to_dict())
         return self._fingerprint
 
-    def _precision(self) -> Any:
-        return torch.backends.cudnn.flags(
-            enabled=torch.backends.cudnn.enabled,
-            benchmark=torch.backends.cudnn.benchmark,
-            deterministic=torch.backends.cudnn.deterministic,
-            allow_tf32=self.allow_tf32,
-        )
-
     def _chunks(self, n: int) -> Iterable[slice]:
         for start in range(0, n, self.batch_size):
             yield slice(start, min(n, start + self.batch_size))
@@ -657,7 +640,7 @@ class MoVQGANTokenizer:
         x = _as_batch(images)
         h, w = self.model.latent_grid(x.shape[-2], x.shape[-1])
         out = np.empty((x.shape[0], h, w), dtype=np.uint16)
-        with torch.inference_mode(), self._precision():
+        with inference(self.device, self.allow_tf32):
             for sl in self._chunks(x.shape[0]):
                 codes = self.model.encode_codes(x[sl].to(self.device, non_blocking=True))
                 out[sl] = codes.reshape(-1, h, w).cpu().numpy().astype(np.uint16)
@@ -673,7 +656,7 @@ class MoVQGANTokenizer:
         n, h, w = arr.shape
         f = self.config.downsample_factor
         out = np.empty((n, h * f, w * f, 3), dtype=np.uint8)
-        with torch.inference_mode(), self._precision():
+        with inference(self.device, self.allow_tf32):
             for sl in self._chunks(n):
                 t = torch.from_numpy(arr[sl].astype(np.int64)).to(self.device)
                 img = self.model.decode_codes(t, grid=(h, w))

@@ -146,9 +146,9 @@ def test_strict_loading_of_44khz_layout(state_44k, tmp_path: Path) -> None:
     with pytest.raises(DACLoadError) as err:
         load_dac(_save_official(tmp_path / "bad.pth", bad, kwargs))
     msg = str(err.value)
-    assert "missing keys: quantizer.quantizers.3.codebook.weight" in msg
-    assert "encoder.block.6.weight_v (file (1024, 1024, 5), model (1024, 1024, 3))" in msg
-    assert "unexpected keys: encoder.extra.weight" in msg
+    assert "missing keys (1):\n    quantizer.quantizers.3.codebook.weight" in msg
+    assert "encoder.block.6.weight_v: file (1024, 1024, 5), model (1024, 1024, 3)" in msg
+    assert "unexpected keys (1):\n    encoder.extra.weight" in msg
 
 
 def test_loader_refuses_files_without_config(tmp_path: Path) -> None:

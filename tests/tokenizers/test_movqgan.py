@@ -157,7 +157,7 @@ def test_load_67m_lightning_checkpoint(state_67m: dict[str, torch.Tensor], tmp_p
     torch.save(state_67m, bare)
     assert load_movqgan(bare).config.num_res_blocks == 2
     # a config that does not fit is refused, naming a key
-    with pytest.raises(MoVQGANLoadError, match="shape mismatch"):
+    with pytest.raises(MoVQGANLoadError, match="shape mismatches"):
         load_movqgan(bare, "movqgan_270M")
 
 
@@ -173,7 +173,7 @@ def test_missing_key_and_wrong_shape_are_named(reference_dir: Path, tmp_path: Pa
     torch.save(_lightning(missing), p1)
     with pytest.raises(MoVQGANLoadError) as info:
         load_movqgan(p1, "movqgan_67M")
-    assert "missing (1)" in str(info.value) and "decoder.mid.attn_1.norm.conv_y.weight" in str(info.value)
+    assert "missing keys (1)" in str(info.value) and "decoder.mid.attn_1.norm.conv_y.weight" in str(info.value)
 
     wrong = dict(state_67m)
     wrong["quantize.embedding.weight"] = torch.zeros(8192, 4)
@@ -182,12 +182,12 @@ def test_missing_key_and_wrong_shape_are_named(reference_dir: Path, tmp_path: Pa
     with pytest.raises(MoVQGANLoadError) as info:
         load_movqgan(p2, "movqgan_67M")
     msg = str(info.value)
-    assert "shape mismatch (1)" in msg and "quantize.embedding.weight: checkpoint (8192, 4) vs model (16384, 4)" in msg
+    assert "shape mismatches (1)" in msg and "quantize.embedding.weight: file (8192, 4), model (16384, 4)" in msg
 
     extra = {**state_67m, "decoder.conv_in.conv.weight": torch.zeros(4, 4, 3, 3)}
     p3 = tmp_path / "extra.ckpt"
     torch.save(_lightning(extra), p3)
-    with pytest.raises(MoVQGANLoadError, match=r"unexpected \(1\):\n    decoder.conv_in.conv.weight"):
+    with pytest.raises(MoVQGANLoadError, match=r"unexpected keys \(1\):\n    decoder.conv_in.conv.weight"):
         load_movqgan(p3, "movqgan_67M")
 
     not_a_ckpt = tmp_path / "list.ckpt"
