@@ -1,7 +1,7 @@
 """Audio-transcript corpus readers: JSON-lines manifests and WebDataset tars, through fsspec.
 
-Each reader turns one input file into records ``{"id", "source", "audio": bytes, "text",
-"provenance"}`` or dead-letter dicts (:func:`trimodal.pipelines.outcomes.dead_letter`). Record
+Each input file becomes :class:`~trimodal.pipelines.records.Record`\ s (``text`` = the
+transcript, ``media`` = the audio bytes) or dead letters. Record
 ids are stable across runs (``<manifest>:<line>``, ``<tar>:<sample key>``), so shard contents
 are deterministic. A file that cannot be opened at all becomes one rejected record with reason
 ``unreadable_file``.
@@ -37,8 +37,8 @@ from typing import Any
 import fsspec
 import soundfile as sf
 
-from trimodal.pipelines.outcomes import REJECTED, count, dead_letter
-from trimodal.pipelines.readers import json_objects, split_key, tar_groups
+from trimodal.pipelines.readers import Reader, json_objects, parse_json, split_key, tar_groups
+from trimodal.pipelines.records import DeadLetter, Record
 from trimodal.tokenizers.audio_io import AudioRejected
 
 STAGE = "read"
@@ -51,16 +51,6 @@ _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
 def detect_format(url: str) -> str:
     return "webdataset" if url.lower().endswith(_TAR_SUFFIXES) else "manifest"
-
-
-def _bad(record_id: str, source: str, reason: str, detail: str = "") -> dict[str, Any]:
-    count(STAGE, REJECTED, reason)
-    return dead_letter(record_id, source, REJECTED, reason, STAGE, detail)
-
-
-def _record(record_id: str, source: str, audio: bytes, text: str, prov: dict[str, Any]) -> dict[str, Any]:
-    count(STAGE, "read")
-    return {"id": record_id, "source": source, "audio": audio, "text": text, "provenance": prov}
 
 
 # ----------------------------------------------------------------------------- manifests
@@ -118,11 +108,19 @@ def cut_segment(f, offset: float, duration: float | None) -> tuple[bytes, dict[s
     return buf.getvalue(), {"offset": offset, "duration": round(x.shape[0] / sr, 6), "file_sample_rate": sr}
 
 
-def _read_audio_url(audio_url: str, offset: float | None, duration: float | None) -> tuple[bytes, dict[str, Any]]:
-    """Bytes of a whole file, or of one segment of it (see :func:`cut_segment`)."""
+def _read_audio_url(audio_url: str, offset: float | None, duration: float | None,
+                    max_bytes: int) -> tuple[bytes, dict[str, Any]]:
+    """Bytes of a whole file, or of one segment of it (see :func:`cut_segment`); a whole file
+    over ``max_bytes`` is refused (``too_large``) without being read."""
     with fsspec.open(audio_url, "rb") as f:
         if offset is None:
-            return f.read(), {}
+            size = getattr(f, "size", None)
+            if size is not None and size > max_bytes:
+                raise AudioRejected("too_large", f"{size} bytes (limit {max_bytes})")
+            data = f.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise AudioRejected("too_large", f"over {max_bytes} bytes")
+            return data, {}
         head = f.read(1)
         if not head:
             raise AudioRejected("empty", "zero bytes")
@@ -130,105 +128,102 @@ def _read_audio_url(audio_url: str, offset: float | None, duration: float | None
         return cut_segment(f, offset, duration)
 
 
-def read_manifest(
-    url: str, source: str, text_field: str = "text", audio_field: str = "audio_filepath"
-) -> Iterator[dict[str, Any]]:
-    for item in json_objects(url, source, _bad):
-        if isinstance(item, dict):
-            yield item
-            continue
-        rid, lineno, obj = item
-        missing = [k for k in (audio_field, text_field) if obj.get(k) is None]
-        if missing:
-            yield _bad(rid, source, "missing_field", f"no {' / '.join(map(repr, missing))} field")
-            continue
-        path, text = obj[audio_field], obj[text_field]
-        if not isinstance(path, str) or not path or not isinstance(text, str):
-            which = audio_field if not isinstance(path, str) or not path else text_field
-            yield _bad(rid, source, "bad_field_type", f"{which!r} is {type(obj[which]).__name__}, not a non-empty string")
-            continue
-        try:
-            offset = _time_field(obj, "offset")
-            duration = _time_field(obj, "duration")
-        except TypeError as e:
-            yield _bad(rid, source, "bad_field_type", str(e))
-            continue
-        except ValueError as e:
-            yield _bad(rid, source, "bad_segment", str(e))
-            continue
-        audio_url = resolve_audio_path(url, path)
-        try:
-            data, segment = _read_audio_url(audio_url, offset, duration)
-        except FileNotFoundError as e:
-            yield _bad(rid, source, "missing_file", f"{audio_url}: {e}")
-            continue
-        except AudioRejected as e:
-            yield _bad(rid, source, e.reason, f"{audio_url}: {e.detail}")
-            continue
-        except (OSError, ValueError) as e:  # a folder, permissions, a broken remote object
-            yield _bad(rid, source, "unreadable_file", f"{audio_url}: {type(e).__name__}: {e}")
-            continue
-        prov: dict[str, Any] = {"file": url, "line": lineno, "audio": audio_url}
-        if duration is not None and offset is None:
-            prov["declared_duration"] = duration
-        if segment:
-            prov["segment"] = segment
-        yield _record(rid, source, data, text, prov)
+class AudioTextReader(Reader):
+    """JSON-lines manifests or WebDataset tars (see the module docstring)."""
 
+    def __init__(self, fmt: str = "auto", source: str = "", text_field: str = "text",
+                 audio_field: str = "audio_filepath", **kw: Any) -> None:
+        super().__init__(source, **kw)
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown audio-text format {fmt!r}; expected one of {FORMATS}")
+        self.fmt, self.text_field, self.audio_field = fmt, text_field, audio_field
 
-# ----------------------------------------------------------------------------- webdataset tars
+    def records(self, url: str, source: str) -> Iterator[Record | DeadLetter]:
+        fmt = detect_format(url) if self.fmt == "auto" else self.fmt
+        yield from (self.manifest(url, source) if fmt == "manifest" else self.webdataset(url, source))
 
+    def manifest(self, url: str, source: str) -> Iterator[Record | DeadLetter]:
+        text_field, audio_field = self.text_field, self.audio_field
+        for item in json_objects(url, source, self):
+            if isinstance(item, DeadLetter):
+                yield item
+                continue
+            rid, lineno, obj = item
+            missing = [k for k in (audio_field, text_field) if obj.get(k) is None]
+            if missing:
+                yield self.reject(rid, source, "missing_field", f"no {' / '.join(map(repr, missing))} field")
+                continue
+            path, text = obj[audio_field], obj[text_field]
+            if not isinstance(path, str) or not path or not isinstance(text, str):
+                which = audio_field if not isinstance(path, str) or not path else text_field
+                yield self.reject(rid, source, "bad_field_type",
+                                  f"{which!r} is {type(obj[which]).__name__}, not a non-empty string")
+                continue
+            try:
+                offset = _time_field(obj, "offset")
+                duration = _time_field(obj, "duration")
+            except TypeError as e:
+                yield self.reject(rid, source, "bad_field_type", str(e))
+                continue
+            except ValueError as e:
+                yield self.reject(rid, source, "bad_segment", str(e))
+                continue
+            audio_url = resolve_audio_path(url, path)
+            try:
+                data, segment = _read_audio_url(audio_url, offset, duration, self.max_bytes)
+            except FileNotFoundError as e:
+                yield self.reject(rid, source, "missing_file", f"{audio_url}: {e}")
+                continue
+            except AudioRejected as e:
+                yield self.reject(rid, source, e.reason, f"{audio_url}: {e.detail}")
+                continue
+            except (OSError, ValueError) as e:  # a folder, permissions, a broken remote object
+                yield self.reject(rid, source, "unreadable_file", f"{audio_url}: {type(e).__name__}: {e}")
+                continue
+            prov: dict[str, Any] = {"file": url, "line": lineno, "audio": audio_url}
+            if duration is not None and offset is None:
+                prov["declared_duration"] = duration
+            if segment:
+                prov["segment"] = segment
+            yield self.record(rid, source, text=text, media=data, provenance=prov)
 
-def _group_to_record(url: str, source: str, key: str, members: dict[str, bytes]) -> dict[str, Any]:
-    rid = f"{url}:{key}"
-    # a member's type is the last part of its extension ("seg.0.wav" is a wav), as webdataset decodes
-    exts: dict[str, str] = {}
-    for ext in sorted(members):
-        exts.setdefault(ext.rsplit(".", 1)[-1].lower(), ext)
-    audio_ext = next((exts[e] for e in AUDIO_EXTS if e in exts), None)
-    if audio_ext is None:
-        return _bad(rid, source, "missing_audio", f"members: {sorted(members)}")
-    text = None
-    txt_ext = next((exts[e] for e in TRANSCRIPT_EXTS if e in exts), None)
-    if txt_ext is not None:
-        try:
-            text = members[txt_ext].decode("utf-8")
-        except UnicodeDecodeError as e:
-            return _bad(rid, source, "invalid_utf8", f".{txt_ext}: {e}")
-    elif "json" in exts:
-        try:
-            obj = json.loads(members[exts["json"]].decode("utf-8"))
-        except UnicodeDecodeError as e:
-            return _bad(rid, source, "invalid_utf8", f".json: {e}")
-        except json.JSONDecodeError as e:
-            return _bad(rid, source, "bad_json", str(e))
-        if isinstance(obj, dict):
-            text = next((obj[f] for f in JSON_TEXT_FIELDS if isinstance(obj.get(f), str)), None)
-    if text is None:
-        return _bad(rid, source, "missing_transcript", f"members: {sorted(members)}")
-    return _record(rid, source, members[audio_ext], text, {"file": url, "key": key, "member": f"{key}.{audio_ext}"})
+    def _group(self, url: str, source: str, key: str, members: dict[str, bytes]) -> Record | DeadLetter:
+        rid = f"{url}:{key}"
+        # a member's type is the last part of its extension ("seg.0.wav" is a wav), as webdataset decodes
+        exts: dict[str, str] = {}
+        for ext in sorted(members):
+            exts.setdefault(ext.rsplit(".", 1)[-1].lower(), ext)
+        audio_ext = next((exts[e] for e in AUDIO_EXTS if e in exts), None)
+        if audio_ext is None:
+            return self.reject(rid, source, "missing_audio", f"members: {sorted(members)}")
+        text = None
+        txt_ext = next((exts[e] for e in TRANSCRIPT_EXTS if e in exts), None)
+        if txt_ext is not None:
+            try:
+                text = members[txt_ext].decode("utf-8")
+            except UnicodeDecodeError as e:
+                return self.reject(rid, source, "invalid_utf8", f".{txt_ext}: {e}")
+        elif "json" in exts:
+            obj, reason, detail = parse_json(members[exts["json"]])
+            if reason:
+                return self.reject(rid, source, reason, f".json: {detail}")
+            if isinstance(obj, dict):
+                text = next((obj[f] for f in JSON_TEXT_FIELDS if isinstance(obj.get(f), str)), None)
+        if text is None:
+            return self.reject(rid, source, "missing_transcript", f"members: {sorted(members)}")
+        return self.record(rid, source, text=text, media=members[audio_ext],
+                           provenance={"file": url, "key": key, "member": f"{key}.{audio_ext}"})
 
-
-def read_webdataset(url: str, source: str) -> Iterator[dict[str, Any]]:
-    for item in tar_groups(url, source, _bad):
-        yield item if isinstance(item, dict) else _group_to_record(url, source, *item)
+    def webdataset(self, url: str, source: str) -> Iterator[Record | DeadLetter]:
+        for item in tar_groups(url, source, self):
+            yield item if isinstance(item, DeadLetter) else self._group(url, source, *item)
 
 
 def read_audio_file(url: str, fmt: str = "auto", source: str = "", text_field: str = "text",
-                    audio_field: str = "audio_filepath") -> Iterator[dict[str, Any]]:
-    """Dispatch on format; an unreadable input file becomes one rejected record naming the error."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown audio-text format {fmt!r}; expected one of {FORMATS}")
-    fmt = detect_format(url) if fmt == "auto" else fmt
-    source = source or url.rsplit("/", 1)[-1].split(".", 1)[0]
-    try:
-        if fmt == "manifest":
-            yield from read_manifest(url, source, text_field, audio_field)
-        else:
-            yield from read_webdataset(url, source)
-    except (OSError, ValueError, EOFError) as e:
-        yield _bad(url, source, "unreadable_file", f"{type(e).__name__}: {e}")
+                    audio_field: str = "audio_filepath") -> Iterator[Record | DeadLetter]:
+    """Records of one input file (see :class:`AudioTextReader`)."""
+    return AudioTextReader(fmt, source, text_field, audio_field)(url)
 
 
-__all__ = ["FORMATS", "AUDIO_EXTS", "detect_format", "resolve_audio_path", "cut_segment", "split_key",
-           "read_manifest", "read_webdataset", "read_audio_file"]
+__all__ = ["FORMATS", "AUDIO_EXTS", "AudioTextReader", "detect_format", "resolve_audio_path", "cut_segment",
+           "split_key", "read_audio_file"]

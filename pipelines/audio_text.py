@@ -43,11 +43,9 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import apache_beam as beam
@@ -56,39 +54,39 @@ import soundfile as sf
 from apache_beam.transforms import window
 from apache_beam.utils import shared
 
+from trimodal import storage
+from trimodal.config import option
 from trimodal.pipelines import common
-from trimodal.pipelines.audio_readers import FORMATS, read_audio_file
-from trimodal.pipelines.outcomes import FILTERED, REJECTED, Step, count, filtered, rejected
+from trimodal.pipelines.audio_readers import FORMATS, AudioTextReader
+from trimodal.pipelines.outcomes import FILTERED, REJECTED, Step, count
+from trimodal.pipelines.records import Record, filtered, rejected
 from trimodal.pipelines.sink import SinkConfig, make_sample
 from trimodal.pipelines.text import EncodePairedText
 from trimodal.tokenizers.audio_io import AudioRejected, load_audio
-from trimodal.tokenizers.dac import DACTokenizer
-from trimodal.tokenizers.text import TextTokenizer
+from trimodal.tokenizers.base import TokenizerInfo
+from trimodal.tokenizers.registry import load_audio_tokenizer, load_text_tokenizer
+from trimodal.tokenizers.runtime import resolve_device
 
 
 @dataclass
-class AudioTextPipelineConfig:
-    inputs: list[str]
-    text_tokenizer: str
-    audio_tokenizer: str
-    out: str
-    format: str = "auto"  # auto | manifest | webdataset
-    source: str = ""
-    n_keep: int = 4
-    max_seconds: float | None = 30.0
-    min_seconds: float = 0.0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    batch_size: int = 8
-    batch_seconds: float = 240.0  # padded audio seconds per codec batch, at most
-    bucket_seconds: float = 1.0  # clips are padded to the end of their bucket of this width
-    text_field: str = "text"
-    audio_field: str = "audio_filepath"
-    allow_tf32: bool = False
-    target_shard_bytes: int = 128 * 2**20
-    compression: str = "none"
-    extra: dict[str, Any] = field(default_factory=dict)
+class AudioTextPipelineConfig(common.PipelineConfig):
+    audio_tokenizer: str = option("", help="DAC weight file (weights_*.pth) or Higgs Audio v2 folder")
+    format: str = option("auto", help=f"input format: {', '.join(FORMATS)}")
+    n_keep: int = option(4, flag="codebooks", help="residual codebooks kept (k)")
+    max_seconds: float | None = option(30.0, help="longer clips are filtered (too_long)")
+    min_seconds: float = option(0.0, help="shorter clips are filtered (too_short)")
+    device: str = option("auto", help="codec device: auto, cpu, cuda, cuda:N")
+    batch_size: int = option(8, help="clips per codec call, at most")
+    batch_seconds: float = option(240.0, help="padded audio seconds per codec call, at most")
+    bucket_seconds: float = option(1.0, help="clips are padded to the end of their length bucket of this width")
+    text_field: str = option("text", help="manifest field holding the transcript")
+    audio_field: str = option("audio_filepath", help="manifest field holding the audio path")
+    allow_tf32: bool = option(False, help="faster on GPU; codes may then differ from CPU-made shards")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.audio_tokenizer:
+            raise ValueError("--audio-tokenizer is required")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.batch_size < 1:
@@ -114,7 +112,7 @@ def bucket_end(n_samples: int, multiple: int) -> int:
     return -(-n_samples // multiple) * multiple
 
 
-def encode_clips(tok: DACTokenizer, wavs: Sequence[np.ndarray], multiple: int) -> list[np.ndarray]:
+def encode_clips(tok, wavs: Sequence[np.ndarray], multiple: int) -> list[np.ndarray]:
     """The canonical codes of each clip: zero-padded to :func:`bucket_end`, encoded, trimmed to
     ``ceil(len / hop)`` frames. Clips of different buckets are encoded in separate batches, so
     the result for one clip never depends on the others."""
@@ -132,28 +130,21 @@ def encode_clips(tok: DACTokenizer, wavs: Sequence[np.ndarray], multiple: int) -
     return out  # type: ignore[return-value]
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 # One codec per worker process, shared by that process's DoFn instances (threads).
 _CODECS = shared.Shared()
 
 
 class _CodecHolder:
-    def __init__(self, tok: DACTokenizer):
+    def __init__(self, tok):
         self.tok = tok
 
 
-def load_codec_shared(path: str, n_keep: int, device: str, allow_tf32: bool = False) -> DACTokenizer:
-    device = resolve_device(device)
+def load_codec_shared(path: str, n_keep: int, device: str, allow_tf32: bool = False):
+    """The codec (DAC or Higgs) of this worker process, loaded once."""
+    device = str(resolve_device(device))
     return _CODECS.acquire(
-        lambda: _CodecHolder(DACTokenizer.from_path(path, n_keep=n_keep, device=device, allow_tf32=allow_tf32)),
-        tag=f"dac:{path}:{n_keep}:{device}:{allow_tf32}",
+        lambda: _CodecHolder(load_audio_tokenizer(path, n_keep=n_keep, device=device, allow_tf32=allow_tf32)),
+        tag=f"codec:{path}:{n_keep}:{device}:{allow_tf32}",
     ).tok
 
 
@@ -162,7 +153,7 @@ def load_codec_shared(path: str, n_keep: int, device: str, allow_tf32: bool = Fa
 
 def PrepareTranscript(tokenizer_path: str) -> EncodePairedText:
     """Transcript normalisation + encoding (``empty_transcript`` filtered)."""
-    return EncodePairedText(tokenizer_path, field="text", name="transcript")
+    return EncodePairedText(tokenizer_path, name="transcript")
 
 
 class DecodeAudio(Step):
@@ -174,8 +165,8 @@ class DecodeAudio(Step):
     def __init__(self, sample_rate: int, max_seconds: float | None, min_seconds: float = 0.0):
         self.sample_rate, self.max_seconds, self.min_seconds = sample_rate, max_seconds, min_seconds
 
-    def apply(self, record: dict[str, Any]) -> dict[str, Any]:
-        data = record["audio"]
+    def apply(self, record: Record) -> Record:
+        data = record.media
         try:
             wav = load_audio(data, self.sample_rate, self.max_seconds)
         except AudioRejected as e:
@@ -184,9 +175,9 @@ class DecodeAudio(Step):
         if seconds < self.min_seconds:
             raise filtered("too_short", f"{seconds:.3f} s < {self.min_seconds} s")
         info = sf.info(io.BytesIO(data))  # header only; it decoded above, so it parses
-        prov = {**record.get("provenance", {}), "sample_rate": int(info.samplerate), "channels": int(info.channels)}
-        out = {k: v for k, v in record.items() if k != "audio"}
-        return {**out, "wav": wav, "seconds": seconds, "provenance": prov}
+        record.provenance = {**record.provenance, "sample_rate": int(info.samplerate), "channels": int(info.channels)}
+        record.media, record.wav, record.seconds = None, wav, seconds
+        return record
 
 
 class EncodeAudio(beam.DoFn):
@@ -207,13 +198,13 @@ class EncodeAudio(beam.DoFn):
         self.tok = load_codec_shared(self.codec_path, self.n_keep, self.device, self.allow_tf32)
 
     def start_bundle(self) -> None:
-        self.buffers: dict[int, list[dict[str, Any]]] = {}
+        self.buffers: dict[int, list[Record]] = {}
 
     def capacity(self, end: int) -> int:
         return max(1, min(self.batch_size, self.batch_samples // end))
 
-    def process(self, record: dict[str, Any]):
-        end = bucket_end(record["wav"].shape[0], self.multiple)
+    def process(self, record: Record):
+        end = bucket_end(record.wav.shape[0], self.multiple)
         buf = self.buffers.setdefault(end, [])
         buf.append(record)
         if len(buf) >= self.capacity(end):
@@ -226,16 +217,16 @@ class EncodeAudio(beam.DoFn):
             for sample in self._encode(buffers[end]):
                 yield window.GlobalWindows.windowed_value(sample)
 
-    def _encode(self, batch: list[dict[str, Any]]):
+    def _encode(self, batch: list[Record]):
         t0 = time.perf_counter()
-        codes = encode_clips(self.tok, [r["wav"] for r in batch], self.multiple)
+        codes = encode_clips(self.tok, [r.wav for r in batch], self.multiple)
         count(self.stage, "batches")
         count(self.stage, "codec_ms", n=int(round(1000 * (time.perf_counter() - t0))))
         for record, audio in zip(batch, codes):
             count(self.stage, "ok")
-            text = np.asarray(record["text_ids"])
+            text = np.asarray(record.text_ids)
             lengths = {"audio_frames": int(audio.shape[1]), "text": int(text.size),
-                       "seconds": round(float(record["seconds"]), 4)}
+                       "seconds": round(float(record.seconds), 4)}
             yield make_sample(record, "audio_text", lengths, {"audio": audio, "text": text})
 
 
@@ -251,53 +242,33 @@ class _Encode(beam.PTransform):
 # ----------------------------------------------------------------------------- wiring
 
 
-def _local_abspath(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
+def audio_tokenizer_info(tok, path: str, multiple: int) -> TokenizerInfo:
+    """What the manifest records about the codec (DAC or Higgs: each says itself, ``info``);
+    the bucket padding is added because it is part of what the codes mean."""
+    from dataclasses import replace
+
+    info = tok.info(path)
+    return replace(info, extra={**info.extra, "pad_multiple": multiple})
 
 
-def audio_tokenizer_info(tok: DACTokenizer, path: str, multiple: int) -> dict[str, Any]:
-    """What the manifest records about the codec (the trainer reads vocab_size and n_keep, the
-    sampler reads path)."""
-    return {
-        "kind": "dac",
-        "fingerprint": tok.fingerprint,
-        "vocab_size": tok.vocab_size,
-        "n_keep": tok.n_keep,
-        "n_codebooks": tok.config.n_codebooks,
-        "sample_rate": tok.sample_rate,
-        "hop_length": tok.hop_length,
-        "frame_rate": tok.frames_per_second,
-        "pad_multiple": multiple,
-        "path": _local_abspath(path),
-    }
-
-
-def build_audio_text_pipeline(p: beam.Pipeline, cfg: AudioTextPipelineConfig, inputs: list[str],
-                              text_tok: TextTokenizer, audio_tok: DACTokenizer):
+def build_audio_text_pipeline(p: beam.Pipeline, cfg: AudioTextPipelineConfig, inputs: list[str], text_tok, audio_tok,
+                              run_id: str | None = None):
     sr, hop = audio_tok.sample_rate, audio_tok.hop_length
     multiple = hop if cfg.bucket_seconds == 0 else pad_multiple(cfg.bucket_seconds, sr, hop)
     sink = SinkConfig(
-        root=cfg.out,
-        modality="audio_text",
+        root=cfg.out, modality="audio_text",
         tokenizers={"text": text_tok.info(), "audio": audio_tokenizer_info(audio_tok, cfg.audio_tokenizer, multiple)},
-        target_shard_bytes=cfg.target_shard_bytes,
-        compression=cfg.compression,
-        config={k: v for k, v in asdict(cfg).items() if k not in ("inputs", "out")},
+        target_shard_bytes=cfg.target_shard_bytes, compression=cfg.compression, val_fraction=cfg.val_fraction,
+        run_id=run_id, config=cfg.recorded(),
     )
-    reader = partial(read_audio_file, fmt=cfg.format, source=cfg.source, text_field=cfg.text_field,
-                     audio_field=cfg.audio_field)
+    reader = AudioTextReader(cfg.format, cfg.source, cfg.text_field, cfg.audio_field, max_bytes=cfg.max_record_bytes)
     encode = EncodeAudio(cfg.audio_tokenizer, cfg.n_keep, cfg.device, multiple, cfg.batch_size,
                          max(1, int(cfg.batch_seconds * sr)), cfg.allow_tf32)
     return common.build(
-        p,
-        inputs,
-        reader,
-        steps=[
-            ("Transcript", PrepareTranscript(cfg.text_tokenizer)),
-            ("DecodeAudio", DecodeAudio(sr, cfg.max_seconds, cfg.min_seconds)),
-        ],
-        sink=sink,
-        batch_step=("Encode", _Encode(encode)),
+        p, inputs, reader,
+        steps=[("Transcript", PrepareTranscript(cfg.text_tokenizer)),
+               ("DecodeAudio", DecodeAudio(sr, cfg.max_seconds, cfg.min_seconds))],
+        sink=sink, batch_step=("Encode", _Encode(encode)),
     )
 
 
@@ -305,10 +276,11 @@ def run_audio_text_pipeline(cfg: AudioTextPipelineConfig, beam_args: list[str] |
     """Validate inputs and load both tokenizers up front (clear error, nothing written), then run
     on the named runner. The codec is loaded here on the CPU only for its fingerprint; workers
     load their own on ``cfg.device``."""
-    inputs = common.storage.expand_inputs(cfg.inputs)
-    text_tok = TextTokenizer.from_path(cfg.text_tokenizer)
-    audio_tok = DACTokenizer.from_path(cfg.audio_tokenizer, n_keep=cfg.n_keep, device="cpu")
-    return common.run(lambda p: build_audio_text_pipeline(p, cfg, inputs, text_tok, audio_tok), cfg.out, beam_args or [])
+    inputs = storage.expand_inputs(cfg.inputs)
+    text_tok = load_text_tokenizer(cfg.text_tokenizer)
+    audio_tok = load_audio_tokenizer(cfg.audio_tokenizer, n_keep=cfg.n_keep, device="cpu")
+    return common.run(lambda p, run_id: build_audio_text_pipeline(p, cfg, inputs, text_tok, audio_tok, run_id),
+                      cfg.out, beam_args or [], cfg.progress)
 
 
 __all__ = [
@@ -323,4 +295,5 @@ __all__ = [
     "pad_multiple",
     "audio_tokenizer_info",
     "load_codec_shared",
+    "resolve_device",
 ]

@@ -1,25 +1,72 @@
-"""What every tokenize pipeline shares: options, input expansion, the read → … → sink frame.
+"""What every tokenize pipeline shares: its config, the read → steps → sink frame, and the run.
 
-A modality pipeline supplies a reader (file URL → records or dead-letter dicts) and a list of
+A modality pipeline supplies a reader (file URL → records and dead letters) and a list of
 steps; :func:`build` wires them with the counting and the shard sink, and :func:`run` executes
-on whatever runner the Beam options name (DirectRunner by default) and prints a summary.
+on whatever runner the Beam options name (DirectRunner by default): it takes the dataset's
+writer lock first, shows a live count on local runs, and returns the new manifest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from trimodal import storage
+from trimodal.config import option
+from trimodal.pipelines import progress
 from trimodal.pipelines.outcomes import FILTERED, REJECTED, Step, run_step
+from trimodal.pipelines.records import DeadLetter, Record
 from trimodal.pipelines.sink import SinkConfig, WriteDataset
-from trimodal.shards import storage
+from trimodal.shards.lock import DatasetLock
 from trimodal.shards.manifest import MANIFEST_NAME, Manifest
 
 DEFAULT_BEAM_ARGS = ["--runner=DirectRunner"]
+READ_ERRORS = "read_errors"
+
+
+def _mb(value: float) -> int:
+    return int(round(float(value) * 1e6))
+
+
+@dataclass
+class PipelineConfig:
+    """Options every tokenize pipeline takes (each pipeline's config adds its own)."""
+
+    inputs: list[str] = option(default_factory=list, flag="input", help="input files, globs or brace ranges (fsspec URLs)")
+    out: str = option("", help="dataset root to write (fsspec URL)")
+    text_tokenizer: str = option("", help="SentencePiece .model, a .tiktoken file, or a tiktoken encoding name")
+    source: str = option("", help="source name recorded per sample (default: the input file's stem)")
+    target_shard_bytes: int = option(128 * 2**20, flag="shard-mb", convert=_mb, help="target shard size (flag in MB)")
+    compression: Literal["none", "zstd"] = option("none", help="shard compression")
+    val_fraction: float = option(0.0, help="share of records (by a hash of their id) written to the val split")
+    max_record_bytes: int = option(256 * 2**20, help="one input record (JSON line, tar member, media file) at most")
+    progress: bool = option(True, help="live count of records on local runs")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inputs, str):
+            self.inputs = [self.inputs]
+        if not self.inputs:
+            raise ValueError("--input is required: give at least one input file or pattern")
+        if not self.out:
+            raise ValueError("--out is required: the dataset root to write")
+        if not self.text_tokenizer:
+            raise ValueError("--text-tokenizer is required")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.target_shard_bytes is None or self.target_shard_bytes < 1:
+            raise ValueError(f"target_shard_bytes must be positive, got {self.target_shard_bytes}")
+        if self.compression not in ("none", "zstd"):
+            raise ValueError(f"compression must be none or zstd, got {self.compression!r}")
+
+    def recorded(self) -> dict[str, Any]:
+        """What the manifest records of the config (not the inputs or the output)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("inputs", "out", "progress")}
 
 
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
@@ -31,32 +78,20 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     return PipelineOptions(args)
 
 
-def is_dead(x: dict[str, Any]) -> bool:
-    return "outcome" in x and "reason" in x and "stage" in x
-
-
-READ_ERRORS = "read_errors"
-
-
 class _ReadFile(beam.DoFn):
-    """One input file → records (main output) and dead-letter dicts (``read_errors``)."""
+    """One input file → records (main output) and dead letters (``read_errors``)."""
 
-    def __init__(self, read_file: Callable[[str], Iterator[dict[str, Any]]]):
+    def __init__(self, read_file: Callable[[str], Iterator[Record | DeadLetter]]):
         self.read_file = read_file
 
     def process(self, url: str):
         for x in self.read_file(url):
-            yield beam.pvalue.TaggedOutput(READ_ERRORS, x) if is_dead(x) else x
+            yield beam.pvalue.TaggedOutput(READ_ERRORS, x) if isinstance(x, DeadLetter) else x
 
 
-def build(
-    p: beam.Pipeline,
-    inputs: list[str],
-    read_file: Callable[[str], Iterator[dict[str, Any]]],
-    steps: Sequence[tuple[str, Step]],
-    sink: SinkConfig,
-    batch_step: tuple[str, beam.PTransform] | None = None,
-) -> beam.PCollection:
+def build(p: beam.Pipeline, inputs: list[str], read_file: Callable[[str], Iterator[Record | DeadLetter]],
+          steps: Sequence[tuple[str, Step]], sink: SinkConfig,
+          batch_step: tuple[str, beam.PTransform] | None = None) -> beam.PCollection:
     """read → steps → (batched tokenization) → shards + dead-letter + manifest."""
     read = (
         p
@@ -88,17 +123,39 @@ def prepare_output(root: str) -> None:
         fs.rm(path)
 
 
-def run(build_fn: Callable[[beam.Pipeline], Any], root: str, beam_args: Sequence[str]) -> Manifest | None:
-    """Run the job; returns the new manifest, or None for a Dataflow ``--dry_run`` (the job
-    graph is built and checked, nothing runs, and an existing dataset is left untouched)."""
+def is_local_runner(options: PipelineOptions) -> bool:
+    runner = str(options.get_all_options().get("runner") or "DirectRunner")
+    return runner.split(".")[-1] in ("DirectRunner", "FnApiRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
+
+
+def run(build_fn: Callable[[beam.Pipeline, str], Any], root: str, beam_args: Sequence[str],
+        show_progress: bool = True) -> Manifest | None:
+    """Run the job; returns the new manifest, or None for a Dataflow ``--dry_run`` (the job graph
+    is built and checked, nothing runs, and an existing dataset is left untouched).
+
+    ``build_fn(p, run_id)`` wires the job. The dataset's writer lock is taken first (a second
+    writer of the same root refuses at once) and released by the job's last step, after the
+    manifest; a job that fails leaves it, naming its run, until the next run on the same host
+    finds its process gone or someone removes it."""
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     options = pipeline_options(beam_args)
     dry_run = bool(options.get_all_options().get("dry_run"))
-    if not dry_run:
+    if dry_run:
+        with beam.Pipeline(options=options) as p:
+            build_fn(p, "dry-run")
+        return None
+    lock = DatasetLock.acquire(root)
+    try:
         prepare_output(root)
-    with beam.Pipeline(options=options) as p:
-        build_fn(p)
-    return None if dry_run else Manifest.load(root)
+        with progress.report(show_progress and is_local_runner(options)):
+            with beam.Pipeline(options=options) as p:
+                build_fn(p, lock.run_id)
+    except BaseException:
+        if is_local_runner(options):
+            lock.release()  # the local job is over: nothing else writes under this lock
+        raise
+    lock.release()  # normally released by the job's last step already; idempotent
+    return Manifest.load(root)
 
 
 def summary(manifest: Manifest, root: str) -> str:
@@ -110,10 +167,8 @@ def summary(manifest: Manifest, root: str) -> str:
             + (f"; stopped: {c['stopped']}" if c.get("stopped") else ""),
         ]
         for name, s in (c.get("sources") or {}).items():
-            lines.append(
-                f"  {name} ({s['modality']}, weight {s['weight']:.3g}): {s['rows']} of {s['rows_available']} rows, "
-                f"{s['samples_consumed']} of {s['samples']} samples"
-            )
+            lines.append(f"  {name} ({s.get('task', s.get('modality'))}, weight {s['weight']:.3g}): {s['rows']} of {s['rows_available']} rows, "
+                         f"{s['samples_consumed']} of {s['samples']} samples")
         for reason, n in c["filtered"].items():
             lines.append(f"  filtered {reason}: {n}")
         return "\n".join(lines)
@@ -124,6 +179,10 @@ def summary(manifest: Manifest, root: str) -> str:
         f"  read {c['read']} = written {c['written']} + filtered {filt} + rejected {rej}",
         f"  tokens: {manifest.tokens()}",
     ]
+    splits = manifest.splits()
+    if len(splits) > 1 or splits == ["val"]:
+        lines.append("  splits: " + ", ".join(f"{s} {sum(x.samples for x in manifest.split_shards(s))} samples"
+                                              for s in splits))
     for outcome in ("filtered", "rejected"):
         for reason, n in c[outcome].items():
             lines.append(f"  {outcome} {reason}: {n}")

@@ -1,7 +1,7 @@
 """Image-caption corpus readers: WebDataset tars, Parquet, a folder + captions file, via fsspec.
 
-Each reader turns one input into records ``{"id", "source", "image": bytes, "caption",
-"provenance"}`` or dead-letter dicts (:func:`trimodal.pipelines.outcomes.dead_letter`, stage
+Each input becomes :class:`~trimodal.pipelines.records.Record`\ s (``text`` = the caption,
+``media`` = the image bytes, or ``media_url`` for lazily read images) or dead letters (stage
 ``read``). Record ids are stable across runs, so shard contents (and the per-record
 preprocessing seed, :func:`trimodal.tokenizers.image_preprocess.record_seed`) are deterministic.
 An input that cannot be opened at all becomes one rejected record with reason
@@ -33,8 +33,8 @@ corpora caption one image several times. Reasons: ``bad_json``, ``invalid_utf8``
 ``missing_field``, ``bad_field_type``, ``missing_file``, ``unreadable_file``; with
 ``report_uncaptioned`` every image file under the folder that no line names becomes a
 ``missing_caption`` record (id: the image's path), so an image without a caption is never
-silently skipped. With ``lazy=True`` (what the pipeline uses) a record carries ``image_url``
-instead of ``image`` and the bytes are fetched by :func:`fetch_image` later, after the records
+silently skipped. With ``lazy=True`` (what the pipeline uses) a record carries ``media_url``
+instead of ``media`` and the bytes are fetched by :func:`fetch_image` later, after the records
 have been spread over the workers: a folder of a million images is not read by one worker.
 """
 
@@ -47,8 +47,8 @@ from typing import Any
 
 import fsspec
 
-from trimodal.pipelines.outcomes import REJECTED, count, dead_letter
-from trimodal.pipelines.readers import json_objects, split_key, tar_groups
+from trimodal.pipelines.readers import Reader, json_objects, parse_json, split_key, tar_groups
+from trimodal.pipelines.records import DeadLetter, Record
 
 STAGE = "read"
 FORMATS = ("auto", "webdataset", "parquet", "folder")
@@ -81,33 +81,6 @@ def detect_format(url: str, is_dir: bool = False) -> str:
     if lower.endswith(_JSONL_SUFFIXES):
         return "folder"
     raise ValueError(f"cannot tell the format of {url!r} from its name; pass format= (one of {FORMATS[1:]})")
-
-
-def _bad(record_id: str, source: str, reason: str, detail: str = "") -> dict[str, Any]:
-    count(STAGE, REJECTED, reason)
-    return dead_letter(record_id, source, REJECTED, reason, STAGE, detail)
-
-
-def _record(record_id: str, source: str, caption: str, prov: dict[str, Any], image: bytes | None = None,
-            image_url: str | None = None) -> dict[str, Any]:
-    count(STAGE, "read")
-    rec: dict[str, Any] = {"id": record_id, "source": source, "caption": caption, "provenance": prov}
-    if image_url is not None:
-        rec["image_url"] = image_url
-    else:
-        rec["image"] = image
-    return rec
-
-
-def _record_at(rid: str, source: str, caption: str, prov: dict[str, Any], image_url: str, lazy: bool) -> dict[str, Any]:
-    """A record for an image stored at ``image_url``: the URL only (``lazy``: fetched after the
-    records are spread over workers) or the fetched bytes; a failed fetch is a dead-letter."""
-    if lazy:
-        return _record(rid, source, caption, prov, image_url=image_url)
-    try:
-        return _record(rid, source, caption, prov, image=fetch_image(image_url))
-    except FetchError as e:
-        return _bad(rid, source, e.reason, e.detail)
 
 
 def _protocol(fs: fsspec.AbstractFileSystem) -> str:
@@ -157,51 +130,6 @@ def _caption_from_json(obj: Any, caption_field: str | None) -> Any:
     return None
 
 
-# ----------------------------------------------------------------------------- webdataset tars
-
-
-def _group_to_record(url: str, source: str, key: str, members: dict[str, bytes],
-                     caption_field: str | None) -> dict[str, Any]:
-    rid = f"{url}:{key}"
-    exts = {ext.lower(): ext for ext in members}
-    image_ext = next((exts[e] for e in IMAGE_EXTS if e in exts), None)
-    if image_ext is None:
-        return _bad(rid, source, "missing_image", f"members: {sorted(members)}")
-    caption: Any = None
-    txt_ext = next((exts[e] for e in CAPTION_EXTS if e in exts), None)
-    meta: dict[str, Any] = {}
-    if "json" in exts:
-        try:
-            obj = json.loads(members[exts["json"]].decode("utf-8"))
-        except UnicodeDecodeError as e:
-            return _bad(rid, source, "invalid_utf8", f".json: {e}")
-        except json.JSONDecodeError as e:
-            return _bad(rid, source, "bad_json", str(e))
-        if isinstance(obj, dict):
-            meta = {k: obj[k] for k in ("url", "key", "width", "height") if isinstance(obj.get(k), (str, int))}
-        if txt_ext is None:
-            caption = _caption_from_json(obj, caption_field)
-    if txt_ext is not None:
-        try:
-            caption = members[txt_ext].decode("utf-8")
-        except UnicodeDecodeError as e:
-            return _bad(rid, source, "invalid_utf8", f".{txt_ext}: {e}")
-    if caption is None:
-        return _bad(rid, source, "missing_caption", f"members: {sorted(members)}")
-    if not isinstance(caption, str):
-        return _bad(rid, source, "bad_field_type", f"caption is {type(caption).__name__}, not a string")
-    prov = {"file": url, "key": key, "member": f"{key}.{image_ext}", **{f"src_{k}": v for k, v in meta.items()}}
-    return _record(rid, source, caption, prov, image=members[image_ext])
-
-
-def read_webdataset(url: str, source: str, caption_field: str | None = None) -> Iterator[dict[str, Any]]:
-    for item in tar_groups(url, source, _bad):
-        yield item if isinstance(item, dict) else _group_to_record(url, source, *item, caption_field)
-
-
-# ----------------------------------------------------------------------------- parquet
-
-
 def _pick_column(names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str) -> str:
     if wanted:
         if wanted not in names:
@@ -212,57 +140,6 @@ def _pick_column(names: list[str], wanted: str | None, candidates: tuple[str, ..
             return c
     raise ValueError(f"parquet file has none of the {what} columns {list(candidates)} (columns: {names}); "
                      f"name it with the {what}_field option")
-
-
-def read_parquet(url: str, source: str, image_field: str | None = None, caption_field: str | None = None,
-                 id_field: str | None = None, lazy: bool = False) -> Iterator[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    folder = parent_url(url)
-    with fsspec.open(url, "rb") as f:
-        pf = pq.ParquetFile(f)
-        names = pf.schema_arrow.names
-        img_col = _pick_column(names, image_field, PARQUET_IMAGE_COLUMNS, "image")
-        cap_col = _pick_column(names, caption_field, CAPTION_FIELDS, "caption")
-        extra = [c for c in ("url", "key") if c in names and c not in (img_col, cap_col)]
-        if id_field and id_field not in names:
-            raise ValueError(f"parquet file has no id column {id_field!r} (columns: {names})")
-        columns = list(dict.fromkeys([img_col, cap_col, *extra, *([id_field] if id_field else [])]))
-        row = 0
-        for batch in pf.iter_batches(columns=columns, batch_size=PARQUET_BATCH_ROWS):
-            cols = {name: batch.column(i).to_pylist() for i, name in enumerate(columns)}
-            for j in range(batch.num_rows):
-                rid_value = cols[id_field][j] if id_field else None
-                rid = f"{url}:{rid_value if rid_value is not None else row}"
-                prov: dict[str, Any] = {"file": url, "row": row}
-                prov.update({f"src_{c}": cols[c][j] for c in extra if cols[c][j] is not None})
-                row += 1
-                image, caption = cols[img_col][j], cols[cap_col][j]
-                path = None
-                if isinstance(image, dict):  # {"bytes": ..., "path": ...} (Hugging Face Image feature)
-                    path = image.get("path")
-                    image = image.get("bytes")
-                if caption is None:
-                    yield _bad(rid, source, "missing_caption", f"{cap_col!r} is null")
-                    continue
-                if not isinstance(caption, str):
-                    yield _bad(rid, source, "bad_field_type", f"{cap_col!r} is {type(caption).__name__}, not a string")
-                    continue
-                if image is None and path:
-                    image_url = resolve_path(folder, path)
-                    prov["image"] = image_url
-                    yield _record_at(rid, source, caption, prov, image_url, lazy)
-                    continue
-                if image is None:
-                    yield _bad(rid, source, "missing_image", f"{img_col!r} is null")
-                    continue
-                if not isinstance(image, (bytes, bytearray, memoryview)):
-                    yield _bad(rid, source, "bad_field_type", f"{img_col!r} is {type(image).__name__}, not bytes")
-                    continue
-                yield _record(rid, source, caption, prov, image=bytes(image))
-
-
-# ----------------------------------------------------------------------------- folder + captions
 
 
 def _folder_and_captions(url: str, captions: str | None, is_dir: bool) -> tuple[str, str]:
@@ -276,50 +153,154 @@ def _norm(url: str) -> str:
     return _with_protocol(fs, posixpath.normpath(path))
 
 
-def _uncaptioned(folder: str, referenced: set[str], source: str) -> Iterator[dict[str, Any]]:
-    fs, path = fsspec.core.url_to_fs(folder)
-    if not fs.isdir(path):
-        return
-    for full in sorted(fs.find(path)):
-        if full.rsplit(".", 1)[-1].lower() not in IMAGE_EXTS:
-            continue
-        url = _with_protocol(fs, full)
-        if _norm(url) not in referenced:
-            yield _bad(url, source, "missing_caption", "no line of the captions file names this image")
+class ImageTextReader(Reader):
+    """WebDataset tars, Parquet, or a folder + captions file (see the module docstring)."""
 
+    def __init__(self, fmt: str = "auto", source: str = "", captions: str | None = None, image_field: str | None = None,
+                 caption_field: str | None = None, id_field: str | None = None, file_field: str = "file",
+                 lazy: bool = False, report_uncaptioned: bool = True, **kw: Any) -> None:
+        super().__init__(source, **kw)
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown image-text format {fmt!r}; expected one of {FORMATS}")
+        self.fmt, self.captions, self.image_field, self.caption_field = fmt, captions, image_field, caption_field
+        self.id_field, self.file_field, self.lazy, self.report_uncaptioned = id_field, file_field, lazy, report_uncaptioned
 
-def read_folder(url: str, source: str, captions: str | None = None, is_dir: bool | None = None,
-                file_field: str = "file", caption_field: str | None = None, lazy: bool = False,
-                report_uncaptioned: bool = True) -> Iterator[dict[str, Any]]:
-    """A folder of images + a captions JSON-lines file (see the module docstring)."""
-    if is_dir is None:
+    def records(self, url: str, source: str) -> Iterator[Record | DeadLetter]:
         fs, path = fsspec.core.url_to_fs(url)
         is_dir = fs.isdir(path)
-    folder, captions_url = _folder_and_captions(url, captions, is_dir)
-    caption_key = caption_field or "caption"
-    referenced: set[str] = set()
-    for item in json_objects(captions_url, source, _bad):
-        if isinstance(item, dict):
-            yield item
-            continue
-        rid, lineno, obj = item
-        name = obj.get(file_field)
-        if isinstance(name, str) and name:
-            referenced.add(_norm(resolve_path(folder, name)))
-        missing = [k for k in (file_field, caption_key) if obj.get(k) is None]
-        if missing:
-            yield _bad(rid, source, "missing_field", f"no {' / '.join(map(repr, missing))} field")
-            continue
-        caption = obj[caption_key]
-        if not isinstance(name, str) or not name or not isinstance(caption, str):
-            which = caption_key if isinstance(name, str) and name else file_field
-            yield _bad(rid, source, "bad_field_type", f"{which!r} is {type(obj[which]).__name__}, not a (non-empty) string")
-            continue
-        image_url = resolve_path(folder, name)
-        prov = {"file": captions_url, "line": lineno, "image": image_url}
-        yield _record_at(rid, source, caption, prov, image_url, lazy)
-    if report_uncaptioned and is_dir:
-        yield from _uncaptioned(folder, referenced, source)
+        fmt = detect_format(url, is_dir) if self.fmt == "auto" else self.fmt
+        if fmt == "webdataset":
+            yield from self.webdataset(url, source)
+        elif fmt == "parquet":
+            yield from self.parquet(url, source)
+        else:
+            yield from self.folder(url, source, is_dir)
+
+    def _at(self, rid: str, source: str, caption: str, prov: dict[str, Any], image_url: str) -> Record | DeadLetter:
+        """A record for an image stored at ``image_url``: the URL only (``lazy``: fetched after the
+        records are spread over workers) or the fetched bytes; a failed fetch is a dead letter."""
+        if self.lazy:
+            return self.record(rid, source, text=caption, media_url=image_url, provenance=prov)
+        try:
+            return self.record(rid, source, text=caption, media=fetch_image(image_url), provenance=prov)
+        except FetchError as e:
+            return self.reject(rid, source, e.reason, e.detail)
+
+    # ---- webdataset tars
+    def _group(self, url: str, source: str, key: str, members: dict[str, bytes]) -> Record | DeadLetter:
+        rid = f"{url}:{key}"
+        exts = {ext.lower(): ext for ext in members}
+        image_ext = next((exts[e] for e in IMAGE_EXTS if e in exts), None)
+        if image_ext is None:
+            return self.reject(rid, source, "missing_image", f"members: {sorted(members)}")
+        caption: Any = None
+        txt_ext = next((exts[e] for e in CAPTION_EXTS if e in exts), None)
+        meta: dict[str, Any] = {}
+        if "json" in exts:
+            obj, reason, detail = parse_json(members[exts["json"]])
+            if reason:
+                return self.reject(rid, source, reason, f".json: {detail}")
+            if isinstance(obj, dict):
+                meta = {k: obj[k] for k in ("url", "key", "width", "height") if isinstance(obj.get(k), (str, int))}
+            if txt_ext is None:
+                caption = _caption_from_json(obj, self.caption_field)
+        if txt_ext is not None:
+            try:
+                caption = members[txt_ext].decode("utf-8")
+            except UnicodeDecodeError as e:
+                return self.reject(rid, source, "invalid_utf8", f".{txt_ext}: {e}")
+        if caption is None:
+            return self.reject(rid, source, "missing_caption", f"members: {sorted(members)}")
+        if not isinstance(caption, str):
+            return self.reject(rid, source, "bad_field_type", f"caption is {type(caption).__name__}, not a string")
+        prov = {"file": url, "key": key, "member": f"{key}.{image_ext}", **{f"src_{k}": v for k, v in meta.items()}}
+        return self.record(rid, source, text=caption, media=members[image_ext], provenance=prov)
+
+    def webdataset(self, url: str, source: str) -> Iterator[Record | DeadLetter]:
+        for item in tar_groups(url, source, self):
+            yield item if isinstance(item, DeadLetter) else self._group(url, source, *item)
+
+    # ---- parquet
+    def parquet(self, url: str, source: str) -> Iterator[Record | DeadLetter]:
+        import pyarrow.parquet as pq
+
+        folder = parent_url(url)
+        with fsspec.open(url, "rb") as f:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            img_col = _pick_column(names, self.image_field, PARQUET_IMAGE_COLUMNS, "image")
+            cap_col = _pick_column(names, self.caption_field, CAPTION_FIELDS, "caption")
+            extra = [c for c in ("url", "key") if c in names and c not in (img_col, cap_col)]
+            id_field = self.id_field
+            if id_field and id_field not in names:
+                raise ValueError(f"parquet file has no id column {id_field!r} (columns: {names})")
+            columns = list(dict.fromkeys([img_col, cap_col, *extra, *([id_field] if id_field else [])]))
+            row = 0
+            for batch in pf.iter_batches(columns=columns, batch_size=PARQUET_BATCH_ROWS):
+                cols = {name: batch.column(i).to_pylist() for i, name in enumerate(columns)}
+                for j in range(batch.num_rows):
+                    rid_value = cols[id_field][j] if id_field else None
+                    rid = f"{url}:{rid_value if rid_value is not None else row}"
+                    prov: dict[str, Any] = {"file": url, "row": row}
+                    prov.update({f"src_{c}": cols[c][j] for c in extra if cols[c][j] is not None})
+                    row += 1
+                    image, caption = cols[img_col][j], cols[cap_col][j]
+                    path = None
+                    if isinstance(image, dict):  # {"bytes": ..., "path": ...} (Hugging Face Image feature)
+                        path = image.get("path")
+                        image = image.get("bytes")
+                    if caption is None:
+                        yield self.reject(rid, source, "missing_caption", f"{cap_col!r} is null")
+                    elif not isinstance(caption, str):
+                        yield self.reject(rid, source, "bad_field_type", f"{cap_col!r} is {type(caption).__name__}, not a string")
+                    elif image is None and path:
+                        image_url = resolve_path(folder, path)
+                        prov["image"] = image_url
+                        yield self._at(rid, source, caption, prov, image_url)
+                    elif image is None:
+                        yield self.reject(rid, source, "missing_image", f"{img_col!r} is null")
+                    elif not isinstance(image, (bytes, bytearray, memoryview)):
+                        yield self.reject(rid, source, "bad_field_type", f"{img_col!r} is {type(image).__name__}, not bytes")
+                    elif len(image) > self.max_bytes:
+                        yield self.reject(rid, source, "too_large", f"image of {len(image)} bytes (limit {self.max_bytes})")
+                    else:
+                        yield self.record(rid, source, text=caption, media=bytes(image), provenance=prov)
+
+    # ---- folder + captions
+    def folder(self, url: str, source: str, is_dir: bool) -> Iterator[Record | DeadLetter]:
+        folder, captions_url = _folder_and_captions(url, self.captions, is_dir)
+        caption_key = self.caption_field or "caption"
+        file_field = self.file_field
+        referenced: set[str] = set()
+        for item in json_objects(captions_url, source, self):
+            if isinstance(item, DeadLetter):
+                yield item
+                continue
+            rid, lineno, obj = item
+            name = obj.get(file_field)
+            if isinstance(name, str) and name:
+                referenced.add(_norm(resolve_path(folder, name)))
+            missing = [k for k in (file_field, caption_key) if obj.get(k) is None]
+            if missing:
+                yield self.reject(rid, source, "missing_field", f"no {' / '.join(map(repr, missing))} field")
+                continue
+            caption = obj[caption_key]
+            if not isinstance(name, str) or not name or not isinstance(caption, str):
+                which = caption_key if isinstance(name, str) and name else file_field
+                yield self.reject(rid, source, "bad_field_type",
+                                  f"{which!r} is {type(obj[which]).__name__}, not a (non-empty) string")
+                continue
+            image_url = resolve_path(folder, name)
+            yield self._at(rid, source, caption, {"file": captions_url, "line": lineno, "image": image_url}, image_url)
+        if self.report_uncaptioned and is_dir:
+            fs, path = fsspec.core.url_to_fs(folder)
+            if fs.isdir(path):
+                for full in sorted(fs.find(path)):
+                    if full.rsplit(".", 1)[-1].lower() in IMAGE_EXTS:
+                        image_url = _with_protocol(fs, full)
+                        if _norm(image_url) not in referenced:
+                            yield self.reject(image_url, source, "missing_caption",
+                                              "no line of the captions file names this image")
 
 
 # ----------------------------------------------------------------------------- inputs + dispatch
@@ -333,8 +314,10 @@ def expand_image_inputs(patterns: list[str] | str, fmt: str = "auto") -> list[st
         raise ValueError(f"unknown image-text format {fmt!r}; expected one of {FORMATS}")
     if isinstance(patterns, str):
         patterns = [patterns]
+    from trimodal.storage import expand_braces
+
     out: list[str] = []
-    for pattern in patterns:
+    for pattern in [p for original in patterns for p in expand_braces(original)]:
         fs, path = fsspec.core.url_to_fs(pattern)
         path = path.rstrip("/") or path
         matches = sorted(fs.glob(path)) if any(c in path for c in "*?[") else ([path] if fs.exists(path) else [])
@@ -357,23 +340,10 @@ def expand_image_inputs(patterns: list[str] | str, fmt: str = "auto") -> list[st
 def read_image_text_file(url: str, fmt: str = "auto", source: str = "", captions: str | None = None,
                          image_field: str | None = None, caption_field: str | None = None,
                          id_field: str | None = None, file_field: str = "file", lazy: bool = False,
-                         report_uncaptioned: bool = True) -> Iterator[dict[str, Any]]:
-    """Dispatch on format; an unreadable input becomes one rejected record naming the error."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown image-text format {fmt!r}; expected one of {FORMATS}")
-    source = source or url.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
-    try:
-        fs, path = fsspec.core.url_to_fs(url)
-        is_dir = fs.isdir(path)
-        fmt = detect_format(url, is_dir) if fmt == "auto" else fmt
-        if fmt == "webdataset":
-            yield from read_webdataset(url, source, caption_field)
-        elif fmt == "parquet":
-            yield from read_parquet(url, source, image_field, caption_field, id_field, lazy)
-        else:
-            yield from read_folder(url, source, captions, is_dir, file_field, caption_field, lazy, report_uncaptioned)
-    except (OSError, ValueError, EOFError) as e:
-        yield _bad(url, source, "unreadable_file", f"{type(e).__name__}: {e}")
+                         report_uncaptioned: bool = True) -> Iterator[Record | DeadLetter]:
+    """Records of one input (see :class:`ImageTextReader`)."""
+    return ImageTextReader(fmt, source, captions, image_field, caption_field, id_field, file_field, lazy,
+                           report_uncaptioned)(url)
 
 
 __all__ = [
@@ -385,10 +355,8 @@ __all__ = [
     "detect_format",
     "expand_image_inputs",
     "fetch_image",
-    "read_folder",
+    "ImageTextReader",
     "read_image_text_file",
-    "read_parquet",
-    "read_webdataset",
     "resolve_path",
     "split_key",
 ]

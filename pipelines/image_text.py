@@ -33,58 +33,56 @@ picks CUDA on a worker that has it.
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.utils import shared
 
+from trimodal.config import option
 from trimodal.pipelines import common
-from trimodal.pipelines.image_readers import FORMATS, FetchError, expand_image_inputs, fetch_image, read_image_text_file
-from trimodal.pipelines.outcomes import FILTERED, REJECTED, Step, count, filtered, rejected
+from trimodal.pipelines.image_readers import FORMATS, FetchError, ImageTextReader, expand_image_inputs, fetch_image
+from trimodal.pipelines.outcomes import FILTERED, REJECTED, Step, count
+from trimodal.pipelines.records import Record, filtered, rejected
 from trimodal.pipelines.sink import SinkConfig, make_sample
 from trimodal.pipelines.text import EncodePairedText
+from trimodal.tokenizers.base import TokenizerInfo
 from trimodal.tokenizers.image_preprocess import ImageRejected, load_image, preprocess, record_seed
 from trimodal.tokenizers.movqgan import MoVQGANTokenizer
-from trimodal.tokenizers.text import TextTokenizer
+from trimodal.tokenizers.registry import load_text_tokenizer
+from trimodal.tokenizers.runtime import resolve_device
 
 #: load_image reasons that are a choice (filtered), not a failure (rejected).
 FILTERED_IMAGE_REASONS = frozenset({"too_small"})
 
 
 @dataclass
-class ImageTextPipelineConfig:
-    inputs: list[str]
-    text_tokenizer: str
-    image_tokenizer: str
-    out: str
-    format: str = "auto"  # auto | webdataset | parquet | folder
-    captions: str | None = None  # folder format: captions JSON-lines (default <folder>/captions.jsonl)
-    source: str = ""
-    image_size: int = 256
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    batch_size: int = 16
-    target_shard_bytes: int = 128 * 2**20
-    compression: str = "none"
-    image_field: str | None = None  # parquet image column (default: jpg, image, ...)
-    caption_field: str | None = None  # caption column / JSON field (default: caption, text)
-    id_field: str | None = None  # parquet id column (default: the row number)
-    file_field: str = "file"  # folder format: the captions file's image-path field
-    report_uncaptioned: bool = True  # folder format: uncaptioned images become missing_caption rejects
-    max_pixels: int = 64_000_000  # header size above this → decompression_bomb (never decoded)
-    min_side: int = 16  # a shorter side → too_small (filtered)
-    p_crop: float = 0.5  # [paper] random resized crop with p=0.5, else resize + white padding
-    crop_scale: tuple[float, float] = (0.8, 1.0)  # [paper]
-    seed: int = 0  # salt of the per-record preprocessing seed
-    max_caption_tokens: int | None = None  # longer captions are filtered (None: keep all)
-    allow_tf32: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+class ImageTextPipelineConfig(common.PipelineConfig):
+    image_tokenizer: str = option("", help="MoVQGAN checkpoint path")
+    format: str = option("auto", help=f"input format: {', '.join(FORMATS)}")
+    captions: str | None = option(None, help="folder format: captions JSON-lines file (default <folder>/captions.jsonl)")
+    image_size: int = option(256, help="side of the square images the tokenizer sees")
+    device: str = option("auto", help="tokenizer device: auto, cpu, cuda, cuda:N")
+    batch_size: int = option(16, help="images per tokenizer call")
+    image_field: str | None = option(None, help="parquet image column (default: jpg, image, ...)")
+    caption_field: str | None = option(None, help="caption column / JSON field (default: caption, text)")
+    id_field: str | None = option(None, help="parquet id column (default: the row number)")
+    file_field: str = option("file", help="folder format: the captions file's image-path field")
+    report_uncaptioned: bool = option(True, help="folder format: uncaptioned images become missing_caption rejects")
+    max_pixels: int = option(64_000_000, help="larger images are rejected unread (decompression_bomb)")
+    min_side: int = option(16, help="images with a shorter side are filtered (too_small)")
+    p_crop: float = option(0.5, help="[paper] random resized crop with this probability, else resize + white padding")
+    crop_scale: tuple[float, float] = option((0.8, 1.0), help="[paper] crop area range", cli=False)
+    seed: int = option(0, help="salt of the per-record preprocessing seed")
+    max_caption_tokens: int | None = option(None, help="longer captions are filtered (default: keep all)")
+    allow_tf32: bool = option(False, help="faster on GPU; codes may then differ from CPU-made shards")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.image_tokenizer:
+            raise ValueError("--image-tokenizer is required")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.batch_size is None or self.batch_size < 1:
@@ -93,8 +91,6 @@ class ImageTextPipelineConfig:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if not 0.0 <= self.p_crop <= 1.0:
             raise ValueError(f"p_crop must be in [0, 1], got {self.p_crop}")
-        if self.target_shard_bytes is None:
-            self.target_shard_bytes = 128 * 2**20
         self.crop_scale = (float(self.crop_scale[0]), float(self.crop_scale[1]))
 
 
@@ -109,16 +105,8 @@ class _ImageTokenizerHolder:
         self.tok = tok
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def load_image_tokenizer_shared(path: str, device: str, batch_size: int, allow_tf32: bool = False) -> MoVQGANTokenizer:
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     return _IMAGE_TOKENIZERS.acquire(
         lambda: _ImageTokenizerHolder(
             MoVQGANTokenizer.from_path(path, device=device, batch_size=batch_size, allow_tf32=allow_tf32)
@@ -153,7 +141,7 @@ def preprocess_record(data: bytes, record_id: str, cfg: ImageTextPipelineConfig)
 
 def PrepareCaption(tokenizer_path: str, max_tokens: int | None = None) -> EncodePairedText:
     """Caption normalisation + encoding (``empty_caption`` / ``caption_too_long`` filtered)."""
-    return EncodePairedText(tokenizer_path, field="caption", name="caption", max_tokens=max_tokens)
+    return EncodePairedText(tokenizer_path, name="caption", max_tokens=max_tokens)
 
 
 class DecodeImage(Step):
@@ -164,20 +152,21 @@ class DecodeImage(Step):
     def __init__(self, cfg: ImageTextPipelineConfig):
         self.cfg = cfg
 
-    def apply(self, record: dict[str, Any]) -> dict[str, Any]:
-        data = record.get("image")
+    def apply(self, record: Record) -> Record:
+        data = record.media
         if data is None:
             try:
-                data = fetch_image(record["image_url"])
+                data = fetch_image(record.media_url)
             except FetchError as e:
                 raise rejected(e.reason, e.detail) from None
         try:
-            pixels, (w, h) = preprocess_record(data, record["id"], self.cfg)
+            pixels, (w, h) = preprocess_record(data, record.id, self.cfg)
         except ImageRejected as e:
             raise (filtered if e.reason in FILTERED_IMAGE_REASONS else rejected)(e.reason, e.detail) from None
-        out = {k: v for k, v in record.items() if k not in ("image", "image_url")}
-        prov = {**record.get("provenance", {}), "width": int(w), "height": int(h), "bytes": len(data)}
-        return {**out, "pixels": pixels, "provenance": prov}
+        record.provenance = {**record.provenance, "width": int(w), "height": int(h), "bytes": len(data)}
+        record.media = record.media_url = None
+        record.pixels = pixels
+        return record
 
 
 class EncodeImages(beam.DoFn):
@@ -191,15 +180,15 @@ class EncodeImages(beam.DoFn):
     def setup(self) -> None:
         self.tok = load_image_tokenizer_shared(self.tokenizer_path, self.device, self.batch_size, self.allow_tf32)
 
-    def process(self, batch: list[dict[str, Any]]):
+    def process(self, batch: list[Record]):
         t0 = time.perf_counter()
-        x = to_model_input(np.stack([r["pixels"] for r in batch]))
+        x = to_model_input(np.stack([r.pixels for r in batch]))
         codes = self.tok.encode(x)
         count(self.stage, "batches")
         count(self.stage, "model_ms", n=int(round((time.perf_counter() - t0) * 1000)))
         for record, grid in zip(batch, codes):
             count(self.stage, "ok")
-            text = np.asarray(record["text_ids"])
+            text = np.asarray(record.text_ids)
             yield make_sample(record, "image_text", {"image": int(grid.size), "text": int(text.size)},
                               {"image": np.ascontiguousarray(grid), "text": text})
 
@@ -223,51 +212,36 @@ class _Encode(beam.PTransform):
 # ----------------------------------------------------------------------------- wiring
 
 
-def _local_abspath(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
-
-
-def image_tokenizer_info(tok: MoVQGANTokenizer, path: str, image_size: int, cfg: ImageTextPipelineConfig | None = None) -> dict[str, Any]:
-    """What the manifest records about the image tokenizer (the trainer reads ``vocab_size``,
+def image_tokenizer_info(tok: MoVQGANTokenizer, path: str, image_size: int,
+                         cfg: ImageTextPipelineConfig | None = None) -> TokenizerInfo:
+    """What the manifest records about the image tokenizer (the layout reads ``vocab_size``,
     the sampler ``path`` and ``grid``)."""
+    import os
+
     h, w = tok.model.latent_grid(image_size, image_size)
-    info: dict[str, Any] = {
-        "kind": "movqgan",
-        "fingerprint": tok.fingerprint,
-        "vocab_size": tok.vocab_size,
-        "grid": [h, w],
-        "image_size": image_size,
-        "downsample_factor": tok.config.downsample_factor,
-        "path": _local_abspath(path),
-    }
+    extra: dict[str, Any] = {"downsample_factor": tok.config.downsample_factor}
     if cfg is not None:
-        info["preprocess"] = {"p_crop": cfg.p_crop, "crop_scale": list(cfg.crop_scale), "seed": cfg.seed}
-    return info
+        extra["preprocess"] = {"p_crop": cfg.p_crop, "crop_scale": list(cfg.crop_scale), "seed": cfg.seed}
+    return TokenizerInfo(modality="image", kind="movqgan", fingerprint=tok.fingerprint, vocab_size=tok.vocab_size,
+                         path=path if "://" in path else os.path.abspath(path), grid=(h, w), image_size=image_size,
+                         extra=extra)
 
 
-def build_image_text_pipeline(p: beam.Pipeline, cfg: ImageTextPipelineConfig, inputs: list[str],
-                              text_tok: TextTokenizer, image_tok: MoVQGANTokenizer):
+def build_image_text_pipeline(p: beam.Pipeline, cfg: ImageTextPipelineConfig, inputs: list[str], text_tok,
+                              image_tok: MoVQGANTokenizer, run_id: str | None = None):
     sink = SinkConfig(
-        root=cfg.out,
-        modality="image_text",
+        root=cfg.out, modality="image_text",
         tokenizers={"text": text_tok.info(), "image": image_tokenizer_info(image_tok, cfg.image_tokenizer, cfg.image_size, cfg)},
-        target_shard_bytes=cfg.target_shard_bytes,
-        compression=cfg.compression,
-        config={k: v for k, v in asdict(cfg).items() if k not in ("inputs", "out")},
+        target_shard_bytes=cfg.target_shard_bytes, compression=cfg.compression, val_fraction=cfg.val_fraction,
+        run_id=run_id, config=cfg.recorded(),
     )
-    reader = partial(read_image_text_file, fmt=cfg.format, source=cfg.source, captions=cfg.captions,
-                     image_field=cfg.image_field, caption_field=cfg.caption_field, id_field=cfg.id_field,
-                     file_field=cfg.file_field, lazy=True, report_uncaptioned=cfg.report_uncaptioned)
+    reader = ImageTextReader(cfg.format, cfg.source, cfg.captions, cfg.image_field, cfg.caption_field, cfg.id_field,
+                             cfg.file_field, lazy=True, report_uncaptioned=cfg.report_uncaptioned,
+                             max_bytes=cfg.max_record_bytes)
     return common.build(
-        p,
-        inputs,
-        reader,
-        steps=[
-            ("Caption", PrepareCaption(cfg.text_tokenizer, cfg.max_caption_tokens)),
-            ("DecodeImage", DecodeImage(cfg)),
-        ],
-        sink=sink,
-        batch_step=("Encode", _Encode(cfg)),
+        p, inputs, reader,
+        steps=[("Caption", PrepareCaption(cfg.text_tokenizer, cfg.max_caption_tokens)), ("DecodeImage", DecodeImage(cfg))],
+        sink=sink, batch_step=("Encode", _Encode(cfg)),
     )
 
 
@@ -276,10 +250,11 @@ def run_image_text_pipeline(cfg: ImageTextPipelineConfig, beam_args: list[str] |
     written), then run on the named runner. The image tokenizer is loaded here on the CPU only
     for its fingerprint and grid; workers load their own on ``cfg.device``."""
     inputs = expand_image_inputs(cfg.inputs, cfg.format)
-    text_tok = TextTokenizer.from_path(cfg.text_tokenizer)
+    text_tok = load_text_tokenizer(cfg.text_tokenizer)
     image_tok = MoVQGANTokenizer.from_path(cfg.image_tokenizer, device="cpu")
     image_tok.model.latent_grid(cfg.image_size, cfg.image_size)  # a size the model cannot take fails here
-    return common.run(lambda p: build_image_text_pipeline(p, cfg, inputs, text_tok, image_tok), cfg.out, beam_args or [])
+    return common.run(lambda p, run_id: build_image_text_pipeline(p, cfg, inputs, text_tok, image_tok, run_id),
+                      cfg.out, beam_args or [], cfg.progress)
 
 
 __all__ = [
@@ -292,6 +267,7 @@ __all__ = [
     "FILTERED_IMAGE_REASONS",
     "image_tokenizer_info",
     "load_image_tokenizer_shared",
+    "resolve_device",
     "preprocess_record",
     "to_model_input",
     "to_uint8",

@@ -1,79 +1,53 @@
-"""Every record a pipeline reads ends as exactly one outcome: written, filtered or rejected.
+"""Pipeline steps and their counters: one record in, at most one out, every outcome counted.
 
-A pipeline step is a small DoFn that emits good elements on its main output and bad ones on the
-``filtered`` / ``rejected`` tagged outputs as :func:`dead_letter` dicts (record id, source,
-reason, detail). Each outcome bumps a Beam counter (``<step>/<outcome>/<reason>``), so the
-Dataflow UI shows them live; the manifest stores the totals, computed from the data itself.
-
-Filtered = a valid record we chose not to keep (empty text, too short, too long).
-Rejected = a record we could not process (undecodable bytes, bad JSON, missing field, corrupt
-media). Both go to the dead-letter files with their reason; nothing is dropped silently.
+A step is a small DoFn that emits good records on its main output and :class:`DeadLetter`\\ s on
+the ``filtered`` / ``rejected`` tagged outputs. Each outcome bumps a Beam counter
+(``<stage>/<outcome>/<reason>``) that the Dataflow UI shows live, and the local progress line
+(:mod:`trimodal.pipelines.progress`); the manifest stores the totals, computed from the data.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-FILTERED = "filtered"
-REJECTED = "rejected"
+from trimodal.pipelines import progress
+from trimodal.pipelines.records import FILTERED, REJECTED, DeadLetter, Drop, Record
+
 NAMESPACE = "trimodal"
 
-
-class Bad(Exception):
-    """Raised inside a step to route the current record to the dead-letter."""
-
-    def __init__(self, outcome: str, reason: str, detail: str = ""):
-        super().__init__(f"{outcome}: {reason}: {detail}")
-        self.outcome = outcome
-        self.reason = reason
-        self.detail = detail
-
-
-def filtered(reason: str, detail: str = "") -> Bad:
-    return Bad(FILTERED, reason, detail)
-
-
-def rejected(reason: str, detail: str = "") -> Bad:
-    return Bad(REJECTED, reason, detail)
-
-
-def dead_letter(record_id: str, source: str, outcome: str, reason: str, stage: str, detail: str = "") -> dict[str, Any]:
-    return {"id": record_id, "source": source, "outcome": outcome, "reason": reason, "stage": stage, "detail": detail[:500]}
+__all__ = ["FILTERED", "REJECTED", "NAMESPACE", "Step", "count", "dead_letter", "run_step"]
 
 
 def count(stage: str, outcome: str, reason: str = "", n: int = 1) -> None:
     name = f"{stage}/{outcome}" + (f"/{reason}" if reason else "")
     Metrics.counter(NAMESPACE, name).inc(n)
+    if outcome in (FILTERED, REJECTED, "written", "read"):
+        progress.bump(outcome, n)
 
 
-def bad_output(record: dict[str, Any], err: Bad, stage: str) -> pvalue.TaggedOutput:
+def dead_letter(record: Record, err: Drop, stage: str) -> pvalue.TaggedOutput:
     count(stage, err.outcome, err.reason)
-    return pvalue.TaggedOutput(
-        err.outcome, dead_letter(record.get("id", "?"), record.get("source", "?"), err.outcome, err.reason, stage, err.detail)
-    )
+    return pvalue.TaggedOutput(err.outcome, DeadLetter(record.id, record.source, err.outcome, err.reason, stage, err.detail))
 
 
 class Step(beam.DoFn):
     """A one-record-in, at-most-one-out step; subclasses implement :meth:`apply`.
 
-    ``apply`` returns the transformed record, or raises :class:`Bad`; any other exception is a
-    bug and fails the job loudly rather than being swallowed into the dead-letter.
-    """
+    ``apply`` returns the transformed record, or raises :class:`Drop`; any other exception is a
+    bug and fails the job loudly rather than being swallowed into the dead-letter."""
 
     stage = "step"
 
-    def apply(self, record: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, record: Record) -> Record:
         raise NotImplementedError
 
-    def process(self, record: dict[str, Any]):
+    def process(self, record: Record):
         try:
             out = self.apply(record)
-        except Bad as err:
-            yield bad_output(record, err, self.stage)
+        except Drop as err:
+            yield dead_letter(record, err, self.stage)
             return
         count(self.stage, "ok")
         yield out

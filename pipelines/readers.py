@@ -1,13 +1,20 @@
-"""Reader building blocks shared by the text, image and audio readers.
+"""The reader base and the building blocks the text, image and audio readers share.
 
-Both yield either a parsed item or a dead-letter dict made by the caller's ``bad(record id,
-source, reason, detail)``, so every line or tar member group ends as a record or a reason:
+A :class:`Reader` turns one input file into :class:`~trimodal.pipelines.records.Record`\\ s and
+:class:`~trimodal.pipelines.records.DeadLetter`\\ s (datatrove's shape: one small unit, with
+counters). The base counts both, names the source (default: the file's stem) and wraps a file
+that cannot be read at all into one ``unreadable_file`` dead letter, so a bad file never stops a
+job and is never silently lost. Subclasses implement :meth:`Reader.records`.
+
+Building blocks, each yielding parsed items or dead letters:
 
 - :func:`json_objects`: JSON lines → ``(record id, line number, object)``; blank lines are
-  separators, not records; ``invalid_utf8`` / ``bad_json`` otherwise;
+  separators, not records; ``invalid_utf8``, ``bad_json`` (also for nesting deeper than the
+  parser's limit) and ``too_large`` (a line over ``max_bytes``) otherwise;
 - :func:`tar_groups`: a webdataset-style tar → ``(key, {extension: bytes})`` groups, keyed the
-  way webdataset keys them; ``duplicate_key`` when a key's members appear twice apart, and one
-  ``unreadable_file`` for a tar that breaks off (the groups before the break are kept).
+  way webdataset keys them; ``duplicate_key`` when a key's members appear twice apart, one
+  ``unreadable_file`` for a tar that breaks off (the groups before the break are kept), and
+  ``too_large`` for a member over ``max_bytes`` (skipped without being read into memory).
 """
 
 from __future__ import annotations
@@ -15,12 +22,16 @@ from __future__ import annotations
 import json
 import re
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
 
-Bad = Callable[..., dict[str, Any]]
+from trimodal.pipelines.outcomes import count
+from trimodal.pipelines.records import REJECTED, DeadLetter, Record
+
+STAGE = "read"
+MAX_RECORD_BYTES = 256 * 2**20  # one JSON line or tar member; larger ones are rejected unread
 
 # webdataset's rule: key = the path up to the first dot of the file name, extension = the rest.
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
@@ -31,38 +42,116 @@ def split_key(name: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
-def json_objects(url: str, source: str, bad: Bad) -> Iterator[tuple[str, int, dict[str, Any]] | dict[str, Any]]:
+def file_stem(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+class Reader:
+    """One input file → records and dead letters; see the module docstring."""
+
+    stage = STAGE
+    wrapped: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, RecursionError, tarfile.TarError)
+
+    def __init__(self, source: str = "", max_bytes: int = MAX_RECORD_BYTES) -> None:
+        self.source = source
+        self.max_bytes = max_bytes
+
+    def records(self, url: str, source: str) -> Iterator[Record | DeadLetter]:
+        raise NotImplementedError
+
+    def __call__(self, url: str) -> Iterator[Record | DeadLetter]:
+        source = self.source or file_stem(url)
+        try:
+            yield from self.records(url, source)
+        except self.wrapped as e:
+            yield self.reject(url, source, "unreadable_file", f"{type(e).__name__}: {e}")
+
+    # what subclasses emit
+    def record(self, rid: str, source: str, **fields: Any) -> Record:
+        count(self.stage, "read")
+        return Record(id=rid, source=source, **fields)
+
+    def reject(self, rid: str, source: str, reason: str, detail: str = "") -> DeadLetter:
+        count(self.stage, REJECTED, reason)
+        return DeadLetter(rid, source, REJECTED, reason, self.stage, detail)
+
+
+def parse_json(raw: bytes) -> tuple[Any, str, str]:
+    """``(object, "", "")`` or ``(None, reason, detail)`` for bytes that are not one JSON value."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, "invalid_utf8", str(e)
+    try:
+        return json.loads(text), "", ""
+    except json.JSONDecodeError as e:
+        return None, "bad_json", str(e)
+    except RecursionError:
+        return None, "bad_json", "nested too deeply"
+
+
+def bounded_lines(f, max_bytes: int, chunk: int = 1 << 20) -> Iterator[bytes | None]:
+    """The lines of a binary stream (newline kept), or None for a line longer than
+    ``max_bytes``, which is skipped without being held in memory. Works on any ``read(n)``."""
+    buf = b""
+    skipping = False
+    while True:
+        data = f.read(chunk)
+        if not data:
+            break
+        buf += data
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            line, start = buf[start : nl + 1], nl + 1
+            if skipping:
+                skipping = False
+                continue
+            yield None if len(line) > max_bytes else line
+        buf = buf[start:]
+        if len(buf) > max_bytes and not skipping:
+            yield None
+            skipping = True
+        if skipping:
+            buf = b""
+    if buf and not skipping:
+        yield None if len(buf) > max_bytes else buf
+
+
+def json_objects(url: str, source: str, reader: Reader) -> Iterator[tuple[str, int, dict[str, Any]] | DeadLetter]:
     with fsspec.open(url, "rb", compression="infer") as f:
-        for lineno, raw in enumerate(f, start=1):
+        lineno = 0
+        for raw in bounded_lines(f, reader.max_bytes):
+            lineno += 1
             rid = f"{url}:{lineno}"
+            if raw is None:
+                yield reader.reject(rid, source, "too_large", f"line over {reader.max_bytes} bytes")
+                continue
             if not raw.strip():
                 continue  # blank separator lines are not records
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield bad(rid, source, "invalid_utf8", str(e))
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield bad(rid, source, "bad_json", str(e))
+            obj, reason, detail = parse_json(raw)
+            if reason:
+                yield reader.reject(rid, source, reason, detail)
                 continue
             if not isinstance(obj, dict):
-                yield bad(rid, source, "bad_json", f"expected an object, got {type(obj).__name__}")
+                yield reader.reject(rid, source, "bad_json", f"expected an object, got {type(obj).__name__}")
                 continue
             yield rid, lineno, obj
 
 
-def tar_groups(url: str, source: str, bad: Bad) -> Iterator[tuple[str, dict[str, bytes]] | dict[str, Any]]:
+def tar_groups(url: str, source: str, reader: Reader) -> Iterator[tuple[str, dict[str, bytes]] | DeadLetter]:
     seen: set[str] = set()
     key: str | None = None
     members: dict[str, bytes] = {}
+    oversized: set[str] = set()  # keys already dead-lettered for a too-large member
 
     def flush():
-        if key is None:
+        if key is None or key in oversized:
             return None
         if key in seen:
-            return bad(f"{url}:{key}", source, "duplicate_key", "members of this key appear twice, apart")
+            return reader.reject(f"{url}:{key}", source, "duplicate_key", "members of this key appear twice, apart")
         seen.add(key)
         return key, members
 
@@ -81,11 +170,17 @@ def tar_groups(url: str, source: str, bad: Bad) -> Iterator[tuple[str, dict[str,
                         if out is not None:
                             yield out
                         key, members = k, {}
+                    if info.size > reader.max_bytes:
+                        if k not in oversized:
+                            oversized.add(k)
+                            yield reader.reject(f"{url}:{k}", source, "too_large",
+                                                f".{ext} member of {info.size} bytes (limit {reader.max_bytes})")
+                        continue
                     data = tar.extractfile(info)
                     members[ext] = data.read() if data is not None else b""
         except (tarfile.TarError, EOFError, OSError) as e:
             # the group being read when the tar broke off is incomplete: it is not a record
-            yield bad(f"{url}:<truncated after {key}>", source, "unreadable_file", f"{type(e).__name__}: {e}")
+            yield reader.reject(f"{url}:<truncated after {key}>", source, "unreadable_file", f"{type(e).__name__}: {e}")
             return
         out = flush()
         if out is not None:

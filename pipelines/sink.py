@@ -1,12 +1,18 @@
 """The shard sink: tokenized samples → WebDataset tars + dead-letter files + the manifest.
 
-Deterministic and idempotent without a global sort: the number of shards N comes from the total
-payload size (``ceil(bytes / target_shard_bytes)``, a global Combine used as a side input); a
-sample goes to shard ``hash(key) % N`` and samples inside a shard are ordered by key. The same
-input and config therefore give the same shard names and bytes on any runner, any worker count.
-Each shard is written atomically (temporary name, then rename/commit); the manifest is written
-last, so a dataset root with a manifest is complete. Shards left by an earlier run with another
-N are removed once the new manifest is in place.
+Deterministic and idempotent without a global sort: the number of shards N of a split comes
+from its total payload size (``ceil(bytes / target_shard_bytes)``, a global Combine used as a
+side input); a sample goes to shard ``hash(key) % N`` and samples inside a shard are ordered by
+key. The same input and config therefore give the same shard names and bytes on any runner, any
+worker count. Each shard is written atomically (temporary name, then rename/commit); the
+manifest is written last, so a dataset root with a manifest is complete; then the writer lock
+is released. Shards left by an earlier run with other names are removed once the new manifest
+is in place.
+
+**Splits.** With ``val_fraction`` F > 0 a record goes to the ``val`` split when a hash of its id
+falls below F (deterministic, the same on every runner); val shards are named
+``val-shard-i-of-M.tar``. With F = 0 there is no val split and the output is exactly what it
+was before splits existed.
 """
 
 from __future__ import annotations
@@ -20,11 +26,14 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from trimodal.pipelines.outcomes import FILTERED, REJECTED
-from trimodal.shards import storage
-from trimodal.shards.manifest import Manifest, ShardInfo
+from trimodal import storage
+from trimodal.pipelines.outcomes import count
+from trimodal.pipelines.records import FILTERED, REJECTED, Record
 from trimodal.shards.format import encode_sample, key_from_id
+from trimodal.shards.lock import DatasetLock
+from trimodal.shards.manifest import Manifest, ShardInfo
 from trimodal.shards.writer import sample_tokens, shard_name, write_encoded
+from trimodal.tokenizers.base import TokenizerInfo
 
 DEAD_LETTER_DIR = "deadletter"
 
@@ -33,9 +42,11 @@ DEAD_LETTER_DIR = "deadletter"
 class SinkConfig:
     root: str
     modality: str
-    tokenizers: dict[str, dict[str, Any]]
+    tokenizers: dict[str, TokenizerInfo]
     target_shard_bytes: int = 128 * 2**20
     compression: str = "none"
+    val_fraction: float = 0.0
+    run_id: str | None = None
     dead_letter_records_per_file: int = 1_000_000
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -44,30 +55,30 @@ def _bucket(key: str, n: int) -> int:
     return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % n
 
 
-def _sample_bytes(sample: dict[str, Any]) -> int:
-    return 1024 + sum(int(np.asarray(a).nbytes) for a in sample["arrays"].values())
+def split_of(record_id: str, val_fraction: float) -> str:
+    """``val`` for a fixed ``val_fraction`` share of ids (a hash of the id, not its order)."""
+    if val_fraction <= 0:
+        return "train"
+    h = int.from_bytes(hashlib.sha256(b"split:" + record_id.encode()).digest()[:8], "big") / 2**64
+    return "val" if h < val_fraction else "train"
 
 
-def make_sample(record: dict[str, Any], modality: str, lengths: dict[str, Any],
-                arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The sample a tokenize step hands to the sink: a stable key from the record id, the sample
-    json (id, source, modality, lengths, provenance) and the modality-local code arrays."""
+def make_sample(record: Record, modality: str, lengths: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The sample a tokenize step hands to the sink, already serialised: tar members made once, in
+    the (parallel, fused) step that produced the sample, so the shard GroupByKey moves bytes
+    rather than pickled arrays. Also its token counts, payload size and text bytes (UTF-8 bytes
+    of the document, caption or transcript: the manifest's bits-per-byte denominator)."""
+    key = key_from_id(record.id)
+    meta = {"id": record.id, "source": record.source, "modality": modality, "lengths": lengths,
+            "provenance": record.provenance}
+    count("sink", "written")
     return {
-        "key": key_from_id(record["id"]),
-        "meta": {"id": record["id"], "source": record["source"], "modality": modality, "lengths": lengths,
-                 "provenance": record.get("provenance", {})},
-        "arrays": arrays,
-    }
-
-
-def _serialize(sample: dict[str, Any]) -> dict[str, Any]:
-    """Tar members made once, in the (parallel, fused) step that produced the sample, so the
-    shard GroupByKey moves bytes rather than pickled arrays."""
-    return {
-        "key": sample["key"],
-        "members": encode_sample(sample["key"], sample["meta"], sample["arrays"]),
-        "tokens": sample_tokens(sample["arrays"]),
-        "size": _sample_bytes(sample),
+        "key": key,
+        "id": record.id,
+        "members": encode_sample(key, meta, arrays),
+        "tokens": sample_tokens(arrays),
+        "size": 1024 + sum(int(np.asarray(a).nbytes) for a in arrays.values()),
+        "text_bytes": len(record.text.encode("utf-8")),
     }
 
 
@@ -81,7 +92,7 @@ class _CountAndBytes(beam.CombineFn):
     def create_accumulator(self) -> tuple[int, int]:
         return 0, 0
 
-    def add_input(self, acc: tuple[int, int], sample: dict[str, Any]) -> tuple[int, int]:
+    def add_input(self, acc: tuple[int, int], sample: dict[str, Any]) -> tuple[int, int]:  # noqa: D401
         return acc[0] + 1, acc[1] + sample["size"]
 
     def merge_accumulators(self, accs) -> tuple[int, int]:
@@ -94,19 +105,26 @@ class _CountAndBytes(beam.CombineFn):
         return acc
 
 
+def _split_shard_name(split: str, index: int, count: int, compression: str) -> str:
+    name = shard_name(index, count, compression)
+    return name if split == "train" else f"{split}-{name}"
+
+
 class _WriteShard(beam.DoFn):
     def __init__(self, cfg: SinkConfig):
         self.cfg = cfg
 
-    def process(self, item, n_shards: int):
-        index, samples = item
+    def process(self, item, n_shards: dict[str, int]):
+        (split, index), samples = item
         samples = sorted(samples, key=lambda s: s["key"])
         info = write_encoded(
             self.cfg.root,
-            shard_name(index, n_shards, self.cfg.compression),
+            _split_shard_name(split, index, n_shards[split], self.cfg.compression),
             ((s["members"], s["tokens"]) for s in samples),
             compression=self.cfg.compression,
         )
+        info.split = split
+        info.text_bytes = sum(s["text_bytes"] for s in samples)
         yield info
 
 
@@ -116,8 +134,8 @@ class _WriteDeadLetter(beam.DoFn):
 
     def process(self, item, n_files: int):
         index, records = item
-        records = sorted(records, key=lambda r: (r["id"], r["stage"], r["reason"]))
-        data = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records).encode()
+        records = sorted(records, key=lambda r: (r.id, r.stage, r.reason))
+        data = "".join(json.dumps(r.to_dict(), sort_keys=True, ensure_ascii=False) + "\n" for r in records).encode()
         name = f"{DEAD_LETTER_DIR}/deadletter-{index:05d}-of-{n_files:05d}.jsonl"
         storage.write_atomic(storage.join(self.root, name), data)
         yield name
@@ -142,9 +160,12 @@ def _finalize(_, cfg: SinkConfig, shards: list[ShardInfo], dead: list[tuple[tupl
         },
         dead_letter=DEAD_LETTER_DIR if dead_files else None,
         config=cfg.config,
+        run_id=cfg.run_id,
     )
     manifest.save(cfg.root)
     remove_stale(cfg.root, {s.name for s in shards}, set(dead_files))
+    if cfg.run_id:
+        DatasetLock(cfg.root, cfg.run_id).release()
     return manifest
 
 
@@ -152,7 +173,7 @@ def remove_stale(root: str, keep_shards: set[str], keep_dead: set[str]) -> list[
     """Delete shards/dead-letter files of earlier runs and temporary leftovers under ``root``."""
     fs, path = storage.fs_and_path(root)
     removed = []
-    candidates = fs.glob(f"{path}/shard-*") + fs.glob(f"{path}/{DEAD_LETTER_DIR}/*")
+    candidates = fs.glob(f"{path}/shard-*") + fs.glob(f"{path}/*-shard-*") + fs.glob(f"{path}/{DEAD_LETTER_DIR}/*")
     for full in candidates:
         rel = full[len(path) :].lstrip("/")
         if rel in keep_shards or rel in keep_dead:
@@ -165,7 +186,7 @@ def remove_stale(root: str, keep_shards: set[str], keep_dead: set[str]) -> list[
 class WriteDataset(beam.PTransform):
     """(samples, dead-letter records, read count) → shards, dead-letter files, manifest.
 
-    A sample is ``{"key", "meta", "arrays"}``; dead-letter records come from
+    A sample is what :func:`make_sample` returns; dead letters are :class:`DeadLetter`\\ s from
     :mod:`trimodal.pipelines.outcomes`. Returns a PCollection holding the final Manifest.
     """
 
@@ -176,29 +197,30 @@ class WriteDataset(beam.PTransform):
     def expand(self, inputs):
         samples, dead, n_read = inputs
         cfg = self.cfg
-        samples = samples | "Serialize" >> beam.Map(_serialize)
+        keyed = samples | "Split" >> beam.Map(lambda s: (split_of(s["id"], cfg.val_fraction), s))
         n_shards = (
-            samples
-            | "CountAndBytes" >> beam.CombineGlobally(_CountAndBytes())
-            | "NumShards" >> beam.MapTuple(lambda n, b: _num_shards(b, n, cfg.target_shard_bytes))
+            keyed
+            | "CountAndBytes" >> beam.CombinePerKey(_CountAndBytes())
+            | "NumShards" >> beam.MapTuple(lambda split, nb: (split, _num_shards(nb[1], nb[0], cfg.target_shard_bytes)))
         )
         shards = (
-            samples
-            | "AssignShard" >> beam.Map(lambda s, n: (_bucket(s["key"], n), s), n=beam.pvalue.AsSingleton(n_shards))
+            keyed
+            | "AssignShard" >> beam.Map(lambda kv, n: ((kv[0], _bucket(kv[1]["key"], n[kv[0]])), kv[1]),
+                                        n=beam.pvalue.AsDict(n_shards))
             | "GroupShards" >> beam.GroupByKey()
-            | "WriteShards" >> beam.ParDo(_WriteShard(cfg), n_shards=beam.pvalue.AsSingleton(n_shards))
+            | "WriteShards" >> beam.ParDo(_WriteShard(cfg), n_shards=beam.pvalue.AsDict(n_shards))
         )
         n_dead = dead | "CountDead" >> beam.combiners.Count.Globally()
         n_dead_files = n_dead | "NumDeadFiles" >> beam.Map(lambda n: max(1, math.ceil(n / cfg.dead_letter_records_per_file)))
         dead_files = (
             dead
-            | "AssignDead" >> beam.Map(lambda r, n: (_bucket(r["id"] + r["stage"], n), r), n=beam.pvalue.AsSingleton(n_dead_files))
+            | "AssignDead" >> beam.Map(lambda r, n: (_bucket(r.id + r.stage, n), r), n=beam.pvalue.AsSingleton(n_dead_files))
             | "GroupDead" >> beam.GroupByKey()
             | "WriteDead" >> beam.ParDo(_WriteDeadLetter(cfg.root), n_files=beam.pvalue.AsSingleton(n_dead_files))
         )
         reasons = (
             dead
-            | "DeadReasons" >> beam.Map(lambda r: ((r["outcome"], r["reason"]), 1))
+            | "DeadReasons" >> beam.Map(lambda r: ((r.outcome, r.reason), 1))
             | "CountReasons" >> beam.CombinePerKey(sum)
         )
         return (

@@ -12,8 +12,8 @@ members sharing a key (``<key>.json``, ``<key>.text.npy``, ``<key>.image.npy``,
 Mixed shards (rows already packed to L) use ``<key>.tokens.npy`` (global ids, 1-D, length L),
 ``<key>.valid.npy`` is not stored: validity is ``tokens != PAD``.
 
-Why our own reader: per-sample Python overhead, not I/O, dominates shard reading (SPEC §4), so
-:func:`iter_tar` walks tar headers in one in-memory buffer and :func:`npy_view` returns
+Why our own reader: per-sample Python overhead, not I/O, dominates shard reading
+(``docs/shards.md``), so :func:`iter_tar_offsets` walks tar headers in one in-memory buffer and :func:`npy_view` returns
 ``numpy.frombuffer`` views without copying. Members are written with deterministic metadata
 (mtime 0, uid/gid 0, mode 0o644) so a re-run writes byte-identical shards.
 """
@@ -35,8 +35,20 @@ BLOCK = 512
 ARRAY_NAMES = ("text", "image", "audio", "tokens")
 
 
-class ShardFormatError(ValueError):
-    """A shard's bytes do not parse; the message names the shard and offset."""
+class ShardError(ValueError):
+    """Damage in a shard: the message names the shard, the member when known, and what is wrong.
+
+    One type for every kind of damage (missing file, size or checksum mismatch, bad tar header,
+    truncated member, bad ``.npy`` header, unparsable ``.json``, sample count off the manifest),
+    raised by this module and by :mod:`trimodal.shards.reader`."""
+
+    def __init__(self, shard: str, reason: str, member: str | None = None) -> None:
+        self.shard, self.reason, self.member = shard, reason, member
+        super().__init__(f"{shard}: {member}: {reason}" if member else f"{shard}: {reason}")
+
+    def at(self, shard: str, member: str | None = None) -> "ShardError":
+        """The same damage, located (used where a low-level error did not know the shard)."""
+        return ShardError(shard, self.reason, member or self.member)
 
 
 def key_from_id(record_id: str) -> str:
@@ -97,45 +109,41 @@ def iter_tar_offsets(buf: bytes | memoryview, name: str = "<shard>") -> Iterator
         if h[b] == 0:  # end-of-archive marker
             return
         e = h.find(b"\0", b, b + 100)
-        member = h[b : e if e >= 0 else b + 100].decode()
+        member = h[b : e if e >= 0 else b + 100].decode("utf-8", "backslashreplace")
         field = h[b + 124 : b + 136].partition(b"\0")[0]
         try:
             size = int(field, 8) if field.strip() else 0
         except ValueError:
-            raise ShardFormatError(f"{name}: bad tar header at offset {pos}") from None
+            raise ShardError(name, f"bad tar header at offset {pos}") from None
         if h[b + 345] and h[b + 257 : b + 262] == b"ustar":  # ustar name prefix
             e = h.find(b"\0", b + 345, b + 500)
-            member = f"{h[b + 345 : e if e >= 0 else b + 500].decode()}/{member}"
+            member = f"{h[b + 345 : e if e >= 0 else b + 500].decode('utf-8', 'backslashreplace')}/{member}"
         start = pos + BLOCK
         end = start + size
         if end > n:
-            raise ShardFormatError(f"{name}: truncated tar member {member!r} at offset {pos}")
+            raise ShardError(name, f"truncated at offset {pos}", member)
         if h[b + 156] in (48, 0):  # typeflag b"0" or b"\0": a regular file
             yield member, start, end
         pos = start + (size + BLOCK - 1) // BLOCK * BLOCK
     if pos < n and any(memoryview(buf)[pos:]):
-        raise ShardFormatError(f"{name}: trailing garbage at offset {pos}")
-
-
-def iter_tar(buf: bytes | memoryview, name: str = "<shard>") -> Iterator[tuple[str, memoryview]]:
-    """Yield ``(member name, payload view)`` of regular files from an in-memory tar (ustar/GNU)."""
-    view = memoryview(buf)
-    for member, start, end in iter_tar_offsets(buf, name):
-        yield member, view[start:end]
+        raise ShardError(name, f"trailing garbage at offset {pos}")
 
 
 def npy_view(payload: memoryview | bytes) -> np.ndarray:
     """Zero-copy ``numpy.frombuffer`` view of a ``.npy`` payload (version 1/2/3 headers; no pickles)."""
     mv = memoryview(payload)
     if bytes(mv[:6]) != b"\x93NUMPY":
-        raise ShardFormatError("not an .npy payload")
+        raise ShardError("<payload>", "not an .npy payload")
     major = mv[6]
     if major == 1:
         hlen, start = int.from_bytes(mv[8:10], "little"), 10
     else:
         hlen, start = int.from_bytes(mv[8:12], "little"), 12
     dtype, shape, fortran = _parse_npy_header(bytes(mv[start : start + hlen]))
-    arr = np.frombuffer(mv, dtype=dtype, count=math.prod(shape), offset=start + hlen)
+    count = math.prod(shape)
+    if start + hlen + count * dtype.itemsize > len(mv):
+        raise ShardError("<payload>", f"truncated .npy payload ({len(mv)} bytes for shape {shape} {dtype})")
+    arr = np.frombuffer(mv, dtype=dtype, count=count, offset=start + hlen)
     return arr.reshape(shape, order="F" if fortran else "C")
 
 
@@ -158,30 +166,14 @@ def _parse_npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
         try:
             d = ast.literal_eval(header.decode("latin1"))
         except (ValueError, SyntaxError):
-            raise ShardFormatError(f"bad .npy header {header!r}") from None
+            raise ShardError("<payload>", f"bad .npy header {header[:80]!r}") from None
         if not isinstance(d, dict) or not {"descr", "fortran_order", "shape"} <= set(d):
-            raise ShardFormatError(f"bad .npy header {header!r}")
+            raise ShardError("<payload>", f"bad .npy header {header[:80]!r}")
         descr, fortran, shape = d["descr"], bool(d["fortran_order"]), tuple(int(x) for x in d["shape"])
-    dtype = np.dtype(descr)
+    try:
+        dtype = np.dtype(descr)
+    except (TypeError, ValueError):
+        raise ShardError("<payload>", f"bad .npy dtype {descr!r}") from None
     if dtype.hasobject:
-        raise ShardFormatError("object arrays are refused (no pickles)")
+        raise ShardError("<payload>", "object arrays are refused (no pickles)")
     return dtype, shape, fortran
-
-
-def iter_samples(buf: bytes | memoryview, name: str = "<shard>") -> Iterator[dict[str, Any]]:
-    """Group tar members into samples: ``{"__key__", "json": dict, <array name>: ndarray}``."""
-    current: dict[str, Any] | None = None
-    for member, payload in iter_tar(buf, name):
-        key, _, ext = member.partition(".")
-        if current is None or current["__key__"] != key:
-            if current is not None:
-                yield current
-            current = {"__key__": key}
-        if ext == "json":
-            current["json"] = json.loads(bytes(payload))
-        elif ext.endswith(".npy"):
-            current[ext[: -len(".npy")]] = npy_view(payload)
-        else:
-            current[ext] = payload
-    if current is not None:
-        yield current

@@ -1,8 +1,13 @@
 """The dataset manifest: every shard with its counts and checksum, the tokenizers, the rejects.
 
 Loaders, stats and verify start from ``ROOT/manifest.json`` and never list a bucket. The file is
-deterministic (sorted keys, no timestamps) so re-running a pipeline writes identical bytes, and
-it is written last and atomically: a dataset without a manifest is an incomplete dataset.
+deterministic (sorted keys, no timestamps) apart from the writing run's id, and it is written
+last and atomically: a dataset without a manifest is an incomplete dataset. The layout is
+described in ``docs/shards.md``.
+
+Version 2 records each tokenizer as a :class:`~trimodal.tokenizers.base.TokenizerInfo`, each
+shard's split (``train``/``val``) and the id of the run that wrote the dataset (each of its shards
+was written by that run: a shard from another writer is refused). Version 1 manifests still load.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from trimodal.shards import storage
+from trimodal import storage
+from trimodal.tokenizers.base import TokenizerInfo
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "trimodal-shards"
-VERSION = 1
+VERSION = 2
+SPLITS = ("train", "val")
 
 
 @dataclass
@@ -25,6 +32,8 @@ class ShardInfo:
     tokens: dict[str, int]
     bytes: int
     sha256: str
+    split: str = "train"
+    text_bytes: int = 0  # UTF-8 bytes of the shard's text before tokenization (bits per byte)
 
 
 @dataclass
@@ -34,19 +43,32 @@ class Manifest:
 
     kind: str
     modality: str
-    tokenizers: dict[str, dict[str, Any]]
+    tokenizers: dict[str, TokenizerInfo]
     shards: list[ShardInfo]
     counts: dict[str, Any] = field(default_factory=lambda: {"read": 0, "written": 0, "filtered": {}, "rejected": {}})
     dead_letter: str | None = None
     layout: dict[str, Any] | None = None
     seq_len: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
     format: str = FORMAT
     version: int = VERSION
+
+    def __post_init__(self) -> None:
+        # plain dicts (what a hand-built manifest passes) become TokenizerInfo
+        self.tokenizers = {k: v if isinstance(v, TokenizerInfo) else TokenizerInfo.from_dict(v, k)
+                           for k, v in self.tokenizers.items()}
 
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
+
+    def split_shards(self, split: str | None) -> list[ShardInfo]:
+        """The shards of one split (``None``: all)."""
+        return list(self.shards) if split is None else [s for s in self.shards if s.split == split]
+
+    def splits(self) -> list[str]:
+        return sorted({s.split for s in self.shards})
 
     def tokens(self) -> dict[str, int]:
         total: dict[str, int] = {}
@@ -56,20 +78,27 @@ class Manifest:
         return total
 
     def fingerprints(self) -> dict[str, str]:
-        return {name: t["fingerprint"] for name, t in self.tokenizers.items() if "fingerprint" in t}
+        return {name: t.fingerprint for name, t in self.tokenizers.items()}
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, indent=1) + "\n"
+        d = asdict(self)
+        d["tokenizers"] = {k: v.to_dict() for k, v in sorted(self.tokenizers.items())}
+        return json.dumps(d, sort_keys=True, indent=1) + "\n"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> "Manifest":
-        if d.get("format") != FORMAT:
-            raise ValueError(f"{where}: not a trimodal manifest (format={d.get('format')!r})")
-        if d.get("version") != VERSION:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"{where}: not a trimodal manifest (format={d.get('format') if isinstance(d, dict) else None!r})")
+        if d.get("version") not in (1, VERSION):
             raise ValueError(f"{where}: unsupported manifest version {d.get('version')!r}")
         d = dict(d)
-        d["shards"] = [ShardInfo(**s) for s in d["shards"]]
-        return cls(**d)
+        try:
+            d["shards"] = [ShardInfo(**s) for s in d["shards"]]
+            d["tokenizers"] = {k: TokenizerInfo.from_dict(v, k) for k, v in (d.get("tokenizers") or {}).items()}
+            d["version"] = VERSION
+            return cls(**d)
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"{where}: malformed manifest ({e})") from None
 
     def save(self, root: str) -> None:
         storage.write_atomic(storage.join(root, MANIFEST_NAME), self.to_json().encode())
@@ -81,17 +110,24 @@ class Manifest:
             raw = storage.read_bytes(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"no manifest at {path}: not a dataset root, or its pipeline did not finish") from None
-        return cls.from_dict(json.loads(raw), where=path)
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data, where=path)
 
 
-def check_same_tokenizers(manifests: dict[str, Manifest]) -> None:
-    """Refuse to mix datasets whose shared tokenizers differ (e.g. two text tokenizers)."""
-    seen: dict[str, tuple[str, str]] = {}
+def merged_tokenizers(manifests: dict[str, Manifest]) -> dict[str, TokenizerInfo]:
+    """The tokenizers of several datasets, refusing two datasets whose tokenizer of the same
+    modality differs (the message names both datasets and both fingerprints)."""
+    seen: dict[str, tuple[TokenizerInfo, str]] = {}
     for root, m in manifests.items():
-        for name, fp in m.fingerprints().items():
-            if name in seen and seen[name][0] != fp:
+        for name, info in sorted(m.tokenizers.items()):
+            if name in seen and seen[name][0].fingerprint != info.fingerprint:
+                first, where = seen[name]
                 raise ValueError(
-                    f"{name} tokenizer differs between {seen[name][1]} ({seen[name][0]}) and {root} ({fp}); "
-                    "re-tokenize one of them with the same tokenizer"
+                    f"{name} tokenizer differs between {where} ({first.kind} {first.fingerprint}) and {root} "
+                    f"({info.kind} {info.fingerprint}); re-tokenize one of them with the same tokenizer"
                 )
-            seen.setdefault(name, (fp, root))
+            seen.setdefault(name, (info, root))
+    return {name: info for name, (info, _) in sorted(seen.items())}

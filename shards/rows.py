@@ -1,4 +1,7 @@
-"""Row assembly (SPEC §3): modality-local codes in, fixed-length rows of global ids out.
+"""Row assembly: modality-local codes in, fixed-length rows of global ids out (``docs/vocabulary.md``).
+
+The one owner of the row framing: what a row costs in positions (:func:`paired_length`,
+:func:`text_rows`) is read from here by the loader, the mix job, stats and the sampler.
 
 Pure numpy, no I/O, no torch except in :func:`row_dict`. Every function works on whole arrays
 (slices and concatenation), never per token, because the loader calls it once per row.
@@ -23,7 +26,33 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from trimodal.tokenizers.vocab import TASK_MEDIA, TASKS, VocabLayout
+from trimodal.tokenizers.vocab import AUDIO, TASK_MEDIA, TASKS, VocabLayout
+
+
+PAIRED_FRAMING = 5  # TASK_m, BOS_m, EOS_m, BOS_text, EOS_text around a paired sample
+DOC_FRAMING = 2  # BOS_text, EOS_text around each packed text document
+ROW_OPENER = 1  # TASK_text at the start of every packed text row
+
+
+def paired_length(media: int, text: int) -> int:
+    """Positions a paired sample takes before padding: ``media + text + 5``."""
+    return media + text + PAIRED_FRAMING
+
+
+def paired_media_fits(media: int, seq_len: int) -> bool:
+    """Whether a sample's media (with its framing and an empty text) fit a row of ``seq_len``."""
+    return paired_length(media, 0) <= seq_len
+
+
+def text_rows(framed_tokens: int, seq_len: int) -> int:
+    """Packed text rows needed for ``framed_tokens`` stream tokens (documents incl. their
+    BOS/EOS): each row holds ``seq_len - 1`` of them after its TASK_text."""
+    return -(-framed_tokens // (seq_len - ROW_OPENER))
+
+
+def framed_tokens(text_tokens: int, documents: int) -> int:
+    """Length of the packed text stream of ``documents`` documents holding ``text_tokens``."""
+    return text_tokens + DOC_FRAMING * documents
 
 
 class RowTooLong(ValueError):
@@ -41,6 +70,8 @@ class _Ids(NamedTuple):
     task: tuple[int, int, int]
     media_bos: dict[str, int]
     media_eos: dict[str, int]
+    image_offset: int
+    image_codes: int
     modality_lut: np.ndarray  # global id -> modality, int64
 
 
@@ -58,6 +89,8 @@ def layout_ids(layout: VocabLayout) -> _Ids:
         task=tuple(layout.task_token(t) for t in TASKS),
         media_bos={t: blocks[TASK_MEDIA[t]].bos for t in TASKS},
         media_eos={t: blocks[TASK_MEDIA[t]].eos for t in TASKS},
+        image_offset=layout.image.offset,
+        image_codes=layout.image.codes,
         modality_lut=lut,
     )
 
@@ -104,9 +137,9 @@ def paired_row(
     text = text_to_global(ids, text_ids_local)
     m = media.size
     media_end = 3 + m  # TASK, BOS_m, media, EOS_m
-    room = seq_len - media_end - 2  # text tokens that fit between BOS_text and EOS_text
+    room = seq_len - paired_length(m, 0)  # text tokens that fit between BOS_text and EOS_text
     if room < 0:
-        raise RowTooLong(f"{task} sample with {m} media tokens needs {m + 5} positions, row has {seq_len}")
+        raise RowTooLong(f"{task} sample with {m} media tokens needs {paired_length(m, 0)} positions, row has {seq_len}")
     t = min(text.size, room)
     used = media_end + t + 2
     tokens = np.empty(seq_len, dtype=np.int64)
@@ -223,16 +256,15 @@ class TextPacker:
         self._n = int(pending.size)
 
 
-def modality_of_row(layout: VocabLayout, tokens: np.ndarray) -> np.ndarray:
-    """Per-position modality (TEXT=0, IMAGE=1, AUDIO=2, TASK=3) as int64; PAD counts as TEXT.
-
-    Same values as ``layout.modality_of`` (which builds the lookup table once per layout),
-    computed as one gather."""
-    tokens = np.asarray(tokens)
-    lut = layout_ids(layout).modality_lut
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= lut.size):
-        raise ValueError(f"id outside vocabulary [0, {lut.size})")
-    return lut[tokens]
+def media_to_global(ids: _Ids, layout: VocabLayout, modality: int, local: np.ndarray) -> np.ndarray:
+    """Image code grid or audio code matrix → global ids (audio: frame-major, first
+    ``audio_levels`` levels), range-checked; images take a fast path without the layout."""
+    if modality == AUDIO:
+        return layout.audio_to_global(local)
+    local = np.asarray(local).reshape(-1)
+    if local.size and ((local.dtype.kind != "u" and local.min() < 0) or local.max() >= ids.image_codes):
+        raise ValueError(f"image code out of range [0, {ids.image_codes})")
+    return local.astype(np.int64) + ids.image_offset
 
 
 def row_dict(tokens: np.ndarray, valid: np.ndarray, modality: np.ndarray, task: str | int) -> dict[str, Any]:

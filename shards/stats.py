@@ -1,41 +1,43 @@
 """Dataset statistics: samples, tokens, length histograms, padding at L, filtered/rejected counts.
 
 ``compute_stats(roots)`` starts from each root's manifest (never lists a bucket) and reads every
-shard once with the zero-copy reader (:func:`trimodal.shards.format.iter_samples`). Per sample it
+shard once through the shared reader (:mod:`trimodal.shards.reader`; sha256 checked, since every
+byte is read anyway). Presentation (tables, plots) is in :mod:`trimodal.shards.report`. Per sample it
 only records a handful of integers (array sizes, audio seconds); every reduction is done with
 numpy per shard, so there is no per-token Python work and memory does not grow with the dataset:
 lengths are kept as exact integer count tables (:class:`_Counts`), from which histograms, means
 and percentiles are derived at the end, and from which the padding at any row length L follows.
 
-Groups are ``(source, modality)``; they are merged into the ``sources``, ``modalities`` and
-top-level views. Everything returned is plain ``int``/``float``/``str``/``list``/``dict`` so that
+Groups are ``(source, task, split)``; they are merged into the ``sources``, ``modalities``
+(tasks), ``splits`` and top-level views. Everything returned is plain ``int``/``float``/``str``/``list``/``dict`` so that
 ``json.dumps(stats)`` works.
 
-Row arithmetic (SPEC §3): a paired row is ``[TASK, BOS_m, media…, EOS_m, BOS_text, text…,
-EOS_text, PAD…]``, i.e. ``media + text + 5`` tokens before padding; its padding at L is
+Row arithmetic (:mod:`trimodal.shards.rows`): a paired row is ``[TASK, BOS_m, media…, EOS_m,
+BOS_text, text…, EOS_text, PAD…]``, i.e. ``media + text + 5`` tokens before padding; its padding at L is
 ``max(0, L - (media + text + 5))`` (a longer row is counted in ``over_length``). Image media =
 the code count (h·w); audio media = frames × k (k = the levels stored, or ``audio_levels`` when
 given). Text documents are packed into rows with no padding, each framed ``BOS … EOS`` and each
 row opened by ``TASK_text``: ``rows = ceil(Σ(n + 2) / (L - 1))``, padding 0. Mixed shards hold
 rows already packed; their padding is the measured count of PAD ids at their own length.
+
+Audio that does not fit a row of L: ``audio_overflow`` counts the clips whose row would be
+longer than L, their seconds, and the seconds ``data.audio_overflow=crop`` would cut (the media
+tokens past the row's end over the codec's tokens per second), before any training starts.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from trimodal.shards import storage
-from trimodal.shards.format import ShardFormatError, iter_samples
+from trimodal import storage
+from trimodal.shards.format import ShardError
 from trimodal.shards.manifest import Manifest
-from trimodal.shards.reader import ShardCorrupted, read_shard_bytes
-from trimodal.tokenizers.vocab import TASKS
-
-FRAMING_TOKENS = 5  # TASK, BOS_m, EOS_m, BOS_text, EOS_text around a paired row
+from trimodal.shards.reader import decode_sample, index_shard, iter_shards
+from trimodal.shards.rows import PAIRED_FRAMING, framed_tokens, paired_length, text_rows
+from trimodal.tokenizers.vocab import TASKS, VocabLayout
 HIST_BINS = 40
 PAD_BINS = 20
 UNKNOWN_SOURCE = "(unknown)"
@@ -189,6 +191,9 @@ class _Group:
         self.text_docs = 0
         self.mixed_pad: dict[int, _Counts] = {}  # row length L → PAD count per row
         self.seconds_missing = 0
+        self.audio_len = _Counts()  # row length of each audio-text sample
+        self.audio_secs: dict[int, float] = {}  # row length → seconds of the clips of that length
+        self.audio_tps = 0.0  # media tokens per second (frames/s × k)
 
     def h(self, name: str, scale: float = 1.0) -> _Counts:
         c = self.hist.get(name)
@@ -211,6 +216,23 @@ class _Group:
         for L, c in other.mixed_pad.items():
             self.mixed_pad.setdefault(L, _Counts()).merge(c)
         self.seconds_missing += other.seconds_missing
+        self.audio_len.merge(other.audio_len)
+        for k, v in other.audio_secs.items():
+            self.audio_secs[k] = self.audio_secs.get(k, 0.0) + v
+        self.audio_tps = self.audio_tps or other.audio_tps
+
+    def overflow(self, seq_len: int | None) -> dict[str, Any] | None:
+        """Audio clips whose row would not fit ``seq_len``: count, seconds, seconds a crop cuts."""
+        if seq_len is None or not self.audio_len.n:
+            return None
+        vals, cnts = self.audio_len.items()
+        over = vals > seq_len
+        seconds = sum(self.audio_secs.get(int(v), 0.0) for v in vals[over].tolist())
+        cut = float(((vals[over] - seq_len) * cnts[over]).sum() / self.audio_tps) if self.audio_tps else None
+        n = int(cnts.sum())
+        return {"seq_len": int(seq_len), "clips": n, "clips_over": int(cnts[over].sum()),
+                "fraction_over": float(round(cnts[over].sum() / n, 6)), "seconds_over": round(seconds, 3),
+                "seconds_cropped": None if cut is None else round(cut, 3)}
 
     # ---- padding ---------------------------------------------------------------------------
     def padding(self, seq_len: int | None) -> tuple[dict[str, Any] | None, np.ndarray]:
@@ -231,10 +253,10 @@ class _Group:
                 frac_hist += _frac_hist(pad / L, cnts)
             if self.text_docs:
                 have = True
-                text_rows = math.ceil(self.text_framed / max(1, L - 1))
-                rows += text_rows
-                slots += text_rows * L
-                frac_hist[0] += text_rows  # packed text rows carry no padding
+                n_text = text_rows(self.text_framed, L)
+                rows += n_text
+                slots += n_text * L
+                frac_hist[0] += n_text  # packed text rows carry no padding
         for L, c in self.mixed_pad.items():
             vals, cnts = c.items()
             if cnts.size:
@@ -270,6 +292,9 @@ class _Group:
         }
         if self.seconds_missing:
             out["audio_seconds_unknown"] = self.seconds_missing
+        overflow = self.overflow(seq_len)
+        if overflow is not None:
+            out["audio_overflow"] = overflow
         return out
 
 
@@ -293,29 +318,17 @@ def _pad_histogram(frac_hist: np.ndarray, mean: float) -> dict[str, Any]:
 # reading
 # --------------------------------------------------------------------------------------------
 def _audio_frame_rate(manifest: Manifest) -> float | None:
-    info = manifest.tokenizers.get("audio") or {}
-    if info.get("frame_rate"):
-        return float(info["frame_rate"])
-    if info.get("sample_rate") and info.get("hop_length"):
-        return float(info["sample_rate"]) / float(info["hop_length"])
-    return None
+    info = manifest.tokenizers.get("audio")
+    return info.frame_rate if info is not None else None
 
 
-def _iter_shard_bytes(root: str, manifest: Manifest) -> Iterable[tuple[Any, bytes]]:
-    """Shard bytes in manifest order, the next shard read in a background thread."""
-    shards = manifest.shards
-    if not shards:
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        fut = pool.submit(read_shard_bytes, root, shards[0])
-        for i, info in enumerate(shards):
-            data = fut.result()
-            if i + 1 < len(shards):
-                fut = pool.submit(read_shard_bytes, root, shards[i + 1])
-            yield info, data
+def _samples(data: bytes, where: str):
+    for entry in index_shard(data, where):
+        yield decode_sample(data, entry, where)
 
 
-def _tokenized_shard(data: bytes, where: str, manifest: Manifest, groups: dict, audio_levels: int | None, frame_rate: float | None) -> int:
+def _tokenized_shard(data: bytes, where: str, split: str, manifest: Manifest, groups: dict, audio_levels: int | None,
+                     frame_rate: float | None) -> int:
     """Accumulate one tokenized shard; returns its sample count."""
     # Per group, per sample: (text, image, audio frames, audio k, centiseconds); -1 = absent.
     rows: dict[tuple[str, str], list[tuple[int, int, int, int, int]]] = {}
@@ -323,10 +336,10 @@ def _tokenized_shard(data: bytes, where: str, manifest: Manifest, groups: dict, 
     missing: dict[tuple[str, str], int] = {}
     default_mod = manifest.modality
     n = 0
-    for s in iter_samples(data, name=where):
+    for s in _samples(data, where):
         n += 1
         meta = s.get("json") or {}
-        key = (str(meta.get("source") or UNKNOWN_SOURCE), str(meta.get("modality") or default_mod))
+        key = (str(meta.get("source") or UNKNOWN_SOURCE), str(meta.get("modality") or default_mod), split)
         t = s["text"].size if "text" in s else -1
         im = s["image"].size if "image" in s else -1
         af = ak = cs = -1
@@ -376,24 +389,31 @@ def _tokenized_shard(data: bytes, where: str, manifest: Manifest, groups: dict, 
         if paired.any():
             k = np.maximum(ak, 0) if audio_levels is None else np.clip(ak, 0, audio_levels)
             media = np.where(has_i, im, 0) + np.where(has_a, af * k, 0)
-            content = media + np.where(has_t, t, 0) + FRAMING_TOKENS
+            content = paired_length(media, np.where(has_t, t, 0))
             g.paired.add(content[paired])
+            if has_a.any():
+                g.audio_len.add(content[has_a])
+                for v, c in zip(content[has_a].tolist(), cs[has_a].tolist()):
+                    if c >= 0:
+                        g.audio_secs[v] = g.audio_secs.get(v, 0.0) + c / 100
+                if frame_rate:
+                    g.audio_tps = frame_rate * float(k[has_a][0])
         text_only = has_t & ~paired
         if text_only.any():
             g.text_docs += int(text_only.sum())
-            g.text_framed += int((t[text_only] + 2).sum())
+            g.text_framed += framed_tokens(int(t[text_only].sum()), int(text_only.sum()))
     return n
 
 
-def _mixed_shard(data: bytes, where: str, manifest: Manifest, groups: dict, layout: Any) -> int:
+def _mixed_shard(data: bytes, where: str, split: str, manifest: Manifest, groups: dict, layout: Any) -> int:
     """Accumulate one mixed shard (rows of global ids packed to L)."""
-    metas: list[tuple[str, str]] = []
+    metas: list[tuple[str, str, str]] = []
     rows: list[np.ndarray] = []
-    for s in iter_samples(data, name=where):
+    for s in _samples(data, where):
         meta = s.get("json") or {}
         tok = s.get("tokens")
         if tok is None:
-            raise ShardFormatError(f"{where}: mixed sample {s['__key__']} has no tokens.npy")
+            raise ShardError(where, "mixed sample has no tokens.npy", s["__key__"])
         src = meta.get("source")
         if src is None and isinstance(meta.get("sources"), list) and meta["sources"]:
             src = "+".join(sorted({str(x) for x in meta["sources"]}))
@@ -403,7 +423,7 @@ def _mixed_shard(data: bytes, where: str, manifest: Manifest, groups: dict, layo
             if 0 <= t0 < len(TASKS):
                 mod = TASKS[t0]
         mod = mod or meta.get("task") or meta.get("modality")
-        metas.append((str(src or UNKNOWN_SOURCE), str(mod or manifest.modality)))
+        metas.append((str(src or UNKNOWN_SOURCE), str(mod or manifest.modality), split))
         rows.append(tok.reshape(-1))
     if not rows:
         return 0
@@ -455,12 +475,12 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
 
     ``seq_len`` is the row length L for the padding figures of tokenized data (mixed data
     reports padding at its own row length). ``audio_levels`` caps k, the audio levels a row
-    keeps (default: all stored levels). A missing or unparsable shard raises ``ShardCorrupted``.
+    keeps (default: all stored levels). A missing or unparsable shard raises ``ShardError`` naming it.
     """
     if isinstance(roots, str):
         roots = [roots]
-    if seq_len is not None and seq_len < FRAMING_TOKENS + 1:
-        raise ValueError(f"seq_len must be > {FRAMING_TOKENS}, got {seq_len}")
+    if seq_len is not None and seq_len < PAIRED_FRAMING + 1:
+        raise ValueError(f"seq_len must be > {PAIRED_FRAMING}, got {seq_len}")
     groups: dict[tuple[str, str], _Group] = {}
     datasets: list[dict[str, Any]] = []
     mismatches: list[dict[str, Any]] = []
@@ -472,21 +492,14 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
         root = root.rstrip("/")
         manifest = Manifest.load(root)
         counts = manifest.counts or {}
-        layout = None
-        if manifest.layout:
-            from trimodal.tokenizers.vocab import VocabLayout
-
-            layout = VocabLayout.from_dict(manifest.layout)
+        layout = VocabLayout.from_dict(manifest.layout) if manifest.layout else None
         frame_rate = _audio_frame_rate(manifest)
-        for info, data in _iter_shard_bytes(root, manifest):
+        for info, data in iter_shards(root, manifest.shards, verify="sha256"):
             where = storage.join(root, info.name)
-            try:
-                if manifest.kind == "mixed":
-                    n = _mixed_shard(data, where, manifest, groups, layout)
-                else:
-                    n = _tokenized_shard(data, where, manifest, groups, audio_levels, frame_rate)
-            except ShardFormatError as e:
-                raise ShardCorrupted(str(e)) from None
+            if manifest.kind == "mixed":
+                n = _mixed_shard(data, where, info.split, manifest, groups, layout)
+            else:
+                n = _tokenized_shard(data, where, info.split, manifest, groups, audio_levels, frame_rate)
             if n != info.samples:
                 mismatches.append({"shard": where, "manifest": info.samples, "parsed": n})
         for k in ("read", "written"):
@@ -511,24 +524,29 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
                 "filtered": dict(sorted((k, int(v)) for k, v in (counts.get("filtered") or {}).items())),
                 "rejected": dict(sorted((k, int(v)) for k, v in (counts.get("rejected") or {}).items())),
                 "seq_len": manifest.seq_len,
-                "tokenizers": {name: t.get("fingerprint") for name, t in sorted(manifest.tokenizers.items())},
+                "splits": {sp: sum(x.samples for x in manifest.split_shards(sp)) for sp in manifest.splits()},
+                "tokenizers": {name: t.fingerprint for name, t in sorted(manifest.tokenizers.items())},
             }
         )
 
     overall = _Group()
     by_source: dict[str, _Group] = {}
     by_modality: dict[str, _Group] = {}
+    by_split: dict[str, _Group] = {}
     source_modalities: dict[str, dict[str, int]] = {}
-    for (src, mod), g in sorted(groups.items()):
+    for (src, mod, split), g in sorted(groups.items()):
         overall.merge(g)
         by_source.setdefault(src, _Group()).merge(g)
         by_modality.setdefault(mod, _Group()).merge(g)
-        source_modalities.setdefault(src, {})[mod] = g.samples
+        by_split.setdefault(split, _Group()).merge(g)
+        per = source_modalities.setdefault(src, {})
+        per[mod] = per.get(mod, 0) + g.samples
     top = overall.to_json(seq_len)
     sources = {}
     for src, g in sorted(by_source.items()):
         sources[src] = {**g.to_json(seq_len), "modalities": source_modalities[src]}
     modalities = {mod: g.to_json(seq_len) for mod, g in sorted(by_modality.items())}
+    splits = {sp: g.to_json(seq_len) for sp, g in sorted(by_split.items())}
     return {
         "roots": [d["root"] for d in datasets],
         "seq_len": seq_len,
@@ -543,152 +561,11 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
         "padding": top["padding"],
         "histograms": top["histograms"],
         "modalities": modalities,
+        "splits": splits,
+        "audio_overflow": top.get("audio_overflow"),
         "sources": sources,
         "datasets": datasets,
         "mismatches": mismatches,
     }
 
 
-# --------------------------------------------------------------------------------------------
-# presentation
-# --------------------------------------------------------------------------------------------
-def _fmt_int(n: Any) -> str:
-    return f"{int(n):,}" if isinstance(n, (int, np.integer)) or (isinstance(n, float) and n.is_integer()) else f"{n:,.2f}"
-
-
-def _fmt_bytes(n: int) -> str:
-    x = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if x < 1024 or unit == "TiB":
-            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
-        x /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-def _table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    fmt = lambda cells: indent + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    return [fmt(headers), indent + "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
-
-
-def _pad_cell(p: dict[str, Any] | None) -> str:
-    return "-" if not p else f"{100 * p['fraction']:.1f}%"
-
-
-def format_stats(stats: dict[str, Any]) -> str:
-    """A readable, terminal-width summary of :func:`compute_stats`' result."""
-    lines: list[str] = []
-    tok_names = sorted({k for sec in (stats.get("modalities") or {}).values() for k in sec["tokens"]} | set(stats["tokens"]))
-    lines.append(
-        f"Datasets: {len(stats.get('datasets', []))} root(s), {_fmt_int(stats['shards'])} shards, {_fmt_bytes(stats.get('bytes', 0))}"
-    )
-    if stats.get("datasets"):
-        rows = [
-            [d["root"], d["kind"], d["modality"], _fmt_int(d["shards"]), _fmt_bytes(d["bytes"]), _fmt_int(d["samples"]),
-             _fmt_int(d["read"]), _fmt_int(sum(d["filtered"].values())), _fmt_int(sum(d["rejected"].values()))]
-            for d in stats["datasets"]
-        ]
-        lines += _table(["root", "kind", "modality", "shards", "bytes", "samples", "read", "filtered", "rejected"], rows)
-    lines.append("")
-    tok = ", ".join(f"{k} {_fmt_int(v)}" for k, v in sorted(stats["tokens"].items())) or "none"
-    lines.append(f"Samples: {_fmt_int(stats['samples'])}    tokens: {tok}")
-    pad = stats.get("padding")
-    if pad:
-        L = pad["seq_len"]
-        lines.append(
-            f"Padding at L={L}: {100 * pad['fraction']:.2f}% of {_fmt_int(pad['rows'])} rows' slots"
-            f" ({_fmt_int(pad['pad_tokens'])} PAD tokens; {_fmt_int(pad['over_length'])} rows longer than L)"
-        )
-    for label, key in (("Filtered", "filtered"), ("Rejected", "rejected")):
-        d = stats.get(key) or {}
-        body = ", ".join(f"{r} {_fmt_int(n)}" for r, n in sorted(d.items(), key=lambda x: (-x[1], x[0]))) or "none"
-        lines.append(f"{label}: {_fmt_int(sum(d.values()))}  ({body})")
-    if stats.get("mismatches"):
-        lines.append(f"WARNING: {len(stats['mismatches'])} shard(s) parse to a sample count other than the manifest's:")
-        for m in stats["mismatches"]:
-            lines.append(f"  {m['shard']}: manifest {m['manifest']}, parsed {m['parsed']}")
-
-    for title, key, extra in (("By modality", "modalities", None), ("By source", "sources", "modalities")):
-        sec = stats.get(key) or {}
-        if not sec:
-            continue
-        lines += ["", title]
-        headers = [key[:-1] if key != "modalities" else "modality", "samples", *(f"{t} tok" for t in tok_names), "pad@L"]
-        if extra:
-            headers.insert(1, "modalities")
-        rows = []
-        for name, s in sec.items():
-            r = [name, _fmt_int(s["samples"]), *(_fmt_int(s["tokens"][t]) if t in s["tokens"] else "-" for t in tok_names), _pad_cell(s.get("padding"))]
-            if extra:
-                r.insert(1, ",".join(sorted(s.get("modalities", {}))))
-            rows.append(r)
-        lines += _table(headers, rows)
-
-    hists = stats.get("histograms") or {}
-    if hists:
-        lines += ["", "Lengths"]
-        rows = []
-        for name, h in hists.items():
-            if name == "row_padding":
-                rows.append([name, _fmt_int(h["n"]), "", "", "", "", "", f"{100 * h['mean']:.1f}%"])
-                continue
-            rows.append([name, *(_fmt_num(h.get(k)) for k in ("n", "min", "p50", "p90", "p99", "max", "mean"))])
-        lines += _table(["histogram", "n", "min", "p50", "p90", "p99", "max", "mean"], rows)
-        if "audio_seconds" in hists:
-            sec = hists["audio_seconds"]["sum"]
-            lines.append(f"  audio total: {sec:,.1f} s ({sec / 3600:,.2f} h)")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt_num(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 100):
-        return f"{int(v):,}"
-    return f"{v:,.2f}"
-
-
-def write_plots(stats: dict[str, Any], out_dir: str) -> list[str]:
-    """PNG histograms of the overall lengths (those with data) under ``out_dir``; returns paths."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fs, path = storage.fs_and_path(out_dir)
-    fs.makedirs(path, exist_ok=True)
-    written: list[str] = []
-    for name, (title, xlabel) in HISTOGRAMS.items():
-        h = (stats.get("histograms") or {}).get(name)
-        if not h or not h.get("counts") or sum(h["counts"]) == 0:
-            continue
-        edges = np.asarray(h["edges"], dtype=np.float64)
-        counts = np.asarray(h["counts"], dtype=np.float64)
-        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
-        try:
-            ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c72b0", edgecolor="white", linewidth=0.5)
-            if h.get("scale") == "log":
-                ax.set_xscale("log")
-            if name == "row_padding":
-                ax.set_xlim(0, 1)
-                sub = f"n={h['n']:,} rows, mean {100 * h['mean']:.1f}%"
-                L = (stats.get("padding") or {}).get("seq_len")
-                if L is not None:
-                    title = f"{title} at L={L}"
-            else:
-                sub = f"n={h['n']:,}, mean {h['mean']:,.1f}, p50 {h['p50']:,}, p99 {h['p99']:,}, max {h['max']:,}"
-            ax.set_title(f"{title}\n{sub}", fontsize=10)
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("count")
-            ax.grid(axis="y", alpha=0.3)
-            fig.tight_layout()
-            target = storage.join(out_dir, f"{name}.png")
-            import io
-
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png")
-            storage.write_atomic(target, buf.getvalue())
-            written.append(target)
-        finally:
-            plt.close(fig)
-    return written

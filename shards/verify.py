@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trimodal.shards import storage
-from trimodal.shards.format import ShardFormatError, iter_samples
+from trimodal import storage
+from trimodal.shards.format import ShardError
 from trimodal.shards.manifest import MANIFEST_NAME, Manifest, ShardInfo
+from trimodal.shards.reader import decode_sample, index_shard, prefetch
 
 MISSING = "missing"
 SIZE_MISMATCH = "size mismatch"
@@ -85,6 +85,18 @@ class VerifyReport:
             "problems": [{"shard": p.shard, "problem": p.problem, "detail": p.detail} for p in self.problems],
         }
 
+    def summary(self) -> str:
+        """One line: how many problems, in how many shards (dataset-level ones said apart)."""
+        n_manifest = sum(1 for p in self.problems if p.shard == MANIFEST_NAME)
+        parts = []
+        shard_problems = len(self.problems) - n_manifest
+        if shard_problems:
+            parts.append(f"{shard_problems} problem{'s' if shard_problems != 1 else ''} in "
+                         f"{len(self.bad_shards)} shard{'s' if len(self.bad_shards) != 1 else ''}")
+        if n_manifest:
+            parts.append(f"{n_manifest} problem{'s' if n_manifest != 1 else ''} in the manifest")
+        return ", ".join(parts) or "no problems"
+
     def format(self) -> str:
         head = (
             f"{self.root}: {self.checked}/{self.shards} shards checked, {self.samples:,} samples, "
@@ -92,7 +104,7 @@ class VerifyReport:
         )
         if self.ok:
             return f"{head}\nOK: every shard matches the manifest\n"
-        lines = [head, f"FAILED: {len(self.bad_shards)} bad shard(s), {len(self.problems)} problem(s)"]
+        lines = [head, f"FAILED: {self.summary()}"]
         lines += [f"  {p}" for p in self.problems]
         return "\n".join(lines) + "\n"
 
@@ -101,8 +113,9 @@ def _load(root: str, info: ShardInfo) -> tuple[bytes | None, str | None]:
     """Read and hash one shard in a worker thread (hashlib and file I/O release the GIL).
 
     Returns ``(data, sha256)``, or ``(None, None)`` when the shard does not exist, or
-    ``(None, error message)`` when it exists but cannot be read.
-    """
+    ``(None, error message)`` when it exists but cannot be read. Verification wants every
+    problem of a shard, so it reads the raw bytes itself rather than through ``read_shard``,
+    which stops at the first."""
     try:
         data = storage.read_bytes(storage.join(root, info.name))
     except FileNotFoundError:
@@ -119,42 +132,25 @@ def _parse(data: bytes, info: ShardInfo, where: str, seq_len: int | None) -> tup
         try:
             data = zstandard.ZstdDecompressor().decompress(data)
         except zstandard.ZstdError as e:
-            raise ShardFormatError(f"zstd: {e}") from None
+            raise ShardError(where, f"zstd: {e}") from None
     n = 0
     tokens: dict[str, int] = {}
     row_lengths: set[int] = set()
-    for s in iter_samples(data, name=where):
+    for entry in index_shard(data, where):
+        s = decode_sample(data, entry, where)
         n += 1
         if "json" not in s:
-            raise ShardFormatError(f"sample {s['__key__']} has no .json member")
+            raise ShardError(where, "sample has no .json member", s["__key__"])
         for k, v in s.items():
             if k in ("__key__", "json"):
                 continue
             size = getattr(v, "size", None)
             if size is None:
-                raise ShardFormatError(f"sample {s['__key__']} has an unexpected member .{k}")
+                raise ShardError(where, f"unexpected member .{k}", s["__key__"])
             tokens[k] = tokens.get(k, 0) + int(size)
             if k == "tokens" and seq_len is not None:
                 row_lengths.add(int(size))
     return n, tokens, row_lengths
-
-
-def _iter_loaded(root: str, shards: list[ShardInfo], workers: int) -> Iterator[tuple[ShardInfo, bytes | None, str | None]]:
-    """Shards in manifest order, read + hashed ``workers`` at a time (bounded memory)."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: list[tuple[ShardInfo, Future]] = []
-        it = iter(shards)
-        for info in it:
-            pending.append((info, pool.submit(_load, root, info)))
-            if len(pending) >= workers:
-                break
-        while pending:
-            info, fut = pending.pop(0)
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_load, root, nxt)))
-            data, digest = fut.result()
-            yield info, data, digest
 
 
 def verify(root: str, workers: int = 4, progress: Callable[[int, int, str], None] | None = None) -> VerifyReport:
@@ -183,7 +179,8 @@ def verify(root: str, workers: int = 4, progress: Callable[[int, int, str], None
         )
     seq_len = manifest.seq_len if manifest.kind == "mixed" else None
 
-    for done, (info, data, digest) in enumerate(_iter_loaded(root, shards, workers), 1):
+    loaded = prefetch(lambda info: _load(root, info), shards, depth=workers)
+    for done, (info, (data, digest)) in enumerate(loaded, 1):
         report.checked += 1
         where = storage.join(root, info.name)
         problems: list[ShardProblem] = []
@@ -201,7 +198,7 @@ def verify(root: str, workers: int = 4, progress: Callable[[int, int, str], None
                 )
             try:
                 n, tokens, row_lengths = _parse(data, info, where, seq_len)
-            except (ShardFormatError, ValueError, UnicodeDecodeError, SyntaxError, KeyError, TypeError) as e:
+            except (ShardError, ValueError, UnicodeDecodeError, SyntaxError, KeyError, TypeError) as e:
                 problems.append(ShardProblem(info.name, UNPARSABLE, str(e) or type(e).__name__))
             else:
                 report.samples += n

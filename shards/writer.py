@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from trimodal.shards import storage
+from trimodal import storage
 from trimodal.shards.format import encode_sample, tar_bytes
 from trimodal.shards.manifest import ShardInfo
 

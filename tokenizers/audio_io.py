@@ -11,16 +11,20 @@ Decoding goes through ``soundfile`` (libsndfile: wav, flac, ogg/vorbis, mp3 with
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 from math import gcd
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-__all__ = ["AudioRejected", "REJECT_REASONS", "load_audio", "resample", "write_wav"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["AudioRejected", "REJECT_REASONS", "load_audio", "resample", "resample_sinc", "write_wav"]
 
 REJECT_REASONS = ("empty", "undecodable", "zero_samples", "non_finite", "too_long")
 
@@ -93,3 +97,56 @@ def write_wav(path_or_file: str | os.PathLike[str] | BinaryIO, wav: np.ndarray, 
     """
     x = np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0)
     sf.write(path_or_file, x, int(sr), format="WAV", subtype="PCM_16")
+
+
+def resample_sinc(
+    wav: torch.Tensor,
+    orig_sr: int,
+    target_sr: int,
+    lowpass_filter_width: int = 6,
+    rolloff: float = 0.99,
+) -> torch.Tensor:
+    """Hann-windowed sinc resampling along the last axis, as ``torchaudio.functional.resample``.
+
+    Why not :func:`resample`: models trained on torchaudio's resampler (Higgs' HuBERT branch sees
+    24 kHz input resampled to 16 kHz this way) must get the same samples, and torchaudio has no CPU
+    build for our torch. Plain torch, same arithmetic in the input's dtype (float32 kernel for
+    float32 input), so results agree with torchaudio to rounding.
+
+    Output sample j is ``sum_i x[i] * h(i / orig - j / new)`` with rates reduced by their gcd,
+    ``h(t) = s * sinc(pi * b * t) * cos(pi * b * t / (2 w))^2`` for ``|b t| <= w`` (else 0),
+    ``b = rolloff * min(orig, new)``, ``s = b / orig``, ``w = lowpass_filter_width``; x is zero
+    outside the signal. Length ``ceil(n * new / orig)``. Computed as a strided conv1d with one
+    filter per output phase.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if orig_sr <= 0 or target_sr <= 0 or int(orig_sr) != orig_sr or int(target_sr) != target_sr:
+        raise ValueError(f"sample rates must be positive integers, got {orig_sr} -> {target_sr}")
+    if lowpass_filter_width <= 0:
+        raise ValueError("lowpass_filter_width must be positive")
+    if not wav.is_floating_point():
+        raise TypeError(f"expected a floating point waveform, got {wav.dtype}")
+    if orig_sr == target_sr:
+        return wav
+    g = gcd(int(orig_sr), int(target_sr))
+    orig, new = int(orig_sr) // g, int(target_sr) // g
+    base = min(orig, new) * rolloff  # cutoff, in units of the reduced rates
+    width = math.ceil(lowpass_filter_width * orig / base)  # taps each side
+    # t[p, 0, m]: time (in input periods / orig) of tap m for output phase p, scaled by the cutoff
+    taps = torch.arange(-width, width + orig, dtype=wav.dtype, device=wav.device)[None, None] / orig
+    t = torch.arange(0, -new, -1, dtype=wav.dtype, device=wav.device)[:, None, None] / new + taps
+    t = (t * base).clamp(-lowpass_filter_width, lowpass_filter_width)
+    window = torch.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.ones((), dtype=t.dtype, device=t.device), t.sin() / t)
+    kernel = kernel * (window * (base / orig))
+
+    shape = wav.shape
+    x = wav.reshape(-1, shape[-1])
+    n = x.shape[-1]
+    x = F.pad(x, (width, width + orig))
+    y = F.conv1d(x[:, None], kernel, stride=orig)  # (N, new phases, blocks)
+    y = y.transpose(1, 2).reshape(x.shape[0], -1)[:, : -(-new * n // orig)]
+    return y.reshape(*shape[:-1], y.shape[-1])

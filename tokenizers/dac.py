@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trimodal.tokenizers.base import state_dict_fingerprint
+from trimodal.tokenizers.base import TokenizerInfo, state_dict_fingerprint
 from trimodal.tokenizers.runtime import WeightsMismatch, check_weights, inference, resolve_device
 
 __all__ = [
@@ -573,6 +573,14 @@ class DACTokenizer:
             config = {"codec": "dac", **self.config.to_dict(), "n_keep": self.n_keep}
             self._fingerprint = state_dict_fingerprint(self.model.state_dict(), config)
         return self._fingerprint
+
+    def info(self, path: str | None = None) -> TokenizerInfo:
+        """The manifest's record of this codec (see :class:`~trimodal.tokenizers.base.TokenizerInfo`)."""
+        if path is not None and "://" not in path:
+            path = os.path.abspath(path)
+        return TokenizerInfo(modality="audio", kind="dac", fingerprint=self.fingerprint, vocab_size=self.vocab_size,
+                             path=path, levels=self.n_keep, codebooks=self.config.n_codebooks,
+                             sample_rate=self.sample_rate, hop_length=self.hop_length)
 
     def n_frames(self, n_samples: int) -> int:
         """Code frames for a waveform of ``n_samples``: ceil(n / hop)."""

@@ -14,8 +14,14 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
-from trimodal.shards import storage
-from trimodal.tokenizers.base import fingerprint_of
+from trimodal import storage
+from trimodal.tokenizers.base import TokenizerInfo, fingerprint_of
+
+
+def _abspath(path: str) -> str:
+    import os
+
+    return path if "://" in path else os.path.abspath(path)
 
 
 class TextTokenizer:
@@ -67,8 +73,9 @@ class TextTokenizer:
     def decode(self, codes: np.ndarray | Sequence[int]) -> str:
         return self._sp.decode([int(c) for c in np.asarray(codes).reshape(-1)])
 
-    def info(self) -> dict[str, Any]:
-        return {"kind": "sentencepiece", "fingerprint": self.fingerprint, "vocab_size": self.vocab_size, "path": self.path}
+    def info(self) -> TokenizerInfo:
+        return TokenizerInfo(modality="text", kind="sentencepiece", fingerprint=self.fingerprint,
+                             vocab_size=self.vocab_size, path=_abspath(self.path) if self.path else None)
 
 
 def train_text_tokenizer(

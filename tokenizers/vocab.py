@@ -13,16 +13,24 @@ Layout (offsets grow in this order; the paper fixes the counts, not the order)::
 Inside every block the *predictable* ids (what the model may output at a position of that
 modality) are the codes plus BOS and EOS; MASK, PAD and task tokens are never targets.
 With the paper's sizes (T=100,277, I=16,384, A=1,024 shared by all levels) the total is 117,698.
+``docs/vocabulary.md`` describes the layout and the row formats built on it.
+
+Names: a *modality* is one of the three token kinds (``MODALITIES``: text, image, audio); a
+*task* is one of the three row kinds (``TASKS``: text, image_text, audio_text), named after what
+a row holds. Manifests and the loader speak of tasks; the vocabulary and the model of modalities.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from trimodal.tokenizers.base import TokenizerInfo
 
 TEXT, IMAGE, AUDIO, TASK = 0, 1, 2, 3
 MODALITIES = ("text", "image", "audio")
@@ -72,6 +80,17 @@ class Block:
     @property
     def end(self) -> int:
         return self.offset + self.size
+
+
+@dataclass
+class BlockDefaults:
+    """Block sizes for modalities that no dataset of a run brings a tokenizer for (a text-only
+    run still has image and audio blocks, so its checkpoint can be trained on later)."""
+
+    image_codes: int = 16384
+    audio_codes: int = 1024
+    audio_levels: int = 4
+    audio_shared_block: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,9 +151,6 @@ class VocabLayout:
     def vocab_size(self) -> int:
         return self.task_offset + len(TASKS)
 
-    def mask_token(self, modality: int) -> int:
-        return self.blocks[modality].mask
-
     # ---- id arithmetic ------------------------------------------------------------------
     def to_global(self, modality: int, local: np.ndarray) -> np.ndarray:
         """Modality-local codes → global ids. Audio codes come as a (levels, frames) matrix
@@ -169,11 +185,6 @@ class VocabLayout:
             codes = codes - (np.arange(self.audio_levels, dtype=np.int64) * self.audio_codes)[:, None]
         return np.ascontiguousarray(codes)
 
-    def to_local(self, modality: int, ids: np.ndarray) -> np.ndarray:
-        block = self.blocks[modality]
-        ids = np.asarray(ids, dtype=np.int64)
-        return ids - block.offset
-
     def modality_of(self, ids: np.ndarray) -> np.ndarray:
         """Per-id modality (TEXT/IMAGE/AUDIO, TASK for task tokens); PAD counts as TEXT."""
         ids = np.asarray(ids)
@@ -184,7 +195,27 @@ class VocabLayout:
             raise ValueError(f"id outside vocabulary [0, {self.vocab_size})")
         return out
 
-    # ---- serialisation ------------------------------------------------------------------
+    # ---- construction and serialisation -------------------------------------------------
+    @classmethod
+    def from_tokenizers(cls, tokenizers: Mapping[str, "TokenizerInfo"], defaults: BlockDefaults | None = None) -> "VocabLayout":
+        """The one way a layout is built from tokenizers: text codes = the text tokenizer's
+        vocabulary, image codes = the image codebook, audio codes / levels = the codec's codebook
+        size and kept levels; modalities without a tokenizer take ``defaults``. The fingerprints
+        are kept so that data from other tokenizers is refused."""
+        d = defaults or BlockDefaults()
+        text = tokenizers.get("text")
+        if text is None:
+            raise ValueError("no text tokenizer: every row kind carries text, so a layout needs one")
+        image, audio = tokenizers.get("image"), tokenizers.get("audio")
+        return cls(
+            text_codes=text.vocab_size,
+            image_codes=image.vocab_size if image else d.image_codes,
+            audio_codes=audio.vocab_size if audio else d.audio_codes,
+            audio_levels=(audio.levels or d.audio_levels) if audio else d.audio_levels,
+            audio_shared_block=d.audio_shared_block,
+            fingerprints={k: v.fingerprint for k, v in sorted(tokenizers.items())},
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["vocab_size"] = self.vocab_size
@@ -202,13 +233,6 @@ class VocabLayout:
         if expected is not None and expected != layout.vocab_size:
             raise ValueError(f"serialised vocab_size {expected} != derived {layout.vocab_size}")
         return layout
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, s: str) -> "VocabLayout":
-        return cls.from_dict(json.loads(s))
 
     def check_compatible(self, other: "VocabLayout", what: str = "data") -> None:
         """Refuse to mix ids from different tokenizers or layouts, with a clear message."""

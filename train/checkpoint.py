@@ -1,124 +1,239 @@
-"""Checkpoints with ``torch.distributed.checkpoint`` (DCP): sharded model + optimizer, plus state.
+"""Checkpoints with ``torch.distributed.checkpoint`` (DCP), on local disk or object storage.
 
-Layout of ``<run>/checkpoints/step-0000100/``:
+Layout of ``<run>/checkpoints/step-0000100/`` (``docs/checkpoints.md``):
 
-- DCP files (``.metadata``, ``__<rank>_0.distcp``): model and optimizer, each rank writing its
-  shards; DCP reshards on load, so a checkpoint resumes on another world size;
-- ``rank-<r>.json``: that rank's loader stream states (the data position);
-- ``state.json``: step, config, vocabulary layout, reparameterisation values, world size. It
-  is written last, by rank 0, after every rank finished: **a checkpoint counts only when
-  state.json exists**. The folder is first written as ``step-…​.partial`` and renamed once
-  complete, so a crash mid-save never touches the latest good checkpoint.
+- DCP files (``.metadata``, ``__<rank>_0.distcp``): sharded model and optimizer, each rank writing
+  its shards; DCP reshards on load, so a checkpoint resumes on another world size;
+- ``rank-<r>.json``: that rank's loader state (the data position);
+- ``state.json``: step, run id, config, vocabulary layout, tokenizers, reparameterisation values,
+  world size;
+- ``files.json``, **written last** by rank 0 once every rank has finished: every file of the
+  checkpoint with its size and sha256. A checkpoint is complete only when ``files.json`` exists,
+  and loading checks every file against it, so a truncated, missing or altered file is named
+  instead of loaded.
 
-Random numbers need no saved state: masking and time draws are seeded from (seed, step, rank).
+Local folders are first written as ``step-….partial`` and renamed once complete; on object
+storage (``s3://``, ``gs://``, through DCP's fsspec storage) the files are written in place and
+``files.json`` alone marks completion. Random numbers need no saved state: every draw is seeded
+from (seed, step, global row).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import re
-import shutil
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
 
+from trimodal import storage
 from trimodal.train import distributed as D
 
 STEP_RE = re.compile(r"^step-(\d{7})$")
 STATE = "state.json"
+FILES = "files.json"
 
 
-def step_dir(root: str | Path, step: int) -> Path:
-    return Path(root) / f"step-{step:07d}"
+class CheckpointError(RuntimeError):
+    """A checkpoint is incomplete or damaged; the message names the checkpoint and the file."""
 
 
-def complete_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (partial folders are ignored)."""
-    root = Path(root)
-    if not root.is_dir():
+def step_dir(root: str, step: int) -> str:
+    return storage.join(root, f"step-{step:07d}")
+
+
+def _is_local(url: str) -> bool:
+    fs, _ = storage.fs_and_path(url)
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def _writer(path: str):
+    if _is_local(path):
+        return dcp.FileSystemWriter(storage.fs_and_path(path)[1])
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+    return FsspecWriter(path)
+
+
+def _reader(path: str):
+    if _is_local(path):
+        return dcp.FileSystemReader(storage.fs_and_path(path)[1])
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+    return FsspecReader(path)
+
+
+def complete_checkpoints(root: str) -> list[str]:
+    """Checkpoints under ``root`` that have their ``files.json``, oldest first."""
+    fs, path = storage.fs_and_path(root)
+    try:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+    except FileNotFoundError:
         return []
-    found = [p for p in root.iterdir() if STEP_RE.match(p.name) and (p / STATE).is_file()]
-    return sorted(found, key=lambda p: int(STEP_RE.match(p.name).group(1)))
+    steps = sorted(int(m.group(1)) for n in names if (m := STEP_RE.match(n)))
+    return [step_dir(root, s) for s in steps if fs.exists(f"{storage.fs_and_path(step_dir(root, s))[1]}/{FILES}")]
 
 
-def latest_checkpoint(root: str | Path) -> Path | None:
-    ckpts = complete_checkpoints(root)
-    return ckpts[-1] if ckpts else None
+def step_of(path: str) -> int:
+    m = STEP_RE.match(path.rstrip("/").rsplit("/", 1)[-1])
+    if not m:
+        raise ValueError(f"{path} is not a step-NNNNNNN checkpoint folder")
+    return int(m.group(1))
 
 
-def save_checkpoint(
-    root: str | Path,
-    step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: dict[str, Any],
-    rank_state: dict[str, Any],
-    info: D.DistInfo,
-    keep_last: int = 3,
-) -> Path:
+def _sha256(url: str) -> tuple[int, str]:
+    fs, path = storage.fs_and_path(url)
+    h = hashlib.sha256()
+    n = 0
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            n += len(chunk)
+    return n, h.hexdigest()
+
+
+def _list_files(path: str) -> list[str]:
+    fs, p = storage.fs_and_path(path)
+    return sorted(x.rstrip("/").rsplit("/", 1)[-1] for x in fs.ls(p, detail=False) if fs.isfile(x))
+
+
+def save_checkpoint(root: str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], rank_state: dict[str, Any], info: D.DistInfo) -> str:
     """Save collectively (every rank calls this); returns the final folder."""
     final = step_dir(root, step)
-    partial = final.with_name(final.name + ".partial")
+    local = _is_local(root)
+    target = final + ".partial" if local else final
+    fs, tpath = storage.fs_and_path(target)
     if info.is_main:
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
+        if fs.exists(tpath):
+            fs.rm(tpath, recursive=True)
+        if not local and fs.exists(storage.fs_and_path(final)[1]):
+            fs.rm(storage.fs_and_path(final)[1], recursive=True)
+        fs.makedirs(tpath, exist_ok=True)
     D.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))
-    (partial / f"rank-{info.rank}.json").write_text(json.dumps(rank_state, sort_keys=True))
+    dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=_writer(target))
+    storage.write_atomic(storage.join(target, f"rank-{info.rank}.json"), json.dumps(rank_state, sort_keys=True).encode())
     D.barrier()
     if info.is_main:
-        (partial / STATE).write_text(json.dumps({**state, "step": step, "world_size": info.world_size}, indent=1, sort_keys=True))
-        _fsync_dir(partial)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        for old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        storage.write_atomic(storage.join(target, STATE), json.dumps(
+            {**state, "step": step, "world_size": info.world_size}, indent=1, sort_keys=True).encode())
+        files = {}
+        for name in _list_files(target):
+            if name == FILES or storage.TMP_MARK in name:
+                continue
+            size, digest = _sha256(storage.join(target, name))
+            files[name] = {"bytes": size, "sha256": digest}
+        record = {"step": step, "run_id": state.get("run_id"), "files": files}
+        storage.write_atomic(storage.join(target, FILES), json.dumps(record, indent=1, sort_keys=True).encode())
+        if local:
+            ffs, fpath = storage.fs_and_path(final)
+            if ffs.exists(fpath):
+                ffs.rm(fpath, recursive=True)
+            ffs.mv(tpath, fpath, recursive=True)
     D.barrier()
     return final
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Load model/optimizer in place (resharding as needed); returns state.json plus
-    ``rank_states``: every saved rank's state (for resuming on another world size)."""
-    path = Path(path)
-    if not (path / STATE).is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE})")
-    state = json.loads((path / STATE).read_text())
-    if optimizer is not None:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        sd = {"model": model_sd, "optim": optim_sd}
-        dcp.load(sd, checkpoint_id=str(path))
-        set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
-    else:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-
-        sd = {"model": get_model_state_dict(model)}
-        dcp.load(sd, checkpoint_id=str(path))
-        set_model_state_dict(model, sd["model"])
-    state["rank_states"] = [
-        json.loads((path / f"rank-{r}.json").read_text()) for r in range(int(state["world_size"]))
-    ]
-    return state
+def prune(root: str, keep_last: int, run_id: str | None) -> list[str]:
+    """Delete all but the ``keep_last`` newest complete checkpoints of run ``run_id``."""
+    if keep_last <= 0:
+        return []
+    ours = [p for p in complete_checkpoints(root) if read_files(p).get("run_id") == run_id]
+    removed = []
+    for p in ours[:-keep_last]:
+        fs, path = storage.fs_and_path(p)
+        fs.rm(path, recursive=True)
+        removed.append(p)
+    return removed
 
 
-def read_state(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not (path / STATE).is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE})")
-    return json.loads((path / STATE).read_text())
-
-
-def _fsync_dir(path: Path) -> None:
+def read_files(path: str) -> dict[str, Any]:
+    url = storage.join(path, FILES)
     try:
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except OSError:
-        pass
+        return json.loads(storage.read_bytes(url))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is not a complete checkpoint (no {FILES})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{url}: damaged ({e})") from None
+
+
+def verify(path: str, rank: int = 0, world_size: int = 1) -> None:
+    """Check the files of a checkpoint against ``files.json``; rank ``r`` of ``W`` hashes every
+    W-th file (the callers all-reduce the outcome). Raises :class:`CheckpointError` naming the
+    first bad file."""
+    record = read_files(path)
+    for i, (name, meta) in enumerate(sorted(record["files"].items())):
+        if i % world_size != rank:
+            continue
+        url = storage.join(path, name)
+        try:
+            size, digest = _sha256(url)
+        except FileNotFoundError:
+            raise CheckpointError(f"{url}: missing") from None
+        if size != meta["bytes"]:
+            raise CheckpointError(f"{url}: {size} bytes, {FILES} says {meta['bytes']} (truncated or replaced)")
+        if digest != meta["sha256"]:
+            raise CheckpointError(f"{url}: sha256 {digest[:12]}… differs from {FILES} ({meta['sha256'][:12]}…): damaged")
+
+
+def read_state(path: str) -> dict[str, Any]:
+    """``state.json`` of a complete checkpoint (its files are not hashed here)."""
+    read_files(path)
+    url = storage.join(path, STATE)
+    try:
+        return json.loads(storage.read_bytes(url))
+    except FileNotFoundError:
+        raise CheckpointError(f"{url}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{url}: damaged ({e})") from None
+
+
+@dataclass
+class Loaded:
+    path: str
+    state: dict[str, Any]
+    rank_states: list[dict[str, Any]]
+
+
+def load_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    info: D.DistInfo | None = None) -> Loaded:
+    """Verify, then load model (and optimizer) in place, resharding as needed. Every failure,
+    DCP's own included (its ``CheckpointException`` is a ``BaseException``), becomes a
+    :class:`CheckpointError` naming the checkpoint."""
+    info = info or D.DistInfo()
+    problem = ""
+    try:
+        verify(path, info.rank, info.world_size)
+    except CheckpointError as e:
+        problem = str(e)
+    problem = D.first_error(problem)
+    if problem:
+        raise CheckpointError(problem)
+    state = read_state(path)
+    try:
+        if optimizer is not None:
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            sd = {"model": model_sd, "optim": optim_sd}
+            dcp.load(sd, storage_reader=_reader(path))
+            set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        else:
+            sd = {"model": get_model_state_dict(model)}
+            dcp.load(sd, storage_reader=_reader(path))
+            set_model_state_dict(model, sd["model"])
+    except (Exception, BaseException) as e:  # noqa: B036 - CheckpointException is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise CheckpointError(f"{path}: could not be loaded ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    rank_states = []
+    for r in range(int(state["world_size"])):
+        url = storage.join(path, f"rank-{r}.json")
+        try:
+            rank_states.append(json.loads(storage.read_bytes(url)))
+        except (FileNotFoundError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{url}: {type(e).__name__}") from None
+    return Loaded(path=path, state=state, rank_states=rank_states)

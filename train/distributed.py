@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from trimodal.tokenizers.runtime import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -32,16 +34,15 @@ class DistInfo:
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("run.device=cuda but no CUDA device is available")
+    """The project's one device resolver (``auto``/``cpu``/``cuda``), bound to this process's
+    local rank on CUDA."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"run.device must be auto, cpu or cuda, got {name!r}")
+    device = resolve_device(name)
+    if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise ValueError(f"run.device must be auto, cpu or cuda, got {name!r}")
-    return torch.device("cpu")
+    return device
 
 
 def init_distributed(device_name: str = "auto") -> DistInfo:
@@ -66,19 +67,41 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj):
+def on_main(fn):
+    """Run ``fn`` on rank 0 and hand its result (or its error) to every rank: a refusal on rank 0
+    is raised everywhere, instead of leaving the other ranks waiting in a collective."""
+    result, error = None, None
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # re-raised below, on every rank
+            error = e
     if dist.is_available() and dist.is_initialized():
-        box = [obj]
+        box = [(result, None if error is None else (type(error), str(error)))]
         dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return obj
+        result, err = box[0]
+        if err is not None and error is None:
+            error = err[0](err[1]) if issubclass(err[0], Exception) else RuntimeError(err[1])
+    if error is not None:
+        raise error
+    return result
+
+
+def first_error(message: str) -> str:
+    """The first non-empty error message of any rank ("" when every rank is fine), so that all
+    ranks raise together instead of some waiting forever in the next collective."""
+    if dist.is_available() and dist.is_initialized():
+        box: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(box, message)
+        return next((m for m in box if m), "")
+    return message
 
 
 def shard_model(
     model: nn.Module,
     param_dtype: torch.dtype | None,
     reduce_dtype: torch.dtype = torch.float32,
-    activation_checkpointing: bool = False,
+    activation_checkpointing: str = "none",
     compile: bool = False,
 ) -> nn.Module:
     """Per-block activation checkpointing / compile, then FSDP2 ``fully_shard`` per block + root.
@@ -86,11 +109,17 @@ def shard_model(
     With no process group only the checkpointing/compile parts apply. ``param_dtype`` (e.g. bf16)
     is the compute dtype under FSDP's mixed-precision policy; gradients reduce in float32.
     """
-    if activation_checkpointing:
+    if activation_checkpointing not in ("none", "full", "selective", True, False):
+        raise ValueError(f"activation_checkpointing must be none, full or selective, got {activation_checkpointing!r}")
+    if activation_checkpointing in ("full", "selective", True):
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+        # selective (layer level, as torchtitan's): every other block recomputes its activations,
+        # half the memory saving for half the recompute
+        every = 2 if activation_checkpointing == "selective" else 1
         for i, block in enumerate(model.layers):
-            model.layers[i] = checkpoint_wrapper(block)
+            if i % every == 0:
+                model.layers[i] = checkpoint_wrapper(block)
     if compile:
         for block in model.layers:
             block.compile()  # in place: state-dict keys stay the same

@@ -1,133 +1,80 @@
-"""``trimodal sample``: load a checkpoint, build the task template, sample, decode to a file.
+"""``trimodal sample``: load a model, sample text, images or speech, write them to a file.
 
-Outputs: text (``.txt``), images (``.png``, several seeds as a grid) and speech (``.wav``).
-Tokenizer paths default to those recorded in the checkpoint (from the dataset manifests).
+Outputs: text (``.txt``), images (``.png``, several seeds as a near-square grid) and speech
+(``.wav``, several clips concatenated). Tokenizers default to the ones recorded with the model
+(the dataset manifests' paths); ``--*-tokenizer`` overrides a location. The generation itself is
+the Python API's (:mod:`trimodal.api`).
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-
-from trimodal.tokenizers.vocab import AUDIO, IMAGE, TEXT, VocabLayout
-from trimodal.train import checkpoint as ckpt
-from trimodal.train.configs import from_dict
-from trimodal.train.distributed import pick_device
-from trimodal.train.model import ModelConfig, Transformer
-from trimodal.train.sampler import SamplerConfig, media_template, sample, span, text_template
+from typing import Literal
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run folder / checkpoints folder (its latest complete one)."""
-    path = Path(path)
-    if (path / ckpt.STATE).is_file():
-        return path
-    for root in (path / "checkpoints", path):
-        latest = ckpt.latest_checkpoint(root)
-        if latest is not None:
-            return latest
-    raise FileNotFoundError(f"no complete checkpoint under {path}")
+from trimodal.config import option
+from trimodal.shards.show import image_grid
 
 
-def load_model(path: str | Path, device: torch.device) -> tuple[Transformer, VocabLayout, dict[str, Any]]:
-    path = resolve_checkpoint(path)
-    state = ckpt.read_state(path)
-    layout = VocabLayout.from_dict(state["layout"])
-    model = Transformer(from_dict(ModelConfig, state["config"]["model"]), layout)
-    ckpt.load_checkpoint(path, model, None)
-    return model.to(device).eval(), layout, state
+@dataclass
+class SampleConfig:
+    checkpoint: str = option("", help="run folder, checkpoint folder, or an exported model folder")
+    task: Literal["text", "image", "speech"] = option("text", help="what to generate")
+    prompt: str = option("", help="the text prompt (empty: unconditional)")
+    out: str = option("", help="output file (.txt, .png or .wav)")
+    steps: int | None = option(None, help="sampling steps (default: the paper's per task)")
+    cfg: float | None = option(None, help="classifier-free guidance scale (default: the paper's per task)")
+    temperature: float | None = option(None, help="sampling temperature (default: the paper's per task)")
+    top_p: float | None = option(None, help="nucleus sampling mass (default: the paper's per task)")
+    order: Literal["random", "confidence"] = option("random", help="which masked positions are revealed first")
+    length: int = option(64, help="text: new tokens")
+    seconds: float = option(5.0, help="speech: duration")
+    num: int = option(1, help="samples (images: a grid; speech: concatenated clips)")
+    seed: int = option(0, help="seed of the first sample (the i-th uses seed + i)")
+    text_tokenizer: str | None = option(None, help="text tokenizer location (default: recorded)")
+    image_tokenizer: str | None = option(None, help="image tokenizer location (default: recorded)")
+    audio_tokenizer: str | None = option(None, help="audio tokenizer location (default: recorded)")
+    device: str = option("auto", help="auto, cpu or cuda")
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise ValueError("--checkpoint is required")
+        if not self.out:
+            raise ValueError("--out is required")
+        if self.num < 1 or self.length < 1:
+            raise ValueError("--num and --length must be >= 1")
 
 
-def _tokenizer_path(override: str | None, state: dict[str, Any], name: str) -> str:
-    path = override or state.get("tokenizers", {}).get(name, {}).get("path")
-    if not path:
-        raise ValueError(f"no {name} tokenizer recorded in the checkpoint: pass --{name}-tokenizer")
-    return path
+def run_sample(cfg: SampleConfig) -> list[str]:
+    """Generate and write ``cfg.out``; returns the lines to print (what was loaded and written)."""
+    import trimodal
 
-
-def image_grid(images: np.ndarray) -> np.ndarray:
-    """[N, H, W, 3] uint8 → one near-square grid image."""
-    n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.full((rows * h, cols * w, c), 255, dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, k = divmod(i, cols)
-        grid[r * h : (r + 1) * h, k * w : (k + 1) * w] = img
-    return grid
-
-
-def generate_cli(args) -> list[str]:
-    from trimodal.tokenizers.text import TextTokenizer
-
-    device = pick_device(args.device, 0)
-    model, layout, state = load_model(args.checkpoint, device)
-    text_tok = TextTokenizer.from_path(_tokenizer_path(args.text_tokenizer, state, "text"))
-    prompt_ids = text_tok.encode_one(args.prompt) if args.prompt else np.zeros(0, dtype=np.int64)
-    task = {"text": "text", "image": "image_text", "speech": "audio_text"}[args.task]
-    overrides = {k: v for k, v in {"steps": args.steps, "cfg_scale": args.cfg, "temperature": args.temperature,
-                                   "top_p": args.top_p}.items() if v is not None}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    if prompt_ids.size == 0 and SamplerConfig.for_task(task, **overrides).cfg_scale != 1.0:
-        # an empty prompt is unconditional sampling: there is nothing for CFG to guide by
-        overrides["cfg_scale"] = 1.0
+    m = trimodal.load(cfg.checkpoint, device=cfg.device)
+    lines = [m.describe()]
+    sampler = {"steps": cfg.steps, "cfg_scale": cfg.cfg, "temperature": cfg.temperature, "top_p": cfg.top_p,
+               "order": cfg.order}
+    if not cfg.prompt and cfg.task != "text" and cfg.cfg not in (None, 1.0):
         lines.append("empty prompt: unconditional sampling (no classifier-free guidance)")
-
-    if task == "text":
-        tpl = text_template(layout, prompt_ids, args.length)
-        texts = []
-        for i in range(args.num):
-            cfg = SamplerConfig.for_task("text", order=args.order, seed=args.seed + i, **overrides)
-            row = sample(model, tpl.tokens.to(device), tpl.modality.to(device), layout, cfg, prompt=tpl.prompt.to(device))
-            ids = span(layout, row.cpu(), TEXT) - layout.text.offset
-            ids = ids[(ids >= 0) & (ids < layout.text.codes)]
-            texts.append(text_tok.decode(ids.numpy()))
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.task == "text":
+        texts = [m.generate_text(cfg.prompt, cfg.length, seed=cfg.seed + i, text_tokenizer=cfg.text_tokenizer, **sampler)
+                 for i in range(cfg.num)]
         out.write_text("\n\n".join(texts) + "\n")
         lines += [f"sample {i}: {t!r}" for i, t in enumerate(texts)]
-    elif task == "image_text":
-        from trimodal.tokenizers.movqgan import MoVQGANTokenizer
-
-        img_tok = MoVQGANTokenizer.from_path(_tokenizer_path(args.image_tokenizer, state, "image"), device=str(device))
-        grid_hw = tuple(state.get("tokenizers", {}).get("image", {}).get("grid") or img_tok.grid)
-        n_media = int(grid_hw[0] * grid_hw[1])
-        tpl = media_template(layout, task, n_media, prompt_ids)
-        codes = []
-        for i in range(args.num):
-            cfg = SamplerConfig.for_task(task, order=args.order, seed=args.seed + i, **overrides)
-            row = sample(model, tpl.tokens.to(device), tpl.modality.to(device), layout, cfg, prompt=tpl.prompt.to(device))
-            local = (span(layout, row.cpu(), IMAGE) - layout.image.offset).numpy()
-            codes.append(local[:n_media].reshape(grid_hw))
-        images = img_tok.decode(np.stack(codes))
+    elif cfg.task == "image":
         from PIL import Image
 
+        images = m.generate_image(cfg.prompt, cfg.num, seed=cfg.seed, text_tokenizer=cfg.text_tokenizer,
+                                  image_tokenizer=cfg.image_tokenizer, **sampler)
         Image.fromarray(image_grid(images)).save(out)
-        lines.append(f"wrote {out} ({len(codes)} image(s) of {images.shape[1]}x{images.shape[2]})")
+        lines.append(f"wrote {out} ({len(images)} image(s) of {images.shape[1]}x{images.shape[2]})")
     else:
-        if args.seconds <= 0:
-            raise ValueError(f"--seconds must be positive, got {args.seconds}")
         from trimodal.tokenizers.audio_io import write_wav
-        from trimodal.tokenizers.dac import DACTokenizer
 
-        levels = layout.audio_levels
-        aud_tok = DACTokenizer.from_path(_tokenizer_path(args.audio_tokenizer, state, "audio"), n_keep=levels,
-                                         device=str(device))
-        frames = max(1, math.ceil(aud_tok.frames_per_second * args.seconds - 1e-9))  # never shorter than asked
-        tpl = media_template(layout, task, frames * levels, prompt_ids)
-        waves = []
-        for i in range(args.num):
-            cfg = SamplerConfig.for_task(task, order=args.order, seed=args.seed + i, **overrides)
-            row = sample(model, tpl.tokens.to(device), tpl.modality.to(device), layout, cfg, prompt=tpl.prompt.to(device))
-            codes = layout.audio_from_global(span(layout, row.cpu(), AUDIO).numpy())
-            wav = aud_tok.decode(codes)
-            waves.append(wav[: int(round(args.seconds * aud_tok.sample_rate))])
-        wav = np.concatenate(waves)
-        write_wav(str(out), wav, aud_tok.sample_rate)
-        lines.append(f"wrote {out} ({len(waves)} clip(s), {len(waves[0]) / aud_tok.sample_rate:.2f} s each at "
-                     f"{aud_tok.sample_rate} Hz)")
+        wav, sr = m.generate_speech(cfg.prompt, cfg.seconds, cfg.num, seed=cfg.seed, text_tokenizer=cfg.text_tokenizer,
+                                    audio_tokenizer=cfg.audio_tokenizer, **sampler)
+        write_wav(str(out), wav, sr)
+        lines.append(f"wrote {out} ({cfg.num} clip(s), {len(wav) / cfg.num / sr:.2f} s each at {sr} Hz)")
     return lines

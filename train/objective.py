@@ -1,16 +1,24 @@
-"""The masked-diffusion loss (PAPER §5), as pure functions of a batch.
+"""The masked-diffusion loss, as pure functions of a batch (``docs/objective.md``).
 
 Forward process: one t per row; every non-PAD, non-task position is independently replaced by
 its *own modality's* MASK token with probability 1 − α_t. Loss:
 
-    L = Σ_rows w(t_r) · Σ_{i masked in r} CE_i  /  (non-PAD positions in the batch)  +  λ_z · mean_i lse_i²
+    L = Σ_rows w(t_r) · Σ_{i masked in r} CE_i / N_tokens  +  λ_z · Σ_{i masked} lse_i² / N_masked
+
+with N_tokens the non-PAD positions and N_masked the masked positions *of the global batch* (all
+micro-batches, all ranks), so both terms are normalised once and the sum of the per-micro-batch,
+per-rank losses is exactly the global-batch loss, whatever the accumulation or world size.
 
 Dividing by the non-PAD count (not by the masked count |I_t|) is the reading under which
-E[w(t)·1{masked}] = 1 makes the first term an unbiased per-token ELBO (PAPER §5 "normalisation
-caveat"). Under data parallelism pass ``n_tokens`` = the global non-PAD count, so that summing
-rank losses' gradients gives exactly the global-batch loss (multiply by the world size if the
-gradient reduction averages, as FSDP's does by default). The non-PAD count includes task
-tokens (never scored): with L in the thousands that is a < 0.1 % scale.
+E[w(t)·1{masked}] = 1 makes the first term an unbiased per-token ELBO (the paper's formula
+prints w(t)/|I_t|; see the docs). Under data parallelism pass ``n_tokens``/``n_masked`` = the
+global counts (multiply the loss by the world size if the gradient reduction averages, as FSDP's
+does by default). The non-PAD count includes task tokens (never scored): with L in the thousands
+that is a < 0.1 % scale.
+
+Randomness per global row: :func:`row_uniforms` draws the masking uniforms of each row from a
+generator seeded by (seed, step, global row index), so a row gets the same mask whichever rank or
+micro-batch holds it.
 
 By default the logits are computed only at masked positions and only over the predictable ids
 of their modality's block (``restricted``); ``full_vocab=True`` scores every masked position
@@ -83,6 +91,26 @@ def mask_ids(layout: VocabLayout, modality: Tensor) -> Tensor:
     return table[modality]
 
 
+def seed_of(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, step, row, ...), the same on every machine."""
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + int(p) + 1) % (2**63 - 1)
+    return seed
+
+
+def row_uniforms(seed: int, step: int, rows: Tensor | list[int], length: int, salt: int = 0) -> Tensor:
+    """U(0, 1) masking draws [len(rows), length] on the CPU, row ``g`` from a generator seeded by
+    ``(seed, step, g, salt)``: a row's mask depends on its global index, not on who computes it."""
+    rows = rows.tolist() if isinstance(rows, Tensor) else list(rows)
+    out = torch.empty(len(rows), length)
+    g = torch.Generator()
+    for i, r in enumerate(rows):
+        g.manual_seed(seed_of(seed, step, r, salt))
+        out[i] = torch.rand(length, generator=g)
+    return out
+
+
 def apply_mask(
     tokens: Tensor,
     modality: Tensor,
@@ -90,12 +118,16 @@ def apply_mask(
     mask_prob: Tensor,
     layout: VocabLayout,
     generator: torch.Generator | None = None,
+    uniforms: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Mask each maskable position of row r independently with probability ``mask_prob[r]``
     (= 1 − α(t_r), from the schedule). Returns ``(noisy_tokens, is_masked)``. The uniforms are
-    drawn on the generator's device (a CPU generator works for CUDA tokens, at a copy's cost)."""
-    gen_device = generator.device if generator is not None else tokens.device
-    u = torch.rand(tokens.shape, generator=generator, device=gen_device).to(tokens.device)
+    ``uniforms`` when given (e.g. :func:`row_uniforms`), else drawn from ``generator`` on its
+    device (a CPU generator works for CUDA tokens, at a copy's cost)."""
+    if uniforms is None:
+        gen_device = generator.device if generator is not None else tokens.device
+        uniforms = torch.rand(tokens.shape, generator=generator, device=gen_device)
+    u = uniforms.to(tokens.device)
     is_masked = (u < mask_prob.to(u.dtype).unsqueeze(1)) & maskable(modality, valid)
     return torch.where(is_masked, mask_ids(layout, modality), tokens), is_masked
 
@@ -134,9 +166,11 @@ def masked_diffusion_loss(
     full_vocab: bool = False,
     z_loss: float = 1e-5,
     n_tokens: Tensor | int | None = None,
+    n_masked: Tensor | int | None = None,
 ) -> LossOutput:
     """The loss from hidden states [B, L, D], clean ``tokens`` (the targets), ``is_masked``
-    [B, L] and the per-row ELBO weight ``weight`` [B] = w(t).
+    [B, L] and the per-row ELBO weight ``weight`` [B] = w(t). ``n_tokens`` / ``n_masked``
+    default to this batch's non-PAD and masked counts.
 
     ``model`` provides ``logits_for`` and ``full_logits`` (see ``model.py``); logits are
     computed in float32 from the gathered masked rows only."""
@@ -164,8 +198,11 @@ def masked_diffusion_loss(
     if n_tokens is None:
         n_tokens = valid.sum()
     n_tokens = torch.as_tensor(n_tokens, device=device, dtype=torch.float32).clamp_min(1.0)
+    if n_masked is None:
+        n_masked = lse.numel()
+    n_masked = torch.as_tensor(n_masked, device=device, dtype=torch.float32).clamp_min(1.0)
     ce_loss = (w * ce).sum() / n_tokens
-    z = (lse * lse).sum() / max(lse.numel(), 1)
+    z = (lse * lse).sum() / n_masked
     loss = ce_loss + z_loss * z
 
     with torch.no_grad():
@@ -179,6 +216,58 @@ def masked_diffusion_loss(
     return LossOutput(loss=loss, ce=ce_loss.detach(), z_loss=z.detach(), **stats)
 
 
+@dataclass
+class Corrupted:
+    """A batch after the forward process: what the model sees (``noisy``), the targets, and each
+    row's ELBO weight. With anti-masking every row appears twice (its mask, then the complement)."""
+
+    noisy: Tensor
+    tokens: Tensor
+    modality: Tensor
+    valid: Tensor
+    is_masked: Tensor
+    weight: Tensor
+
+
+def corrupt(
+    tokens: Tensor,
+    modality: Tensor,
+    valid: Tensor,
+    t: Tensor,
+    layout: VocabLayout,
+    cfg: ObjectiveConfig,
+    schedule: Schedule | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    uniforms: Tensor | None = None,
+) -> Corrupted:
+    """Mask every row at its t. With ``cfg.anti_mask`` each row is followed by its complement,
+    masked at rate α(t) and weighted by −α'(t)/α(t) (``Schedule.anti_weight``), evaluated at
+    min(t, 1 − eps) — the mirror of the plain rows' t ≥ eps bound, which keeps the weight finite
+    as α(t) → 0."""
+    schedule = schedule or make_schedule(cfg.schedule)
+    t = t.to(tokens.device, torch.float32)
+    noisy, is_masked = apply_mask(tokens, modality, valid, schedule.mask_prob(t), layout, generator, uniforms)
+    weight = schedule.weight(t)
+    if cfg.anti_mask:
+        noisy_c, is_masked_c = anti_mask(tokens, modality, valid, is_masked, layout)
+        tokens, modality, valid = (torch.cat([x, x]) for x in (tokens, modality, valid))
+        noisy, is_masked = torch.cat([noisy, noisy_c]), torch.cat([is_masked, is_masked_c])
+        weight = torch.cat([weight, schedule.anti_weight(t.clamp(max=1.0 - cfg.eps))])
+    return Corrupted(noisy, tokens, modality, valid, is_masked, weight)
+
+
+def score(model, c: Corrupted, layout: VocabLayout, cfg: ObjectiveConfig, *, n_tokens: Tensor | int | None = None,
+          n_masked: Tensor | int | None = None) -> LossOutput:
+    """Forward the corrupted batch and score it. ``n_tokens``/``n_masked`` count the rows as
+    corrupted (anti-masked rows included); they default to this batch's counts."""
+    hidden = model(c.noisy, c.valid)
+    return masked_diffusion_loss(
+        model, hidden, c.tokens, c.modality, c.is_masked, c.valid, c.weight, layout,
+        full_vocab=cfg.full_vocab, z_loss=cfg.z_loss, n_tokens=n_tokens, n_masked=n_masked,
+    )
+
+
 def diffusion_loss(
     model,
     tokens: Tensor,
@@ -189,35 +278,20 @@ def diffusion_loss(
     *,
     t: Tensor | None = None,
     generator: torch.Generator | None = None,
+    uniforms: Tensor | None = None,
     schedule: Schedule | None = None,
     n_tokens: Tensor | int | None = None,
+    n_masked: Tensor | int | None = None,
 ) -> LossOutput:
-    """One training loss for a collated batch: draw t (unless given), mask, forward, score.
+    """One loss for a collated batch: draw t (unless given), :func:`corrupt`, :func:`score`.
 
-    For time sampling across ranks, draw ``t`` with :func:`sample_t` (``rank``/``world_size``,
-    a generator shared by all ranks) and pass it here; ``generator`` then only drives the
-    per-position masking and should differ per rank.
-
-    With ``cfg.anti_mask`` every row appears twice: once with its mask and once with the
-    complement, masked at rate α(t) and weighted by −α'(t)/α(t) (``Schedule.anti_weight``),
-    evaluated at min(t, 1 − eps) — the mirror of the plain rows' t ≥ eps bound, which keeps the
-    weight finite as α(t) → 0. ``n_tokens`` counts the rows as passed in; it is doubled here
-    with the rows, so the loss stays a mean per non-PAD token."""
+    ``n_tokens`` counts the rows as passed in (it is doubled here with anti-masking, so the loss
+    stays a mean per non-PAD token); ``n_masked`` counts every scored position (with
+    anti-masking: every maskable position)."""
     schedule = schedule or make_schedule(cfg.schedule)
     if t is None:
         t = sample_t(tokens.shape[0], cfg.eps, generator, cfg.time_sampling, device=tokens.device)
-    t = t.to(tokens.device, torch.float32)
-    noisy, is_masked = apply_mask(tokens, modality, valid, schedule.mask_prob(t), layout, generator)
-    weight = schedule.weight(t)
-    if cfg.anti_mask:
-        noisy_c, is_masked_c = anti_mask(tokens, modality, valid, is_masked, layout)
-        tokens, modality, valid = (torch.cat([x, x]) for x in (tokens, modality, valid))
-        noisy, is_masked = torch.cat([noisy, noisy_c]), torch.cat([is_masked, is_masked_c])
-        weight = torch.cat([weight, schedule.anti_weight(t.clamp(max=1.0 - cfg.eps))])
-        if n_tokens is not None:
-            n_tokens = 2 * n_tokens
-    hidden = model(noisy, valid)
-    return masked_diffusion_loss(
-        model, hidden, tokens, modality, is_masked, valid, weight, layout,
-        full_vocab=cfg.full_vocab, z_loss=cfg.z_loss, n_tokens=n_tokens,
-    )
+    c = corrupt(tokens, modality, valid, t, layout, cfg, schedule, generator=generator, uniforms=uniforms)
+    if cfg.anti_mask and n_tokens is not None:
+        n_tokens = 2 * n_tokens
+    return score(model, c, layout, cfg, n_tokens=n_tokens, n_masked=n_masked)

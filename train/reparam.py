@@ -9,6 +9,12 @@ and the run takes S = D/(B·L) optimiser steps (the step count follows B: this i
 accumulation). γ = 0 keeps the SDE drift/noise fixed (isonoise), γ = 1 the horizon (isohorizon);
 the paper's fit gives γ = 0.44. The paper leaves weight decay unscaled in eq. 4.2; the
 ``sqrt_kappa`` rule (Complete(d)P) scales it by √κ so the per-step decay lr·λ scales by κ.
+
+Not scaled by default, as the paper says nothing of them: the cosine floor ``min_lr`` (option
+``scale_min_lr`` scales it by √κ like the peak lr, keeping the schedule's shape) and the gradient
+clipping threshold (option ``grad_clip_rule=inv_sqrt_kappa``: at a fixed signal the gradient
+noise norm falls like 1/√B, so the threshold follows it to keep clipping as frequent).
+``docs/objective.md`` has the derivation and the run's view of these numbers.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import numbers
 from dataclasses import asdict, dataclass, field
 
 WEIGHT_DECAY_RULES = ("none", "sqrt_kappa")
+GRAD_CLIP_RULES = ("none", "inv_sqrt_kappa")
 
 
 @dataclass(frozen=True)
@@ -33,11 +40,40 @@ class BaseRun:
     weight_decay: float = 0.1
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReparamConfig:
+    """The ``reparam`` section of a training config. ``tokens`` = token horizon D (positions,
+    padding included: D = B·L·S); 0 switches the reparameterisation off, and ``run.steps`` with
+    the ``optim`` values are used as given. The base AdamW values are the ``optim`` section's;
+    ``base`` overrides them (for direct calls)."""
+
+    tokens: float = 0.0
     gamma: float = 0.44
     weight_decay_rule: str = "none"
-    base: BaseRun = field(default_factory=BaseRun)
+    base_batch: int = 256
+    base_tokens: float = 13e9
+    scale_min_lr: bool = False
+    grad_clip_rule: str = "none"
+    base: BaseRun | None = None
+
+    def __post_init__(self) -> None:
+        # Checked even when the reparameterisation is off (tokens = 0): a bad value is a typo.
+        if not (math.isfinite(self.tokens) and self.tokens >= 0):
+            raise ValueError(f"reparam.tokens must be >= 0 (0 = off), got {self.tokens}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"reparam.gamma must be in [0, 1], got {self.gamma}")
+        if self.weight_decay_rule not in WEIGHT_DECAY_RULES:
+            raise ValueError(f"reparam.weight_decay_rule must be one of {list(WEIGHT_DECAY_RULES)}, "
+                             f"got {self.weight_decay_rule!r}")
+        if self.grad_clip_rule not in GRAD_CLIP_RULES:
+            raise ValueError(f"reparam.grad_clip_rule must be one of {list(GRAD_CLIP_RULES)}, got {self.grad_clip_rule!r}")
+        if self.base_batch <= 0 or not self.base_tokens > 0:
+            raise ValueError(f"reparam.base_batch and reparam.base_tokens must be positive, "
+                             f"got {self.base_batch}, {self.base_tokens}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.tokens > 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +94,8 @@ class Reparam:
     weight_decay_rule: str
     steps: int  # S = round(D / (B·L))
     logical_steps: float  # S̃ = D / (B̃·L), for reference
+    min_lr_scale: float = 1.0  # factor on optim.min_lr
+    grad_clip_scale: float = 1.0  # factor on optim.grad_clip
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,7 +117,7 @@ def reparameterize(batch: int, tokens: float, seq_len: int, cfg: ReparamConfig |
     S is D/(B·L) rounded to the nearest integer (halves up), so the run sees D within B·L/2
     positions; a horizon below half a step is an error."""
     cfg = cfg or ReparamConfig()
-    base = cfg.base
+    base = cfg.base or BaseRun(batch=cfg.base_batch, tokens=cfg.base_tokens)
     _check(_is_int(batch) and batch > 0, "batch", batch, "a positive integer")
     _check(_is_int(seq_len) and seq_len > 0, "seq_len", seq_len, "a positive integer")
     _check(math.isfinite(tokens) and tokens > 0, "tokens", tokens, "a positive number")
@@ -115,4 +153,6 @@ def reparameterize(batch: int, tokens: float, seq_len: int, cfg: ReparamConfig |
         weight_decay_rule=cfg.weight_decay_rule,
         steps=steps,
         logical_steps=tokens / (logical_batch * seq_len),
+        min_lr_scale=sqrt_kappa if cfg.scale_min_lr else 1.0,
+        grad_clip_scale=1.0 / sqrt_kappa if cfg.grad_clip_rule == "inv_sqrt_kappa" else 1.0,
     )

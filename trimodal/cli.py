@@ -1,268 +1,442 @@
-"""The ``trimodal`` command line: one tool, a subcommand per job (SPEC §8).
+"""The ``trimodal`` command line: one tool, a subcommand per job, one way to configure each.
 
-Every failure exits non-zero with a one-line reason on stderr; ``--debug`` shows the traceback.
-Pipeline subcommands pass every option they do not know (``--runner``, ``--project``,
-``--direct_num_workers``, …) to Beam's ``PipelineOptions`` unchanged.
+Every command is driven by a dataclass config (the same one the Python API takes): its
+top-level fields are flags (``--text-tokenizer …``), every key can come from ``--config FILE``
+(JSON, YAML or TOML) or ``--set key=value``, and ``--help`` lists every key with its default.
+Every failure exits non-zero with a one-line reason on stderr; ``--debug`` (anywhere on the
+line) shows the traceback. Pipeline subcommands pass Beam's own options (``--runner``,
+``--project``, ``--direct_num_workers``, …) to ``PipelineOptions``; any other unknown option is an
+error that names the nearest matches.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from trimodal import __version__
+from trimodal.config import ConfigError, add_flags, build, describe, flag_values, option
 
 
-def _add_pipeline_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", nargs="+", required=True, help="input files or globs (any fsspec URL)")
-    p.add_argument("--out", required=True, help="dataset root to write (any fsspec URL)")
-    p.add_argument("--text-tokenizer", required=True, help="SentencePiece .model path")
-    p.add_argument("--source", default="", help="source name recorded per sample (default: file stem)")
-    p.add_argument("--shard-mb", type=float, default=128.0, help="target shard size in MB (default 128)")
-    p.add_argument("--compression", choices=["none", "zstd"], default="none")
-    p.add_argument("--batch-size", type=int, default=None, help="tokenizer batch size")
+# ---- small configs of the commands that own no component config -------------------------------
+@dataclass
+class TextTokenizerConfig:
+    inputs: list[str] = option(default_factory=list, flag="input", help="text/JSONL/Parquet files, globs or brace ranges")
+    vocab_size: int = option(0, help="pieces of the SentencePiece model")
+    out: str = option("", help="output .model path")
+    model_type: str = option("bpe", help="bpe or unigram")
+    text_field: str = option("text", help="JSON/Parquet field holding the document")
+    max_documents: int = option(1_000_000, help="documents read at most")
+
+    def __post_init__(self) -> None:
+        if not self.inputs or not self.out or self.vocab_size <= 0:
+            raise ValueError("--input, --vocab-size and --out are required")
+        if self.model_type not in ("bpe", "unigram"):
+            raise ValueError(f"--model-type must be bpe or unigram, got {self.model_type!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trimodal", description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+@dataclass
+class StatsConfig:
+    roots: list[str] = option(default_factory=list, flag="root", help="dataset roots")
+    json: bool = option(False, help="print one JSON object")
+    plots: str | None = option(None, help="write PNG histograms to this folder")
+    seq_len: int = option(3256, help="row length L for the padding and audio-overflow figures")
 
-    d = sub.add_parser("demo", help="the whole chain on the bundled sample: tokenizers, pipelines, stats, train, sample")
-    d.add_argument("--out", default="demo_out", help="output folder (default ./demo_out)")
-    d.add_argument("--steps", type=int, default=None, help="training steps (default: about two CPU minutes)")
-    d.add_argument("--modalities", default="text,image,audio", help="comma list of text,image,audio")
-
-    tok = sub.add_parser("tokenizer", help="tokenizer jobs").add_subparsers(dest="tok_command", required=True)
-    tt = tok.add_parser("train-text", help="train a SentencePiece model")
-    tt.add_argument("--input", nargs="+", required=True, help="text/JSONL/Parquet files or globs")
-    tt.add_argument("--vocab-size", type=int, required=True)
-    tt.add_argument("--out", required=True, help="output .model path")
-    tt.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"])
-    tt.add_argument("--text-field", default="text")
-    tt.add_argument("--max-documents", type=int, default=1_000_000)
-
-    pipe = sub.add_parser("pipeline", help="Beam pipelines").add_subparsers(dest="pipe_command", required=True)
-    pt = pipe.add_parser("text", allow_abbrev=False, help="text corpus -> tokenized shards")
-    _add_pipeline_common(pt)
-    pt.add_argument("--format", default="auto", choices=["auto", "jsonl", "parquet", "txt"])
-    pt.add_argument("--text-field", default="text")
-    pt.add_argument("--id-field", default=None)
-    pt.add_argument("--txt-unit", default="file", choices=["file", "paragraph", "line"])
-    pt.add_argument("--min-chars", type=int, default=1)
-    pt.add_argument("--max-chars", type=int, default=10_000_000)
-    pt.add_argument("--min-tokens", type=int, default=1)
-
-    pi = pipe.add_parser("image-text", allow_abbrev=False, help="image-caption corpus -> tokenized shards")
-    _add_pipeline_common(pi)
-    pi.add_argument("--image-tokenizer", required=True, help="MoVQGAN checkpoint path")
-    pi.add_argument("--format", default="auto", choices=["auto", "webdataset", "parquet", "folder"])
-    pi.add_argument("--captions", default=None, help="captions JSON-lines file (folder format)")
-    pi.add_argument("--image-size", type=int, default=256)
-    pi.add_argument("--device", default="auto")
-    pi.add_argument("--image-field", default=None, help="parquet image column (default: jpg, image, ...)")
-    pi.add_argument("--caption-field", default=None, help="caption column / JSON field (default: caption, text)")
-    pi.add_argument("--id-field", default=None)
-    pi.add_argument("--max-pixels", type=int, default=64_000_000, help="larger images are rejected unread")
-    pi.add_argument("--min-side", type=int, default=16, help="smaller images are filtered")
-    pi.add_argument("--seed", type=int, default=0, help="salt of the per-record preprocessing seed")
-    pi.add_argument("--allow-tf32", action="store_true", help="faster on GPU; codes may differ from CPU")
-
-    pa = pipe.add_parser("audio-text", allow_abbrev=False, help="audio-transcript corpus -> tokenized shards")
-    _add_pipeline_common(pa)
-    pa.add_argument("--audio-tokenizer", required=True, help="DAC weights path")
-    pa.add_argument("--format", default="auto", choices=["auto", "manifest", "webdataset"])
-    pa.add_argument("--codebooks", type=int, default=4, help="residual codebooks kept (k)")
-    pa.add_argument("--max-seconds", type=float, default=30.0, help="longer clips are filtered (too_long)")
-    pa.add_argument("--min-seconds", type=float, default=0.0, help="shorter clips are filtered (too_short)")
-    pa.add_argument("--bucket-seconds", type=float, default=1.0, help="length bucket width for batched encoding")
-    pa.add_argument("--device", default="auto")
-
-    pm = pipe.add_parser("mix", allow_abbrev=False, help="tokenized datasets -> mixed shards packed to L")
-    pm.add_argument("--inputs", nargs="+", required=True, help="dataset roots")
-    pm.add_argument("--weights", nargs="+", type=float, required=True)
-    pm.add_argument("--seq-len", type=int, required=True)
-    pm.add_argument("--rows", type=int, default=None, help="rows to write (default: one pass of the smallest source)")
-    pm.add_argument("--out", required=True)
-    pm.add_argument("--seed", type=int, default=0)
-    pm.add_argument("--shard-mb", type=float, default=128.0)
-
-    sh = sub.add_parser("shards", help="inspect tokenized shards").add_subparsers(dest="shards_command", required=True)
-    st = sh.add_parser("stats", help="per-source/per-modality statistics")
-    st.add_argument("root", nargs="+")
-    st.add_argument("--json", action="store_true", help="print one JSON object")
-    st.add_argument("--plots", default=None, help="write PNG histograms to this folder")
-    st.add_argument("--seq-len", type=int, default=3256, help="row length L for the padding estimate")
-    sv = sh.add_parser("verify", help="check every shard against the manifest")
-    sv.add_argument("root")
-
-    tr = sub.add_parser("train", help="train (single process, or under torchrun)")
-    tr.add_argument("--config", default=None, help="JSON config file")
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    tr.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
-
-    sa = sub.add_parser("sample", help="generate text, images or speech from a checkpoint")
-    sa.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
-    sa.add_argument("--task", choices=["text", "image", "speech"], required=True)
-    sa.add_argument("--prompt", default="")
-    sa.add_argument("--out", required=True)
-    sa.add_argument("--steps", type=int, default=None)
-    sa.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
-    sa.add_argument("--temperature", type=float, default=None)
-    sa.add_argument("--top-p", type=float, default=None)
-    sa.add_argument("--order", choices=["random", "confidence"], default="random")
-    sa.add_argument("--length", type=int, default=64, help="text: new tokens")
-    sa.add_argument("--seconds", type=float, default=5.0, help="speech: duration (> 0)")
-    sa.add_argument("--num", type=int, default=1, help="samples (images: a grid)")
-    sa.add_argument("--seed", type=int, default=0)
-    sa.add_argument("--text-tokenizer", default=None)
-    sa.add_argument("--image-tokenizer", default=None)
-    sa.add_argument("--audio-tokenizer", default=None)
-    sa.add_argument("--device", default="auto")
-    return parser
+    def __post_init__(self) -> None:
+        if not self.roots:
+            raise ValueError("give at least one dataset root")
 
 
-# ---- handlers ----------------------------------------------------------------------------
+@dataclass
+class VerifyConfig:
+    roots: list[str] = option(default_factory=list, flag="root", help="dataset roots")
+
+    def __post_init__(self) -> None:
+        if not self.roots:
+            raise ValueError("give at least one dataset root")
 
 
-def cmd_tokenizer(args: argparse.Namespace) -> int:
+@dataclass
+class ShowConfig:
+    roots: list[str] = option(default_factory=list, flag="root", help="dataset root")
+    n: int = option(3, help="samples to show")
+    out: str = option("shards_show", help="folder for decoded images (PNG) and audio (WAV)")
+    split: str = option("train", help="which split")
+    device: str = option("cpu", help="device for the media decoders")
+
+    def __post_init__(self) -> None:
+        if len(self.roots) != 1:
+            raise ValueError("give one dataset root")
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = option("", help="run folder or checkpoint folder")
+    out: str = option("", help="new folder to write")
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint or not self.out:
+            raise ValueError("--checkpoint and --out are required")
+
+
+@dataclass
+class PlotConfig:
+    runs: list[str] = option(default_factory=list, flag="run", help="run folders (their log.jsonl)")
+    out: str = option("curves.png", help="PNG to write")
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ValueError("give at least one run folder")
+
+
+# ---- the command table ---------------------------------------------------------------------------
+@dataclass
+class Command:
+    name: str  # e.g. "pipeline text"
+    help: str
+    config: Callable[[], type]
+    run: Callable[[Any, list[str]], int]
+    positional: str | None = None  # the config field filled by positional arguments
+    beam: bool = False  # pass Beam's options through
+
+
+def _pipeline_config(name: str) -> Callable[[], type]:
+    def get() -> type:
+        if name == "text":
+            from trimodal.pipelines.text import TextPipelineConfig as C
+        elif name == "image-text":
+            from trimodal.pipelines.image_text import ImageTextPipelineConfig as C
+        elif name == "audio-text":
+            from trimodal.pipelines.audio_text import AudioTextPipelineConfig as C
+        else:
+            from trimodal.pipelines.mix import MixPipelineConfig as C
+        return C
+    return get
+
+
+def run_pipeline(cfg: Any, beam_args: list[str]) -> int:
+    from trimodal.pipelines.common import summary
+    from trimodal.pipelines.text import TextPipelineConfig
+
+    if isinstance(cfg, TextPipelineConfig):
+        from trimodal.pipelines.text import run_text_pipeline as run
+    elif type(cfg).__name__ == "ImageTextPipelineConfig":
+        from trimodal.pipelines.image_text import run_image_text_pipeline as run
+    elif type(cfg).__name__ == "AudioTextPipelineConfig":
+        from trimodal.pipelines.audio_text import run_audio_text_pipeline as run
+    else:
+        from trimodal.pipelines.mix import run_mix_pipeline as run
+    manifest = run(cfg, beam_args)
+    if manifest is None:
+        print(f"dry run: the job graph was built; nothing ran, {cfg.out} is untouched")
+        return 0
+    print(summary(manifest, cfg.out))
+    return 0
+
+
+def run_text_tokenizer(cfg: TextTokenizerConfig, _: list[str]) -> int:
+    from trimodal.pipelines.records import Record
     from trimodal.pipelines.text_readers import read_text_file
-    from trimodal.shards.storage import expand_inputs
+    from trimodal.storage import expand_inputs
     from trimodal.tokenizers.text import train_text_tokenizer
 
-    files = expand_inputs(args.input)
+    files = expand_inputs(cfg.inputs)
 
     def texts():
         n = 0
         for url in files:
-            for rec in read_text_file(url, text_field=args.text_field):
-                if "text" in rec and n < args.max_documents:
+            for rec in read_text_file(url, text_field=cfg.text_field):
+                if isinstance(rec, Record) and n < cfg.max_documents:
                     n += 1
-                    yield rec["text"]
+                    yield rec.text
 
-    tok = train_text_tokenizer(texts(), args.vocab_size, args.out, model_type=args.model_type)
-    print(f"wrote {args.out}: vocab {tok.vocab_size}, fingerprint {tok.fingerprint}")
+    tok = train_text_tokenizer(texts(), cfg.vocab_size, cfg.out, model_type=cfg.model_type)
+    print(f"wrote {cfg.out}: vocab {tok.vocab_size}, fingerprint {tok.fingerprint}")
     return 0
 
 
-def cmd_pipeline(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from trimodal.pipelines.common import summary
+def run_stats(cfg: StatsConfig, _: list[str]) -> int:
+    from trimodal.shards.report import format_stats, write_plots
+    from trimodal.shards.stats import compute_stats
 
-    shard_bytes = int(args.shard_mb * 1e6) if hasattr(args, "shard_mb") else None
-    if args.pipe_command == "text":
-        from trimodal.pipelines.text import TextPipelineConfig, run_text_pipeline
-
-        cfg = TextPipelineConfig(
-            inputs=args.input, text_tokenizer=args.text_tokenizer, out=args.out, format=args.format, source=args.source,
-            text_field=args.text_field, id_field=args.id_field, txt_unit=args.txt_unit, min_chars=args.min_chars,
-            max_chars=args.max_chars, min_tokens=args.min_tokens, batch_size=args.batch_size or 256,
-            target_shard_bytes=shard_bytes, compression=args.compression,
-        )
-        manifest = run_text_pipeline(cfg, beam_args)
-    elif args.pipe_command == "image-text":
-        from trimodal.pipelines.image_text import ImageTextPipelineConfig, run_image_text_pipeline
-
-        cfg = ImageTextPipelineConfig(
-            inputs=args.input, text_tokenizer=args.text_tokenizer, image_tokenizer=args.image_tokenizer, out=args.out,
-            format=args.format, captions=args.captions, source=args.source, image_size=args.image_size,
-            device=args.device, batch_size=args.batch_size or 16, target_shard_bytes=shard_bytes,
-            compression=args.compression, image_field=args.image_field, caption_field=args.caption_field,
-            id_field=args.id_field, max_pixels=args.max_pixels, min_side=args.min_side, seed=args.seed,
-            allow_tf32=args.allow_tf32,
-        )
-        manifest = run_image_text_pipeline(cfg, beam_args)
-    elif args.pipe_command == "audio-text":
-        from trimodal.pipelines.audio_text import AudioTextPipelineConfig, run_audio_text_pipeline
-
-        cfg = AudioTextPipelineConfig(
-            inputs=args.input, text_tokenizer=args.text_tokenizer, audio_tokenizer=args.audio_tokenizer, out=args.out,
-            format=args.format, source=args.source, n_keep=args.codebooks, max_seconds=args.max_seconds,
-            min_seconds=args.min_seconds, bucket_seconds=args.bucket_seconds,
-            device=args.device, batch_size=args.batch_size or 8, target_shard_bytes=shard_bytes,
-            compression=args.compression,
-        )
-        manifest = run_audio_text_pipeline(cfg, beam_args)
-    elif args.pipe_command == "mix":
-        from trimodal.pipelines.mix import MixPipelineConfig, run_mix_pipeline
-
-        if len(args.weights) != len(args.inputs):
-            raise ValueError(f"--weights has {len(args.weights)} values for {len(args.inputs)} --inputs")
-        cfg = MixPipelineConfig(inputs=args.inputs, weights=args.weights, seq_len=args.seq_len, out=args.out,
-                                rows=args.rows, seed=args.seed, target_shard_bytes=shard_bytes)
-        manifest = run_mix_pipeline(cfg, beam_args)
-    else:  # pragma: no cover - argparse restricts choices
-        raise ValueError(args.pipe_command)
-    if manifest is None:
-        print(f"dry run: the {args.pipe_command} job graph was built; nothing ran, {args.out} is untouched")
-        return 0
-    print(summary(manifest, args.out))
+    stats = compute_stats(cfg.roots, seq_len=cfg.seq_len)
+    if cfg.plots:
+        stats["plots"] = write_plots(stats, cfg.plots)
+    print(json.dumps(stats, sort_keys=True) if cfg.json else format_stats(stats))
     return 0
 
 
-def cmd_shards(args: argparse.Namespace) -> int:
-    if args.shards_command == "stats":
-        from trimodal.shards.stats import compute_stats, format_stats, write_plots
-
-        stats = compute_stats(args.root, seq_len=args.seq_len)
-        if args.plots:
-            stats["plots"] = write_plots(stats, args.plots)
-        print(json.dumps(stats, sort_keys=True) if args.json else format_stats(stats))
-        return 0
+def run_verify(cfg: VerifyConfig, _: list[str]) -> int:
     from trimodal.shards.verify import verify
 
-    report = verify(args.root)
-    print(report.format())
-    if not report.ok:
-        print(f"error: {args.root}: {len(report.problems)} bad shard(s)", file=sys.stderr)
+    bad = []
+    for root in cfg.roots:
+        report = verify(root)
+        print(report.format(), end="")
+        if not report.ok:
+            bad.append(f"{root}: {report.summary()}")
+    if bad:
+        print("error: " + "; ".join(bad), file=sys.stderr)
         return 1
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from trimodal.train.trainer import TrainConfig, train
+def run_show(cfg: ShowConfig, _: list[str]) -> int:
+    from trimodal.shards.show import show
 
-    overrides = list(args.set) + (["run.resume=true"] if args.resume else [])
-    cfg = TrainConfig.load(args.config, overrides)
-    result = train(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"trained steps {result['start_step']}..{result['end_step']} of {result['steps']}: first loss {result['first_loss']:.4f}, "
-              f"last loss {result['last_loss']:.4f}")
-        print(f"  log: {result['log']}\n  checkpoints: {result['checkpoints']}")
-    return 0
-
-
-def cmd_sample(args: argparse.Namespace) -> int:
-    from trimodal.train.generate import generate_cli
-
-    for line in generate_cli(args):
+    for line in show(cfg.roots[0], cfg.n, cfg.out, split=cfg.split, device=cfg.device):
         print(line)
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from trimodal.demo import run_demo
+def run_train(cfg: Any, _: list[str]) -> int:
+    from trimodal.train.trainer import train
 
-    run_demo(args.out, steps=args.steps, modalities=[m.strip() for m in args.modalities.split(",") if m.strip()])
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained steps {result['start_step']}..{result['end_step']} of {result['steps']}: "
+              f"first loss {result['first_loss']:.4f}, last loss {result['last_loss']:.4f}")
+        print(f"  log: {result['log']}\n  checkpoints: {result['checkpoints']}")
     return 0
+
+
+def run_sample_cmd(cfg: Any, _: list[str]) -> int:
+    from trimodal.train.generate import run_sample
+
+    for line in run_sample(cfg):
+        print(line)
+    return 0
+
+
+def run_eval_cmd(cfg: Any, _: list[str]) -> int:
+    from trimodal.train.eval_job import format_result, run_eval
+
+    result = run_eval(cfg)
+    print(json.dumps(result, sort_keys=True) if cfg.json else format_result(result))
+    return 0
+
+
+def run_export(cfg: ExportConfig, _: list[str]) -> int:
+    from trimodal.api import export
+
+    for path in export(cfg.checkpoint, cfg.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def run_plot(cfg: PlotConfig, _: list[str]) -> int:
+    from trimodal.train.plots import plot_runs
+
+    print(f"wrote {plot_runs(cfg.runs, cfg.out)}")
+    return 0
+
+
+def run_demo(cfg: Any, _: list[str]) -> int:
+    from trimodal.demo import run_demo as demo
+
+    demo(cfg)
+    return 0
+
+
+def _train_config() -> type:
+    from trimodal.train.trainer import TrainConfig
+
+    return TrainConfig
+
+
+def _sample_config() -> type:
+    from trimodal.train.generate import SampleConfig
+
+    return SampleConfig
+
+
+def _eval_config() -> type:
+    from trimodal.train.eval_job import EvalJobConfig
+
+    return EvalJobConfig
+
+
+def _demo_config() -> type:
+    from trimodal.demo import DemoConfig
+
+    return DemoConfig
+
+
+def _experiment_config(kind: str) -> Callable[[], type]:
+    def get() -> type:
+        from trimodal.experiments import runner
+
+        return runner.RunSpecConfig if kind == "run" else runner.FitConfig
+    return get
+
+
+def _run_experiment(cfg: Any, _: list[str]) -> int:
+    from trimodal.experiments import runner
+
+    for line in runner.main(cfg):
+        print(line)
+    return 0
+
+
+COMMANDS = [
+    Command("demo", "the whole chain on the bundled sample: tokenizers, pipelines, stats, train, sample",
+            _demo_config, run_demo),
+    Command("tokenizer train-text", "train a SentencePiece model", lambda: TextTokenizerConfig, run_text_tokenizer),
+    Command("pipeline text", "text corpus -> tokenized shards", _pipeline_config("text"), run_pipeline, beam=True),
+    Command("pipeline image-text", "image-caption corpus -> tokenized shards", _pipeline_config("image-text"),
+            run_pipeline, beam=True),
+    Command("pipeline audio-text", "audio-transcript corpus -> tokenized shards", _pipeline_config("audio-text"),
+            run_pipeline, beam=True),
+    Command("pipeline mix", "tokenized datasets -> mixed shards packed to L", _pipeline_config("mix"), run_pipeline,
+            beam=True),
+    Command("shards stats", "per-source/task/split statistics", lambda: StatsConfig, run_stats, positional="roots"),
+    Command("shards verify", "check every shard against the manifest", lambda: VerifyConfig, run_verify,
+            positional="roots"),
+    Command("shards show", "decode a few samples back to text, a PNG grid or WAV", lambda: ShowConfig, run_show,
+            positional="roots"),
+    Command("train", "train (single process, or under torchrun)", _train_config, run_train),
+    Command("sample", "generate text, images or speech from a checkpoint", _sample_config, run_sample_cmd),
+    Command("eval", "held-out ELBO per modality and source, or multiple-choice accuracy", _eval_config, run_eval_cmd),
+    Command("export", "write a checkpoint as model.safetensors + config + tokenizers", lambda: ExportConfig, run_export),
+    Command("plot", "train and val curves of one or several runs", lambda: PlotConfig, run_plot, positional="runs"),
+    Command("experiment run", "run a grid of training runs from a spec file", _experiment_config("run"),
+            _run_experiment, positional="spec"),
+    Command("experiment fit", "fit the scaling or drift law to a results.csv", _experiment_config("fit"),
+            _run_experiment),
+]
+
+
+# ---- parsing --------------------------------------------------------------------------------------
+def _beam_flags() -> set[str]:
+    """Every option string Beam's ``PipelineOptions`` classes define (``--runner``, ``--no_auth``…)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    parser = argparse.ArgumentParser(add_help=False)
+    seen: set[type] = set()
+    todo = [PipelineOptions]
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        todo += cls.__subclasses__()
+        adder = cls.__dict__.get("_add_argparse_args")
+        if adder is not None:
+            try:
+                adder.__func__(cls, parser)
+            except (argparse.ArgumentError, TypeError):
+                continue
+    return {s for s in parser._option_string_actions if s.startswith("--")}
+
+
+def _split_unknown(unknown: list[str], known: list[str], beam: bool) -> list[str]:
+    """Beam's options (kept, to pass through) or an error naming the nearest matches."""
+    beam_flags = _beam_flags() if beam else set()
+    passed: list[str] = []
+    for tok in unknown:
+        if not tok.startswith("--"):
+            passed.append(tok)  # the value of a Beam option given as "--opt value"
+            continue
+        name = tok.split("=", 1)[0]
+        if name in beam_flags:
+            passed.append(tok)
+            continue
+        near = difflib.get_close_matches(name, known + sorted(beam_flags), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        raise ConfigError(f"unknown option {name}{hint}")
+    if not beam and passed:
+        raise ConfigError(f"unexpected argument {passed[0]}")
+    return passed
+
+
+def _chosen(argv: list[str]) -> Command | None:
+    """The command the words of ``argv`` name (options skipped), if any."""
+    words = [a for a in argv if not a.startswith("-")]
+    for c in COMMANDS:
+        n = len(c.name.split())
+        if words[:n] == c.name.split():
+            return c
+    return None
+
+
+def build_parser(chosen: Command | None = None) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
+    """The parser, with the full flags of the ``chosen`` command only: building a command's
+    flags imports its config (and so its component, torch included), which the others need not
+    pay for. Returns ``(parser, the chosen command's parser)``."""
+    parser = argparse.ArgumentParser(prog="trimodal", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"trimodal {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also accepted after the subcommand)")
+    subs: dict[tuple[str, ...], Any] = {(): parser.add_subparsers(dest="cmd0", required=True, metavar="COMMAND")}
+    leaf = None
+    for c in COMMANDS:
+        words = tuple(c.name.split())
+        for i in range(len(words) - 1):
+            key = words[: i + 1]
+            if key not in subs:
+                p = subs[words[:i]].add_parser(words[i], help=f"{words[i]} jobs", allow_abbrev=False)
+                subs[key] = p.add_subparsers(dest=f"cmd{i + 1}", required=True, metavar="COMMAND")
+        if c is not chosen:
+            subs[words[:-1]].add_parser(words[-1], help=c.help, add_help=False)
+            continue
+        cls = c.config()
+        p = subs[words[:-1]].add_parser(words[-1], help=c.help, description=c.help, allow_abbrev=False,
+                                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=describe(cls))
+        p.set_defaults(_command=c, _config_cls=cls)
+        p.add_argument("--config", default=None, help="config file (JSON, YAML or TOML)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config key (repeatable)")
+        if c.positional:
+            p.add_argument(c.positional, nargs="*", help=f"{c.positional} (see the config keys below)")
+        p.set_defaults(_dests=add_flags(p, cls, skip=(c.positional,) if c.positional else ()))
+        if c.name == "train":
+            p.add_argument("--resume", action="store_true", help="continue from the newest usable checkpoint")
+            p.add_argument("--overwrite", action="store_true", help="start afresh, deleting the run folder's contents")
+        leaf = p
+    return parser, leaf
+
+
+def parse(argv: list[str]) -> tuple[Command, Any, list[str]]:
+    """``argv`` (without ``--debug``) → (the command, its built config, Beam's options)."""
+    chosen = _chosen(argv)
+    parser, leaf = build_parser(chosen)
+    if chosen is None:
+        parser.parse_args(argv)  # --help, --version, or an error naming the choices
+        raise SystemExit(2)
+    args, unknown = parser.parse_known_args(argv)
+    c: Command = args._command
+    known = sorted(s for s in leaf._option_string_actions if s.startswith("--"))
+    beam_args = _split_unknown(unknown, known, c.beam)
+    values = flag_values(args, args._config_cls, args._dests)
+    pos = getattr(args, c.positional, None) if c.positional else None
+    if pos:
+        values[c.positional] = pos[0] if c.positional == "spec" else pos
+    overrides = list(args.set)
+    if c.name == "train":
+        overrides += ["run.resume=true"] if args.resume else []
+        overrides += ["run.overwrite=true"] if args.overwrite else []
+    return c, build(args._config_cls, args.config, values, overrides), beam_args
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command != "pipeline":
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     try:
-        if args.command == "pipeline":
-            return cmd_pipeline(args, unknown)
-        handler = {"tokenizer": cmd_tokenizer, "shards": cmd_shards, "train": cmd_train, "sample": cmd_sample,
-                   "demo": cmd_demo}[args.command]
-        return handler(args)
+        c, cfg, beam_args = parse(argv)
+        return c.run(cfg, beam_args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except SystemExit:
+        raise
     except Exception as e:  # one line for users; --debug for the traceback
-        if args.debug:
+        if debug:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)

@@ -12,14 +12,37 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
+from trimodal.config import option
+
 DATA = resources.files("trimodal") / "data"
 SEQ_LEN = 256  # fits a 0.9 s clip (45 frames x 4 codebooks) plus its transcript
+
+
+@dataclass
+class DemoConfig:
+    out: str = option("demo_out", help="output folder")
+    steps: int | None = option(None, help="training steps (default 200: about a CPU minute)")
+    modalities: str = option("text,image,audio", help="comma list of text,image,audio")
+    audio_codec: str = option("dac", help="the demo's (tiny, random) audio codec: dac or higgs")
+
+    def __post_init__(self) -> None:
+        mods = [m.strip() for m in self.modalities.split(",") if m.strip()]
+        if set(mods) - {"text", "image", "audio"} or "text" not in mods:
+            raise ValueError(f"--modalities must include text and only text,image,audio; got {self.modalities!r}")
+        if self.audio_codec not in ("dac", "higgs"):
+            raise ValueError(f"--audio-codec must be dac or higgs, got {self.audio_codec!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+
+    @property
+    def modality_list(self) -> list[str]:
+        return [m.strip() for m in self.modalities.split(",") if m.strip()]
 
 
 def _say(msg: str) -> None:
@@ -51,12 +74,23 @@ def _write_tiny_audio_tokenizer(path: Path) -> None:
     save_dac(DAC(cfg), str(path))
 
 
-def _synthesise_speech_corpus(folder: Path) -> Path:
+def _write_tiny_higgs(folder: Path) -> None:
+    """A tiny random Higgs Audio v2 tokenizer (the layout of the released one, small widths)."""
+    import torch
+
+    from trimodal.tokenizers.higgs import HiggsConfig, build_higgs_model, save_higgs
+
+    torch.manual_seed(0)
+    config_json = json.loads((DATA / "higgs_tiny_config.json").read_text())
+    model = build_higgs_model(HiggsConfig.from_dict(config_json))
+    save_higgs(model, folder, config_json)
+
+
+def _synthesise_speech_corpus(folder: Path, sr: int = 16000) -> Path:
     """A few short clips (tones and chirps) with transcripts, as a NeMo-style JSON-lines manifest."""
     from trimodal.tokenizers.audio_io import write_wav
 
     folder.mkdir(parents=True, exist_ok=True)
-    sr = 16000
     rng = np.random.default_rng(0)
     lines = []
     for i, (kind, f0) in enumerate([("rising", 220), ("falling", 440), ("steady", 330), ("rising", 262),
@@ -78,23 +112,24 @@ def _synthesise_speech_corpus(folder: Path) -> Path:
     return manifest
 
 
-def run_demo(out: str, steps: int | None = None, modalities: list[str] | None = None) -> dict:
+def run_demo(cfg: DemoConfig | None = None) -> dict:
     from trimodal.pipelines.common import summary
+    from trimodal.pipelines.records import Record
     from trimodal.pipelines.text import TextPipelineConfig, run_text_pipeline
     from trimodal.pipelines.text_readers import read_text_file
-    from trimodal.shards.stats import compute_stats, format_stats, write_plots
+    from trimodal.shards.report import format_stats, write_plots
+    from trimodal.shards.stats import compute_stats
     from trimodal.tokenizers.text import train_text_tokenizer
     from trimodal.train.trainer import TrainConfig, train
 
-    modalities = modalities or ["text", "image", "audio"]
-    unknown = set(modalities) - {"text", "image", "audio"}
-    if unknown or "text" not in modalities:
-        raise ValueError(f"--modalities must include text and only text,image,audio; got {modalities}")
-    root = Path(out).resolve()
+    cfg = cfg or DemoConfig()
+    modalities, steps = cfg.modality_list, cfg.steps
+    root = Path(cfg.out).resolve()
     (root / "tokenizers").mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     text_files = sorted(str(p) for p in (DATA / "text").iterdir() if p.name.endswith(".jsonl"))
-    speech_manifest = _synthesise_speech_corpus(root / "raw" / "speech") if "audio" in modalities else None
+    speech_sr = 24000 if cfg.audio_codec == "higgs" else 16000
+    speech_manifest = _synthesise_speech_corpus(root / "raw" / "speech", speech_sr) if "audio" in modalities else None
 
     # 1. tokenizers -----------------------------------------------------------------------
     captions = [json.loads(l)["caption"] for l in (DATA / "images" / "captions.jsonl").read_text().splitlines()]
@@ -103,8 +138,8 @@ def run_demo(out: str, steps: int | None = None, modalities: list[str] | None = 
     def corpus():
         for url in text_files:
             for rec in read_text_file(url):
-                if "text" in rec:
-                    yield rec["text"]
+                if isinstance(rec, Record):
+                    yield rec.text
         yield from captions * 5
         yield from transcripts * 5
 
@@ -112,11 +147,14 @@ def run_demo(out: str, steps: int | None = None, modalities: list[str] | None = 
     tok = train_text_tokenizer(corpus(), 1024, str(text_model))
     _say(f"text tokenizer: {text_model} (SentencePiece BPE, {tok.vocab_size} pieces)")
     image_ckpt = root / "tokenizers" / "movqgan_tiny_random.ckpt"
-    audio_ckpt = root / "tokenizers" / "dac_tiny_random.pth"
+    audio_ckpt = root / "tokenizers" / ("higgs_tiny_random" if cfg.audio_codec == "higgs" else "dac_tiny_random.pth")
     if "image" in modalities:
         _write_tiny_image_tokenizer(image_ckpt)
         _say(f"image tokenizer: {image_ckpt} (tiny MoVQGAN, RANDOM weights: decoded images are noise)")
-    if "audio" in modalities:
+    if "audio" in modalities and cfg.audio_codec == "higgs":
+        _write_tiny_higgs(audio_ckpt)
+        _say(f"audio tokenizer: {audio_ckpt} (tiny Higgs Audio v2, 24 kHz, RANDOM weights: decoded audio is noise)")
+    elif "audio" in modalities:
         _write_tiny_audio_tokenizer(audio_ckpt)
         _say(f"audio tokenizer: {audio_ckpt} (tiny 16 kHz DAC, RANDOM weights: decoded audio is noise)")
 
@@ -158,8 +196,8 @@ def run_demo(out: str, steps: int | None = None, modalities: list[str] | None = 
     # 4. training -----------------------------------------------------------------------------
     run_dir = root / "run"
     n_steps = steps or 200
-    cfg = TrainConfig.load(None, [
-        f"run.out_dir={run_dir}", f"run.steps={n_steps}", "run.batch_size=8", "run.log_every=25",
+    tcfg = TrainConfig.load(None, [
+        f"run.out_dir={run_dir}", "run.overwrite=true", f"run.steps={n_steps}", "run.batch_size=8", "run.log_every=25",
         f"run.ckpt_every={max(1, n_steps // 2)}", "run.device=cpu", "run.progress=true",
         f"data.seq_len={SEQ_LEN}", "data.num_streams=2",
         "model.dim=128", "model.n_layers=4", "model.n_heads=4", f"model.max_seq_len={SEQ_LEN}",
@@ -167,17 +205,16 @@ def run_demo(out: str, steps: int | None = None, modalities: list[str] | None = 
     ])
     from trimodal.shards.loader import SourceConfig
 
-    cfg.data.sources = [SourceConfig(root=r) for r in datasets.values()]
-    _say(f"training a {cfg.model.n_layers}x{cfg.model.dim} model for {n_steps} steps on CPU ...")
-    result = train(cfg)
+    tcfg.data.sources = [SourceConfig(root=r) for r in datasets.values()]
+    _say(f"training a {tcfg.model.n_layers}x{tcfg.model.dim} model for {n_steps} steps on CPU ...")
+    result = train(tcfg)
 
     # 5. sampling -------------------------------------------------------------------------------
-    from trimodal.train.generate import generate_cli
+    from trimodal.train.generate import SampleConfig, run_sample
 
     samples = root / "samples"
     outputs = {}
-    base = dict(checkpoint=str(run_dir), device="cpu", order="random", seed=0, num=1, cfg=None, temperature=None,
-                top_p=None, text_tokenizer=None, image_tokenizer=None, audio_tokenizer=None, length=48, seconds=1.0)
+    base = dict(checkpoint=str(run_dir), device="cpu", length=48, seconds=1.0)
     for task, prompt, name, extra in [
         ("text", "Return a new", "text.txt", {"steps": 48}),
         ("text", "", "text_unconditional.txt", {"steps": 48, "seed": 1}),
@@ -186,8 +223,8 @@ def run_demo(out: str, steps: int | None = None, modalities: list[str] | None = 
     ]:
         if (task == "image" and "image" not in modalities) or (task == "speech" and "audio" not in modalities):
             continue
-        args = SimpleNamespace(**{**base, **extra, "task": task, "prompt": prompt, "out": str(samples / name)})
-        for line in generate_cli(args):
+        scfg = SampleConfig(**{**base, **extra, "task": task, "prompt": prompt, "out": str(samples / name)})
+        for line in run_sample(scfg):
             _say(f"sample {task} ({prompt!r}): {line}")
         outputs[name] = str(samples / name)
 

@@ -23,6 +23,7 @@ import webdataset as wds
 
 from trimodal.pipelines import common
 from trimodal.pipelines.audio_readers import read_audio_file, resolve_audio_path, split_key
+from trimodal.pipelines.records import Record
 from trimodal.pipelines.audio_text import (
     AudioTextPipelineConfig,
     bucket_end,
@@ -33,7 +34,7 @@ from trimodal.pipelines.audio_text import (
     run_audio_text_pipeline,
 )
 from trimodal.shards.manifest import Manifest
-from trimodal.shards.reader import iter_shard
+from trimodal.shards.reader import iter_samples
 from trimodal.tokenizers.audio_io import load_audio
 from trimodal.tokenizers.dac import DAC, DACConfig, DACTokenizer, save_dac
 from trimodal.tokenizers.text import TextTokenizer
@@ -168,7 +169,7 @@ def _dead_letter(root: str) -> list[dict]:
 
 def _samples(root: str) -> list[dict]:
     m = Manifest.load(root)
-    return [s for info in m.shards for s in iter_shard(root, info, verify=True)]
+    return [s for _, s in iter_samples(root, m.shards, verify="sha256")]
 
 
 def test_accounting_and_dead_letter(dataset, speech):
@@ -195,11 +196,11 @@ def test_manifest_records_both_tokenizers(dataset, dac_path, sp_model):
     assert m.modality == "audio_text"
     audio = m.tokenizers["audio"]
     tok = DACTokenizer.from_path(dac_path, n_keep=4)
-    assert audio["kind"] == "dac" and audio["fingerprint"] == tok.fingerprint
-    assert (audio["vocab_size"], audio["n_keep"], audio["sample_rate"], audio["hop_length"]) == (1024, 4, SR, 320)
-    assert audio["frame_rate"] == pytest.approx(50.0) and Path(audio["path"]) == Path(dac_path).resolve()
-    assert audio["pad_multiple"] == pad_multiple(BUCKET_SECONDS, SR, 320) == 4160
-    assert m.tokenizers["text"]["fingerprint"] == TextTokenizer.from_path(sp_model).fingerprint
+    assert audio.kind == "dac" and audio.fingerprint == tok.fingerprint
+    assert (audio.vocab_size, audio.levels, audio.sample_rate, audio.hop_length) == (1024, 4, SR, 320)
+    assert audio.frame_rate == pytest.approx(50.0) and Path(audio.path) == Path(dac_path).resolve()
+    assert audio.extra["pad_multiple"] == pad_multiple(BUCKET_SECONDS, SR, 320) == 4160
+    assert m.tokenizers["text"].fingerprint == TextTokenizer.from_path(sp_model).fingerprint
     assert m.tokens()["audio"] == sum(s["audio"].size for s in _samples(dataset))
 
 
@@ -209,8 +210,8 @@ def test_samples_hold_exact_codes_of_each_clip_alone(dataset, speech, dac_path, 
     text_tok = TextTokenizer.from_path(sp_model)
     multiple = pad_multiple(BUCKET_SECONDS, SR, tok.hop_length)
     # the waveforms the pipeline should have seen, decoded one by one
-    wavs = {r["id"]: load_audio(r["audio"], SR, None) for r in read_audio_file(speech["manifest"])
-            if "audio" in r and r["id"] in speech["good"]}
+    wavs = {r.id: load_audio(r.media, SR, None) for r in read_audio_file(speech["manifest"])
+            if isinstance(r, Record) and r.id in speech["good"]}
     samples = _samples(dataset)
     assert {s["json"]["id"] for s in samples} == set(speech["good"])
     for s in samples:
@@ -316,8 +317,8 @@ def test_truncated_tar_keeps_earlier_samples_and_reports_the_break(tmp_path):
         cut = tar.getmember("b.wav").offset_data + 1000
     path.write_bytes(path.read_bytes()[:cut])  # cut inside b.wav's data
     recs = list(read_audio_file(str(path)))
-    assert [r.get("text") for r in recs[:1]] == ["first"]
-    assert recs[-1]["reason"] == "unreadable_file" and len(recs) == 2
+    assert [r.text for r in recs[:1]] == ["first"]
+    assert recs[-1].reason == "unreadable_file" and len(recs) == 2
 
 
 def test_resolve_audio_path_and_device():
@@ -326,6 +327,6 @@ def test_resolve_audio_path_and_device():
     assert resolve_audio_path("gs://bucket/ls/m.jsonl", "x.wav") == "gs://bucket/ls/x.wav"
     assert resolve_audio_path("gs://bucket/ls/m.jsonl", "/other/x.wav") == "gs://other/x.wav"
     assert resolve_audio_path("/m.jsonl", "https://host/x.wav") == "https://host/x.wav"
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert str(resolve_device("auto")) == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="format"):
-        AudioTextPipelineConfig(inputs=[], text_tokenizer="", audio_tokenizer="", out="", format="mp4")
+        AudioTextPipelineConfig(inputs=["x"], text_tokenizer="t", audio_tokenizer="a", out="o", format="mp4")

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from trimodal.pipelines.text import TextPipelineConfig, run_text_pipeline
-from trimodal.shards.format import iter_samples
-from trimodal.shards.storage import TMP_MARK
+from trimodal.shards.reader import decode_sample, index_shard
+from trimodal.storage import TMP_MARK
 from trimodal.shards.verify import verify
 from trimodal.tokenizers.text import train_text_tokenizer
 
@@ -57,7 +57,17 @@ def _cfg(corpus: Path, out: Path) -> TextPipelineConfig:
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's sha256; the manifest's without its run id (each run names itself)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            if p.name == "manifest.json":
+                m = json.loads(data)
+                assert m.pop("run_id")
+                data = json.dumps(m, sort_keys=True).encode()
+            out[str(p.relative_to(root))] = hashlib.sha256(data).hexdigest()
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +97,8 @@ def _check_complete_tar(data: bytes, name: str) -> int:
         for member in tf.getmembers():
             assert len(tf.extractfile(member).read()) == member.size
     n = 0
-    for s in iter_samples(data, name=name):
+    for entry in index_shard(data, name):
+        s = decode_sample(data, entry, name)
         assert "json" in s and "text" in s, name
         n += 1
     return n

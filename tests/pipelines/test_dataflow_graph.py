@@ -86,11 +86,10 @@ def _script_argv(tmp_path: Path, script: str, *args: str, **env: str) -> list[st
 
 
 def _parse(argv: list[str]):
-    """What ``trimodal`` does with the argv: its own options, and the rest for Beam."""
-    from trimodal.cli import build_parser
+    """What ``trimodal`` does with the argv: the command, its config, and the rest for Beam."""
+    from trimodal.cli import parse
 
-    args, beam_args = build_parser().parse_known_args(argv)
-    return args, beam_args
+    return parse(argv)
 
 
 def _dry_run(beam_args: list[str], build) -> apiclient.Job:
@@ -151,10 +150,8 @@ def _check_worker_pool(job: apiclient.Job, machine_type: str, gpu: bool) -> None
 
 def test_text_script_builds_a_dataflow_job(text_tok, tmp_path):
     argv = _script_argv(tmp_path, "text.sh", f"{BUCKET}/raw/c4/*.jsonl.gz", "c4")
-    args, beam_args = _parse(argv)
-    assert args.pipe_command == "text" and args.out == f"{BUCKET}/datasets/c4"
-    cfg = TextPipelineConfig(inputs=args.input, text_tokenizer=args.text_tokenizer, out=args.out, source=args.source,
-                             target_shard_bytes=int(args.shard_mb * 1e6))
+    cmd, cfg, beam_args = _parse(argv)
+    assert cmd.name == "pipeline text" and isinstance(cfg, TextPipelineConfig) and cfg.out == f"{BUCKET}/datasets/c4"
     inputs = [f"{BUCKET}/raw/c4/part-{i:03d}.jsonl.gz" for i in range(3)]  # what expand_inputs would list
     job = _dry_run(beam_args, lambda p: build_text_pipeline(p, cfg, inputs, text_tok))
     names = _names(job)
@@ -171,9 +168,9 @@ def test_text_script_builds_a_dataflow_job(text_tok, tmp_path):
 
 def test_mix_script_builds_a_dataflow_job(text_tok, tmp_path):
     argv = _script_argv(tmp_path, "mix.sh", "mix-v1", "c4=2", "wiki=1", SEQ_LEN="16", ROWS="40")
-    args, beam_args = _parse(argv)
-    assert args.inputs == [f"c4={BUCKET}/datasets/c4", f"wiki={BUCKET}/datasets/wiki"]
-    assert args.weights == [2.0, 1.0] and args.seq_len == 16 and args.rows == 40
+    cmd, cfg, beam_args = _parse(argv)
+    assert cfg.inputs == [f"c4={BUCKET}/datasets/c4", f"wiki={BUCKET}/datasets/wiki"]
+    assert cfg.weights == [2.0, 1.0] and cfg.seq_len == 16 and cfg.rows == 40
     # the launcher reads the input manifests; here they are local stand-ins for the bucket roots
     rng = np.random.default_rng(0)
     local = []
@@ -183,8 +180,9 @@ def test_mix_script_builds_a_dataflow_job(text_tok, tmp_path):
         infos = [write_shard(str(root), shard_name(k, 2), samples[k::2]) for k in range(2)]
         Manifest(kind="tokenized", modality="text", tokenizers={"text": text_tok.info()}, shards=infos).save(str(root))
         local.append(f"{name}={root}")
-    job = prepare_mix(MixPipelineConfig(inputs=local, weights=args.weights, seq_len=args.seq_len, out=args.out,
-                                        rows=args.rows, seed=args.seed, target_shard_bytes=int(args.shard_mb * 1e6)))
+    from dataclasses import replace
+
+    job = prepare_mix(replace(cfg, inputs=local))
     dfjob = _dry_run(beam_args, lambda p: build_mix_pipeline(p, job))
     names = _names(dfjob)
     for expected in ("Units", "Pack", "GroupFragments", "Stitch", "Plan", "Assign", "GroupShards", "WriteShards", "WriteManifest"):
@@ -198,9 +196,9 @@ def test_mix_script_builds_a_dataflow_job(text_tok, tmp_path):
 @pytest.mark.parametrize("script,command", [("image_text.sh", "image-text"), ("audio_text.sh", "audio-text")])
 def test_gpu_scripts_request_an_l4_per_worker(tmp_path, script, command):
     argv = _script_argv(tmp_path, script, f"{BUCKET}/raw/x/*", "x")
-    args, beam_args = _parse(argv)
-    assert args.pipe_command == command and args.device == "cuda"
-    assert (args.image_tokenizer if command == "image-text" else args.audio_tokenizer).startswith("/opt/trimodal/weights/")
+    cmd, cfg, beam_args = _parse(argv)
+    assert cmd.name == f"pipeline {command}" and cfg.device == "cuda"
+    assert (cfg.image_tokenizer if command == "image-text" else cfg.audio_tokenizer).startswith("/opt/trimodal/weights/")
     # the same options on a stand-in graph: what the worker pool of that job would be
     job = _dry_run(beam_args, lambda p: p | beam.Create([1, 2]) | beam.Map(lambda x: x + 1))
     _check_docker_env(job)

@@ -24,10 +24,11 @@ import pytest
 import torch
 from PIL import Image
 
-from trimodal.pipelines.image_readers import expand_image_inputs, read_folder, read_image_text_file, read_parquet, read_webdataset
+from trimodal.pipelines.image_readers import ImageTextReader, expand_image_inputs, read_image_text_file
+from trimodal.pipelines.records import Record
 from trimodal.pipelines.image_text import ImageTextPipelineConfig, run_image_text_pipeline, to_model_input, to_uint8
 from trimodal.shards.manifest import Manifest
-from trimodal.shards.reader import iter_shard
+from trimodal.shards.reader import iter_samples
 from trimodal.tokenizers.image_preprocess import load_image, preprocess, record_seed
 from trimodal.tokenizers.movqgan import MoVQGAN, MoVQGANConfig, MoVQGANTokenizer, save_movqgan
 from trimodal.tokenizers.text import TextTokenizer
@@ -238,7 +239,7 @@ def dataset(tmp_path_factory, img_corpus, sp_model, movq_ckpt) -> str:
 
 def _samples(root: str) -> list[dict]:
     m = Manifest.load(root)
-    return [s for info in m.shards for s in iter_shard(root, info, verify=True)]
+    return [s for _, s in iter_samples(root, m.shards, verify="sha256")]
 
 
 def _dead_letter(root: str) -> list[dict]:
@@ -293,8 +294,8 @@ def test_manifest_records_the_image_tokenizer(dataset, movq_ckpt, sp_model):
     tok = MoVQGANTokenizer.from_path(movq_ckpt, device="cpu")
     assert m.modality == "image_text" and m.kind == "tokenized"
     img = m.tokenizers["image"]
-    assert img["kind"] == "movqgan" and img["fingerprint"] == tok.fingerprint and img["vocab_size"] == 512
-    assert img["grid"] == [8, 8] and img["image_size"] == SIZE and Path(img["path"]) == Path(movq_ckpt).resolve()
+    assert img.kind == "movqgan" and img.fingerprint == tok.fingerprint and img.vocab_size == 512
+    assert img.grid == (8, 8) and img.image_size == SIZE and Path(img.path) == Path(movq_ckpt).resolve()
     assert m.tokenizers["text"] == TextTokenizer.from_path(sp_model).info()
     assert m.tokens()["image"] == 64 * m.samples
     assert len(m.shards) > 1
@@ -330,7 +331,7 @@ def test_bad_inputs_fail_up_front_and_write_nothing(tmp_path, sp_model, movq_ckp
         run_image_text_pipeline(ImageTextPipelineConfig(inputs=img_corpus["inputs"], text_tokenizer=sp_model,
                                                         image_tokenizer=movq_ckpt, out=str(out), image_size=60), BEAM)
     with pytest.raises(ValueError, match="format"):
-        ImageTextPipelineConfig(inputs=[], text_tokenizer="", image_tokenizer="", out="", format="zip")
+        ImageTextPipelineConfig(inputs=["x"], text_tokenizer="t", image_tokenizer="i", out="o", format="zip")
     assert not out.exists()
 
 
@@ -339,26 +340,26 @@ def test_bad_inputs_fail_up_front_and_write_nothing(tmp_path, sp_model, movq_ckp
 
 def test_readers_standalone_carry_bytes(img_corpus):
     recs = list(read_image_text_file(img_corpus["inputs"][0]))
-    assert [r.get("reason") for r in recs].count(None) == 5  # 3 good + truncated png + empty caption
-    assert all(isinstance(r["image"], bytes) for r in recs if "reason" not in r)
-    r0 = next(r for r in recs if r["id"].endswith(":000000000"))
-    assert r0["caption"] == CAPTIONS[0] and r0["provenance"]["src_url"] == "http://x/0.jpg"
-    folder = [r for r in read_folder(img_corpus["inputs"][3], "f") if "reason" not in r]
+    assert sum(isinstance(r, Record) for r in recs) == 5  # 3 good + truncated png + empty caption
+    assert all(isinstance(r.media, bytes) for r in recs if isinstance(r, Record))
+    r0 = next(r for r in recs if r.id.endswith(":000000000"))
+    assert r0.text == CAPTIONS[0] and r0.provenance["src_url"] == "http://x/0.jpg"
+    folder = [r for r in ImageTextReader(source="f")(img_corpus["inputs"][3]) if isinstance(r, Record)]
     assert len(folder) == 4 + len(bad_images()) + 1  # bad images and the empty caption are read fine: later steps judge them
-    assert all(isinstance(r["image"], bytes) and "image_url" not in r for r in folder)
-    lazy = [r for r in read_folder(img_corpus["inputs"][3], "f", lazy=True) if "reason" not in r]
+    assert all(isinstance(r.media, bytes) and r.media_url is None for r in folder)
+    lazy = [r for r in ImageTextReader(source="f", lazy=True)(img_corpus["inputs"][3]) if isinstance(r, Record)]
     assert len(lazy) == len(folder) + 1  # lazily, the missing file is found only when fetched
-    assert all("image" not in r for r in lazy)
-    assert sum(not Path(r["image_url"]).is_file() for r in lazy) == 1
-    hf = list(read_parquet(img_corpus["inputs"][2], "hf"))
-    assert [r.get("reason") for r in hf] == [None, None, "missing_file", "missing_image"]
+    assert all(r.media is None for r in lazy)
+    assert sum(not Path(r.media_url).is_file() for r in lazy) == 1
+    hf = list(ImageTextReader(source="hf")(img_corpus["inputs"][2]))
+    assert [getattr(r, "reason", None) for r in hf] == [None, None, "missing_file", "missing_image"]
 
 
 def test_folder_input_may_be_the_captions_file(img_corpus):
     caps = str(Path(img_corpus["inputs"][3]) / "captions.jsonl")
     assert expand_image_inputs([caps]) == [caps]
     recs = list(read_image_text_file(caps))
-    ids = {r["id"] for r in recs}
+    ids = {r.id for r in recs}
     assert all(i.startswith(caps) for i in ids)  # no directory listing: no uncaptioned report
     assert expand_image_inputs([img_corpus["inputs"][3]]) == [img_corpus["inputs"][3]]
     # a folder of tars stands for its tars under the webdataset format
@@ -370,20 +371,20 @@ def test_webdataset_reader_edge_cases(tmp_path):
     png = good_images()["rgb_png"]
     _tar(tar, [("a.png", png), ("a.txt", b"one"), ("b.png", png), ("b.txt", b"\xff\xfe"),
                ("c.png", png), ("c.json", b"{bad"), ("a.json", b"{}"), ("d.jpg", png), ("d.json", b'{"caption": 3}')])
-    got = {r["id"].rsplit(":", 1)[1]: r.get("reason") for r in read_webdataset(str(tar), "s")}
+    got = {r.id.rsplit(":", 1)[1]: getattr(r, "reason", None) for r in ImageTextReader(source="s")(str(tar))}
     assert got == {"a": "duplicate_key", "b": "invalid_utf8", "c": "bad_json", "d": "bad_field_type"}
     # a tar that breaks off: the samples before the break are kept, the break is one record
     data = tar.read_bytes()
     cut = tmp_path / "cut.tar"
     cut.write_bytes(data[: 512 * 5 + 100])
     recs = list(read_image_text_file(str(cut)))
-    assert recs[-1]["reason"] == "unreadable_file"
+    assert recs[-1].reason == "unreadable_file"
 
 
 def test_parquet_reader_names_missing_columns(tmp_path):
     p = tmp_path / "cols.parquet"
     pq.write_table(pa.table({"pixels": [b"x"], "alt": ["a"]}), p)
     recs = list(read_image_text_file(str(p)))
-    assert len(recs) == 1 and recs[0]["reason"] == "unreadable_file" and "image_field" in recs[0]["detail"]
+    assert len(recs) == 1 and recs[0].reason == "unreadable_file" and "image_field" in recs[0].detail
     recs = list(read_image_text_file(str(p), image_field="pixels", caption_field="alt"))
-    assert recs[0]["image"] == b"x" and recs[0]["caption"] == "a"
+    assert recs[0].media == b"x" and recs[0].text == "a"

@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trimodal.pipelines.mix import (
-    MixPipelineConfig,
-    layout_from_tokenizers,
-    plan_sources,
-    run_mix_pipeline,
-)
+from dataclasses import replace
+
+from trimodal.pipelines.mix import MixPipelineConfig, plan_sources, run_mix_pipeline
+from trimodal.tokenizers.base import TokenizerInfo
+from trimodal.tokenizers.vocab import VocabLayout
 from trimodal.pipelines.text import TextPipelineConfig, run_text_pipeline
 from trimodal.shards.format import key_from_id
 from trimodal.shards.manifest import Manifest
-from trimodal.shards.reader import iter_shard
+from trimodal.shards.reader import iter_samples
 from trimodal.shards.rows import TextPacker, paired_row
 from trimodal.shards.verify import verify
 from trimodal.shards.writer import shard_name, write_shard
@@ -88,9 +87,8 @@ def data(tmp_path_factory):
 def _rows(root: str) -> list[dict]:
     m = Manifest.load(root)
     out = []
-    for info in m.shards:
-        for s in iter_shard(root, info, verify=True):
-            out.append({"key": s["__key__"], "meta": s["json"], "tokens": np.array(s["tokens"])})
+    for _, s in iter_samples(root, m.shards, verify="sha256"):
+        out.append({"key": s["__key__"], "meta": s["json"], "tokens": np.array(s["tokens"])})
     return out
 
 
@@ -100,7 +98,7 @@ def _tree_digest(root: str) -> dict[str, str]:
 
 def _text_docs(root: str) -> list[tuple[str, np.ndarray]]:
     m = Manifest.load(root)
-    return [(s["__key__"], np.array(s["text"])) for info in m.shards for s in iter_shard(root, info)]
+    return [(s["__key__"], np.array(s["text"])) for _, s in iter_samples(root, m.shards)]
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +114,10 @@ def mixed(data, tmp_path_factory):
 def test_manifest_and_rows_well_formed(data, mixed):
     m, rows = mixed["manifest"], mixed["rows"]
     assert m.kind == "mixed" and m.modality == "mixed" and m.seq_len == L
-    toks = {"text": data["tok"].info(), "image": IMAGE_TOK, "audio": AUDIO_TOK}
+    toks = {"text": data["tok"].info(), "image": TokenizerInfo.from_dict(IMAGE_TOK, "image"),
+            "audio": TokenizerInfo.from_dict(AUDIO_TOK, "audio")}
     assert m.tokenizers == toks
-    layout = layout_from_tokenizers(toks)
+    layout = VocabLayout.from_tokenizers(toks)
     assert m.layout == layout.to_dict()
     assert (layout.text_codes, layout.image_codes, layout.audio_codes, layout.audio_levels) == (data["tok"].vocab_size, 64, 32, 2)
     assert len(m.shards) > 1 and m.counts["written"] == m.samples == len(rows)
@@ -137,7 +136,7 @@ def test_manifest_and_rows_well_formed(data, mixed):
 
 
 def test_text_rows_are_one_sequential_packer_over_the_source(data, mixed):
-    layout = layout_from_tokenizers(mixed["manifest"].tokenizers)
+    layout = VocabLayout.from_tokenizers(mixed["manifest"].tokenizers)
     text_rows = [r for r in mixed["rows"] if r["meta"]["task"] == "text"]
     packer = TextPacker(layout, L)
     docs = _text_docs(data["text"])
@@ -156,7 +155,7 @@ def test_text_rows_are_one_sequential_packer_over_the_source(data, mixed):
 
 @pytest.mark.parametrize("modality", ["image_text", "audio_text"])
 def test_paired_rows_in_manifest_order_too_long_filtered(data, mixed, modality):
-    layout = layout_from_tokenizers(mixed["manifest"].tokenizers)
+    layout = VocabLayout.from_tokenizers(mixed["manifest"].tokenizers)
     raw = data["image_raw" if modality == "image_text" else "audio_raw"]
     got = [r for r in mixed["rows"] if r["meta"]["task"] == modality]
     expected, keys, too_long = [], [], 0
@@ -221,10 +220,15 @@ def test_deterministic_and_independent_of_grouping_and_workers(data, mixed, tmp_
     got_m = json.loads(Path(other, "manifest.json").read_text())
     assert {k: v for k, v in got.items() if k != "manifest.json"} == {k: v for k, v in ref.items() if k != "manifest.json"}
     ref_m["config"].pop("group_bytes"), got_m["config"].pop("group_bytes")
+    assert ref_m.pop("run_id") != got_m.pop("run_id")  # each run names itself
     assert ref_m == got_m
-    # re-run into the same root: byte-identical, manifest included
+    # re-run into the same root: byte-identical shards; the manifest differs only in its run id
     run_mix_pipeline(cfg, BEAM)
-    assert _tree_digest(mixed["out"]) == ref
+    again = _tree_digest(mixed["out"])
+    assert {k: v for k, v in again.items() if k != "manifest.json"} == {k: v for k, v in ref.items() if k != "manifest.json"}
+    again_m = json.loads(Path(mixed["out"], "manifest.json").read_text())
+    again_m.pop("run_id"), again_m["config"].pop("group_bytes")
+    assert again_m == got_m
 
 
 def test_explicit_rows_seed_and_weights(data, tmp_path):
@@ -265,7 +269,7 @@ def test_refusals(data, tmp_path):
     # a dataset made with another text tokenizer is refused
     other = tmp_path / "other"
     m = Manifest.load(data["image"])
-    m.tokenizers = {**m.tokenizers, "text": {**m.tokenizers["text"], "fingerprint": "not-the-same"}}
+    m.tokenizers = {**m.tokenizers, "text": replace(m.tokenizers["text"], fingerprint="not-the-same")}
     for s in m.shards:
         (other / s.name).parent.mkdir(parents=True, exist_ok=True)
         (other / s.name).write_bytes((Path(data["image"]) / s.name).read_bytes())

@@ -8,7 +8,7 @@ import webdataset as wds
 
 from trimodal.pipelines.text import TextPipelineConfig, run_text_pipeline
 from trimodal.shards.manifest import Manifest
-from trimodal.shards.reader import iter_shard
+from trimodal.shards.reader import iter_samples
 from trimodal.tokenizers.text import TextTokenizer
 
 
@@ -40,8 +40,8 @@ def test_samples_round_trip_through_tokenizer(text_dataset, corpus, sp_model):
         except Exception:
             pass
     seen = 0
-    for info in m.shards:
-        for s in iter_shard(text_dataset, info, verify=True):
+    for _, s in iter_samples(text_dataset, m.shards, verify="sha256"):
+        if True:
             assert s["json"]["modality"] == "text"
             assert tok.decode(s["text"]) == originals[s["json"]["id"]]
             assert s["json"]["lengths"]["text"] == s["text"].size

@@ -18,17 +18,17 @@ from trimodal.shards.loader import (
     stream_states_from_loader_state,
 )
 from trimodal.shards.manifest import Manifest
-from trimodal.shards.reader import ShardCorrupted
-from trimodal.shards.rows import modality_of_row, paired_row
+from trimodal.shards.format import ShardError
+from trimodal.shards.rows import layout_ids, paired_row
 from trimodal.shards.writer import shard_name, write_shard
 from trimodal.tokenizers.vocab import AUDIO, IMAGE, VocabLayout
 
 LAYOUT = VocabLayout(text_codes=100, image_codes=64, audio_codes=32, audio_levels=2)
 L = 24
 TOKENIZERS = {
-    "text": {"fingerprint": "text-fp", "vocab_size": 100},
-    "image": {"fingerprint": "image-fp", "vocab_size": 64},
-    "audio": {"fingerprint": "audio-fp", "vocab_size": 32},
+    "text": {"kind": "test", "fingerprint": "text-fp", "vocab_size": 100},
+    "image": {"kind": "test", "fingerprint": "image-fp", "vocab_size": 64},
+    "audio": {"kind": "test", "fingerprint": "audio-fp", "vocab_size": 32, "levels": 2},
 }
 
 
@@ -104,7 +104,7 @@ def same_rows(a, b):
 
 def test_rows_well_formed(data):
     roots, _ = data
-    ds = TrimodalDataset(config(roots), LAYOUT)
+    ds = TrimodalDataset(config(roots, audio_overflow="skip"), LAYOUT)
     rows = take(iter(ds), 300)
     tasks = Counter()
     for r in rows:
@@ -115,7 +115,7 @@ def test_rows_well_formed(data):
         tasks[task] += 1
         assert int(t[0]) == LAYOUT.task_token(("text", "image_text", "audio_text")[task])
         assert torch.equal(v, t != LAYOUT.pad)
-        assert m.tolist() == modality_of_row(LAYOUT, t.numpy()).tolist()
+        assert m.tolist() == layout_ids(LAYOUT).modality_lut[t.numpy()].tolist()
         if task == 0:
             assert bool(v.all())
     assert set(tasks) == {0, 1, 2}
@@ -157,7 +157,7 @@ def test_default_weights_split_among_sources_of_a_modality(data, tmp_path):
     sources = [SourceConfig(roots["text"]), SourceConfig(second), SourceConfig(roots["image_text"])]
     ds = TrimodalDataset(config(roots, sources=sources), LAYOUT)
     assert [round(s.weight, 6) for s in ds.sources] == [0.25, 0.25, 0.5]
-    ds = TrimodalDataset(config(roots, sources=sources, modality_weights={"text": 0.8, "image_text": 0.2}), LAYOUT)
+    ds = TrimodalDataset(config(roots, sources=sources, task_weights={"text": 0.8, "image_text": 0.2}), LAYOUT)
     assert [round(s.weight, 6) for s in ds.sources] == [0.4, 0.4, 0.2]
     with pytest.raises(ValueError, match="every source or to none"):
         TrimodalDataset(config(roots, sources=[SourceConfig(roots["text"], weight=1.0), SourceConfig(second)]), LAYOUT)
@@ -209,9 +209,9 @@ def test_workers_must_divide(data):
     ds = TrimodalDataset(config(roots, num_streams=8), LAYOUT, rank=1, world_size=2)
     assert ds.rank_streams() == [1, 3, 5, 7]
     assert ds.owned_streams(1, 2) == [3, 7]
-    ds.check_num_workers(4)
+    assert ds.owned_streams(0, 4) == [1]
     with pytest.raises(ValueError, match="num_workers=3"):
-        ds.check_num_workers(3)
+        ds.owned_streams(0, 3)
 
 
 def all_rows(ds):
@@ -292,7 +292,7 @@ def test_paired_rows_cover_each_sample_once(data):
 
 def test_audio_rows_and_too_long_skipped(data):
     roots, raw = data
-    cfg = config(roots, sources=[SourceConfig(roots["audio_text"])], cycle=False)
+    cfg = config(roots, sources=[SourceConfig(roots["audio_text"])], cycle=False, audio_overflow="skip")
     expected, too_long = Counter(), 0
     for _, _, arrays in raw["audio_text"]:
         media = LAYOUT.to_global(AUDIO, arrays["audio"])
@@ -303,6 +303,35 @@ def test_audio_rows_and_too_long_skipped(data):
     ds = TrimodalDataset(cfg, LAYOUT)
     assert Counter(all_rows(ds)) == expected
     assert too_long > 0 and ds.counters()["rows_skipped_too_long"] == too_long
+    assert ds.counters()["audio_too_long_skipped"] == too_long
+
+
+def test_audio_overflow_crop_keeps_the_transcript_and_the_frames_that_fit(data):
+    roots, raw = data
+    cfg = config(roots, sources=[SourceConfig(roots["audio_text"])], cycle=False, audio_overflow="crop")
+    expected, cropped, dropped = Counter(), 0, 0
+    for _, _, arrays in raw["audio_text"]:
+        media = LAYOUT.to_global(AUDIO, arrays["audio"])
+        text = arrays["text"]
+        if media.size + 5 > L:
+            frames = (L - 5 - text.size) // LAYOUT.audio_levels
+            assert frames >= 1  # the fixture's transcripts always leave room
+            cropped += 1
+            dropped += media.size // LAYOUT.audio_levels - frames
+            media = media[: frames * LAYOUT.audio_levels]
+        expected[paired_row(LAYOUT, "audio_text", media, text, L)[0].tobytes()] += 1
+    ds = TrimodalDataset(cfg, LAYOUT)
+    assert Counter(all_rows(ds)) == expected
+    c = ds.counters()
+    assert cropped > 0 and c["audio_too_long_cropped"] == cropped and c["audio_frames_dropped"] == dropped
+    assert c["rows_skipped_too_long"] == 0
+
+
+def test_audio_overflow_error_names_the_limit(data):
+    roots, _ = data
+    cfg = config(roots, sources=[SourceConfig(roots["audio_text"])], cycle=False, audio_overflow="error")
+    with pytest.raises(ValueError, match="audio_overflow=error"):
+        list(TrimodalDataset(cfg, LAYOUT))
 
 
 def test_text_documents_once_in_order_per_stream(data):
@@ -334,8 +363,8 @@ def test_corrupted_shard(data, tmp_path):
         byte = f.read(1)
         f.seek(700)
         f.write(bytes([byte[0] ^ 0xFF]))
-    cfg = dict(sources=[SourceConfig(root)], cycle=False, verify_checksums=True)
-    with pytest.raises(ShardCorrupted, match=shard_name(3, 10)):
+    cfg = dict(sources=[SourceConfig(root)], cycle=False, verify="sha256")
+    with pytest.raises(ShardError, match=shard_name(3, 10)):
         list(TrimodalDataset(config(roots, **cfg), LAYOUT))
     ds = TrimodalDataset(config(roots, on_corrupt="skip", **cfg), LAYOUT)
     rows = list(ds)
@@ -348,7 +377,7 @@ def test_corrupted_shard(data, tmp_path):
 def test_fingerprint_mismatch_refused(data, tmp_path):
     roots, _ = data
     other = str(tmp_path / "other")
-    make_source(other, "text", 1, 3, seed=5, tokenizers={"text": {"fingerprint": "another", "vocab_size": 100}})
+    make_source(other, "text", 1, 3, seed=5, tokenizers={"text": {"kind": "test", "fingerprint": "another", "vocab_size": 100}})
     layout = VocabLayout(text_codes=100, image_codes=64, audio_codes=32, audio_levels=2, fingerprints={"text": "text-fp"})
     TrimodalDataset(config(roots), layout)  # matches
     with pytest.raises(ValueError, match="text tokenizer fingerprint"):

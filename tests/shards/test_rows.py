@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from trimodal.shards.rows import RowTooLong, TextPacker, modality_of_row, paired_row, row_dict
+from trimodal.shards.rows import (
+    PAIRED_FRAMING, RowTooLong, TextPacker, framed_tokens, layout_ids, paired_length, paired_row, row_dict, text_rows,
+)
 from trimodal.tokenizers.vocab import AUDIO, IMAGE, TASK, TEXT, VocabLayout
 
 LAYOUT = VocabLayout(text_codes=100, image_codes=64, audio_codes=32, audio_levels=2)
@@ -108,10 +110,20 @@ def test_text_packer_state_roundtrip():
         TextPacker(LAYOUT, 12).pop()
 
 
-def test_modality_of_row_and_row_dict():
+def test_framing_arithmetic_matches_the_rows_built():
+    media = LAYOUT.to_global(IMAGE, np.array([[1, 2]]))
+    tokens, valid = paired_row(LAYOUT, "image_text", media, np.array([3, 4]), 20)
+    assert int(valid.sum()) == paired_length(2, 2) == 2 + 2 + PAIRED_FRAMING
+    docs = [np.arange(5), np.arange(3)]
+    rows = list(TextPacker(LAYOUT, 6).rows(docs))
+    assert len(rows) == framed_tokens(8, 2) // 5 == 2  # full rows; the packer keeps the rest pending
+    assert text_rows(framed_tokens(8, 2), 6) == 3  # stats count the partial last row too
+
+
+def test_modality_lookup_and_row_dict():
     media = LAYOUT.to_global(IMAGE, np.array([[1, 2]]))
     tokens, valid = paired_row(LAYOUT, "image_text", media, np.array([3]), 10)
-    mod = modality_of_row(LAYOUT, tokens)
+    mod = layout_ids(LAYOUT).modality_lut[tokens]
     assert mod.dtype == np.int64
     assert mod.tolist() == [TASK, IMAGE, IMAGE, IMAGE, IMAGE, TEXT, TEXT, TEXT, TEXT, TEXT]
     d = row_dict(tokens, valid, mod, "image_text")

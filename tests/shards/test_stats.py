@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from trimodal.shards.manifest import Manifest
-from trimodal.shards.stats import _Counts, compute_stats, format_stats, write_plots
+from trimodal.shards.report import format_stats, write_plots
+from trimodal.shards.stats import _Counts, compute_stats
 from trimodal.shards.writer import write_shard
 from trimodal.tokenizers.vocab import VocabLayout
 
@@ -49,7 +50,7 @@ def make_text(root, rng, compression="none"):
     Manifest(
         kind="tokenized",
         modality="text",
-        tokenizers={"text": {"fingerprint": "abc"}},
+        tokenizers={"text": {"kind": "test", "fingerprint": "abc", "vocab_size": 100}},
         shards=shards,
         counts={"read": written + 6, "written": written, "filtered": {"too_few_tokens": 3}, "rejected": {"bad_json": 2, "undecodable": 1}},
     ).save(str(root))
@@ -72,7 +73,7 @@ def make_image_text(root, rng):
     Manifest(
         kind="tokenized",
         modality="image_text",
-        tokenizers={"text": {"fingerprint": "abc"}, "image": {"fingerprint": "img"}},
+        tokenizers={"text": {"kind": "test", "fingerprint": "abc", "vocab_size": 100}, "image": {"kind": "test", "fingerprint": "img", "vocab_size": 64}},
         shards=[info],
         counts={"read": 13, "written": 9, "filtered": {}, "rejected": {"bad_json": 1, "corrupt_image": 3}},
     ).save(str(root))

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,7 @@ def test_blocks_are_disjoint_and_each_modality_has_its_own_mask():
     ranges = [range(b.offset, b.end) for b in layout.blocks] + [range(layout.task_offset, layout.vocab_size)]
     ids = [i for r in ranges for i in r]
     assert ids == list(range(layout.vocab_size))
-    masks = {layout.mask_token(m) for m in (TEXT, IMAGE, AUDIO)}
+    masks = {layout.blocks[m].mask for m in (TEXT, IMAGE, AUDIO)}
     assert len(masks) == 3
     assert layout.modality_of(np.array([layout.pad, layout.text.mask, layout.image.bos, layout.audio.eos,
                                         layout.task_token("audio_text")])).tolist() == [TEXT, TEXT, IMAGE, AUDIO, TASK]
@@ -37,7 +39,7 @@ def test_audio_flattening_is_frame_major_and_invertible(shared):
 
 def test_json_round_trip_and_compatibility_checks():
     a = VocabLayout(text_codes=300, fingerprints={"text": "abc"})
-    b = VocabLayout.from_json(a.to_json())
+    b = VocabLayout.from_dict(json.loads(json.dumps(a.to_dict())))
     assert b == a and b.fingerprints == {"text": "abc"}
     a.check_compatible(b)
     with pytest.raises(ValueError, match="different tokenizer"):
@@ -54,3 +56,18 @@ def test_out_of_range_codes_are_refused():
         layout.to_global(IMAGE, np.array([4]))
     with pytest.raises(ValueError, match="positive integer"):
         VocabLayout(text_codes=0)
+
+
+def test_layout_from_tokenizer_infos_and_defaults():
+    from trimodal.tokenizers.base import TokenizerInfo
+    from trimodal.tokenizers.vocab import BlockDefaults
+
+    infos = {"text": TokenizerInfo("text", "tiktoken", "t", 100277), "image": TokenizerInfo("image", "movqgan", "i", 16384),
+             "audio": TokenizerInfo("audio", "higgs", "a", 1024, levels=4, codebooks=8)}
+    layout = VocabLayout.from_tokenizers(infos)
+    assert layout.vocab_size == 117698 and layout.fingerprints == {"audio": "a", "image": "i", "text": "t"}
+    text_only = VocabLayout.from_tokenizers({"text": infos["text"]}, BlockDefaults(image_codes=64, audio_codes=32,
+                                                                                   audio_levels=2))
+    assert (text_only.image_codes, text_only.audio_codes, text_only.audio_levels) == (64, 32, 2)
+    with pytest.raises(ValueError, match="no text tokenizer"):
+        VocabLayout.from_tokenizers({"image": infos["image"]})

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import trimodal
-from trimodal.train.configs import ConfigError
+from trimodal.config import ConfigError
 from trimodal.train.trainer import TrainConfig, micro_batching, resolve_schedule
 
 CONFIGS = Path(trimodal.__file__).parent / "configs"

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from trimodal.train.configs import ConfigError
+from trimodal.config import ConfigError
 from trimodal.train.trainer import TrainConfig, train
 
 

@@ -1,0 +1,274 @@
+"""The mix job's plan, as pure numpy (no Beam): the sources, their units of work, and which
+source each output row comes from.
+
+1. **Sources and units** (no data read): every input manifest is loaded (never a bucket
+   listing), foreign tokenizers are refused, and each source (its train split) is cut into
+   *units*: runs of consecutive shards of about ``group_bytes``, in manifest order. For text, a
+   unit's offset in its source's packed token stream (``Σ (tokens + 2·samples)`` of the shards
+   before it: each document is framed ``BOS … EOS``) is known from the manifest alone.
+2. **The plan**, once the packing step has counted each unit's candidate rows: a PCG64
+   generator seeded by ``seed`` draws the source of each output row by weight, and row ``i``
+   takes the next unused candidate of its source (per source, candidates are used in manifest
+   order). Without ``rows`` the plan stops just before the first draw that finds its source
+   exhausted; with ``rows`` an exhausted source leaves the draw and the others are renormalised.
+
+See :mod:`trimodal.pipelines.mix` for the whole job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from trimodal import storage
+from trimodal.shards.format import ShardError
+from trimodal.shards.manifest import MANIFEST_NAME, Manifest, ShardInfo, merged_tokenizers
+from trimodal.shards.rows import ROW_OPENER, framed_tokens
+from trimodal.tokenizers.base import TokenizerInfo
+from trimodal.tokenizers.vocab import TASKS
+
+ROW_OVERHEAD_BYTES = 2048  # tar headers + .json + .npy header per row, for shard sizing
+_PLAN_SALT = 0x706C616E  # "plan"
+_PLAN_CHUNK = 1 << 16
+_NAME_RE = re.compile(r"^([A-Za-z0-9_.+-]+)=(.+)$")
+
+
+# ---- sources and units ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    index: int
+    name: str
+    root: str
+    task: str  # text | image_text | audio_text
+    weight: float  # normalised
+    manifest: Manifest
+    manifest_sha256: str
+
+    @property
+    def shards(self) -> list[ShardInfo]:
+        """The shards mixed: the train split (a val split stays out of a training mix)."""
+        return self.manifest.split_shards("train")
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    @property
+    def stream_tokens(self) -> int:
+        """Text: length of the framed token stream (each document ``BOS … EOS``)."""
+        return sum(framed_tokens(int(s.tokens.get("text", 0)), s.samples) for s in self.shards)
+
+    def max_rows(self, seq_len: int) -> int:
+        """Rows this source can give: exact for text, an upper bound for paired sources."""
+        if self.task == "text":
+            return self.stream_tokens // (seq_len - ROW_OPENER)
+        return self.samples
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A run of consecutive shards of one source, packed by one worker."""
+
+    source: int
+    group: int
+    root: str
+    task: str
+    shards: tuple[ShardInfo, ...]
+    first_sample: int  # index (in the source, manifest order) of the unit's first sample
+    stream_start: int  # text: offset of the unit's first token in the source's framed stream
+    stream_len: int  # text: framed tokens the manifest promises for the unit
+
+
+def parse_input(spec: str) -> tuple[str | None, str]:
+    m = _NAME_RE.match(spec)
+    if m and "/" not in m.group(1) and ":" not in m.group(1):
+        return m.group(1), m.group(2)
+    return None, spec
+
+
+def load_sources(inputs: list[str], weights: list[float]) -> list[Source]:
+    if not inputs:
+        raise ValueError("mix needs at least one input dataset")
+    if len(weights) != len(inputs):
+        raise ValueError(f"{len(weights)} weights for {len(inputs)} inputs: give one weight per input")
+    w = [float(x) for x in weights]
+    if any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"mixing weights must be finite, >= 0 and not all 0, got {weights}")
+    sources: list[Source] = []
+    manifests: dict[str, Manifest] = {}
+    names: set[str] = set()
+    for i, spec in enumerate(inputs):
+        name, root = parse_input(spec)
+        root = root.rstrip("/")
+        name = name or root.rsplit("/", 1)[-1] or root
+        if name in names:
+            raise ValueError(f"two inputs are named {name!r}: name them with NAME=ROOT")
+        names.add(name)
+        url = storage.join(root, MANIFEST_NAME)
+        try:
+            raw = storage.read_bytes(url)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no manifest at {url}: not a dataset root, or its pipeline did not finish") from None
+        try:
+            m = Manifest.from_dict(json.loads(raw), where=url)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{url}: not valid JSON ({e})") from None
+        if m.kind != "tokenized":
+            raise ValueError(f"input {name!r} ({root}) is a {m.kind!r} dataset; mix reads tokenized datasets only")
+        if m.modality not in TASKS:
+            raise ValueError(f"input {name!r} ({root}): unknown task {m.modality!r}; expected one of {TASKS}")
+        manifests[root] = m
+        sources.append(Source(i, name, root, m.modality, w[i] / sum(w), m, hashlib.sha256(raw).hexdigest()))
+    merged_tokenizers(manifests)
+    return sources
+
+
+def tokenizers_of(sources: list[Source]) -> dict[str, TokenizerInfo]:
+    """Union of the inputs' tokenizers (differing ones were refused by :func:`load_sources`)."""
+    return merged_tokenizers({s.root: s.manifest for s in sources})
+
+
+def make_units(sources: list[Source], group_bytes: int) -> list[Unit]:
+    units: list[Unit] = []
+    for s in sources:
+        shards = s.shards
+        group = 0
+        i = 0
+        first = 0
+        stream = 0
+        while i < len(shards):
+            j, size = i, 0
+            while j < len(shards) and (j == i or size + shards[j].bytes <= group_bytes):
+                size += shards[j].bytes
+                j += 1
+            run = tuple(shards[i:j])
+            samples = sum(x.samples for x in run)
+            stream_len = sum(framed_tokens(int(x.tokens.get("text", 0)), x.samples) for x in run)
+            if samples:
+                units.append(Unit(s.index, group, s.root, s.task, run, first, stream, stream_len))
+                group += 1
+            first += samples
+            stream += stream_len
+            i = j
+    return units
+
+
+def rows_per_shard(seq_len: int, target_shard_bytes: int | None) -> int:
+    target = target_shard_bytes or 128 * 2**20
+    return max(1, int(target) // (4 * seq_len + ROW_OVERHEAD_BYTES))
+
+
+# ---- the row plan -----------------------------------------------------------------------------
+@dataclass
+class Plan:
+    rows: int
+    rows_per_shard: int
+    n_shards: int
+    available: list[int]  # candidate rows per source
+    out_rows: list[np.ndarray]  # per source: output row of its k-th candidate (k < used)
+    paired_offsets: dict[tuple[int, int], int]  # (source, group) → dense index of its first row
+    stopped: str
+
+    @property
+    def used(self) -> list[int]:
+        return [int(a.size) for a in self.out_rows]
+
+
+def plan_sources(weights: list[float], available: list[int], rows: int | None, seed: int, names: list[str] | None = None) -> tuple[np.ndarray, str]:
+    """Source of every output row (int32 array) and why the plan stopped.
+
+    One uniform draw per row from ``PCG64([seed, salt])`` picks a source by weight among the
+    active ones. ``rows=None``: stop before the first draw whose source is exhausted. Otherwise an
+    exhausted source leaves the draw (same uniform re-mapped over the remaining sources) and the
+    plan runs to ``rows``; ValueError when every source runs out first.
+    """
+    names = names or [str(i) for i in range(len(weights))]
+    w = np.asarray(weights, dtype=np.float64)
+    room = np.asarray(available, dtype=np.int64).copy()
+    active = [i for i in range(len(w)) if w[i] > 0]
+    rng = np.random.default_rng([int(seed), _PLAN_SALT])
+    parts: list[np.ndarray] = []
+    total = 0
+    stopped = "rows"
+    while rows is None or total < rows:
+        n = _PLAN_CHUNK if rows is None else min(_PLAN_CHUNK, rows - total)
+        u = rng.random(n)
+        i = 0
+        halt = False
+        while i < n:
+            if not active:
+                raise ValueError(f"the inputs hold only {total} rows at this seq_len; asked for {rows}")
+            act = np.asarray(active, dtype=np.int64)
+            cum = np.cumsum(w[act])
+            pick = np.minimum(np.searchsorted(cum, u[i:] * cum[-1], side="right"), act.size - 1)
+            c = act[pick]
+            cut, gone = c.size, -1
+            for s in active:
+                pos = np.flatnonzero(c == s)
+                if pos.size > room[s] and pos[room[s]] < cut:
+                    cut, gone = int(pos[room[s]]), s
+            take = c[:cut]
+            parts.append(take.astype(np.int32))
+            room -= np.bincount(take, minlength=len(w)).astype(np.int64)
+            total += int(take.size)
+            i += cut
+            if gone < 0:
+                break
+            if rows is None:
+                stopped = f"source {names[gone]!r} exhausted"
+                halt = True
+                break
+            active.remove(gone)
+        if halt:
+            break
+    choice = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    return choice, stopped
+
+
+def make_plan(stats: list[tuple], spec: dict[str, Any]) -> Plan:
+    """The plan from the packing step's per-unit stats ``(source, group, rows, samples,
+    too_long, stream_tokens)`` and the launcher's spec."""
+    n_src = len(spec["weights"])
+    available = [0] * n_src
+    per_group: dict[tuple[int, int], int] = {}
+    stream = [0] * n_src
+    for src, group, n_rows, _samples, _too_long, n_stream in stats:
+        per_group[(src, group)] = n_rows
+        stream[src] += n_stream
+    offsets: dict[tuple[int, int], int] = {}
+    for src in range(n_src):
+        if spec["tasks"][src] == "text":
+            if stream[src] != spec["stream_tokens"][src]:
+                raise ShardError(spec["names"][src], f"packed {stream[src]} stream tokens, manifest says "
+                                                     f"{spec['stream_tokens'][src]}")
+            available[src] = stream[src] // (spec["seq_len"] - ROW_OPENER)
+        else:
+            acc = 0
+            for (s, g) in sorted(k for k in per_group if k[0] == src):
+                offsets[(s, g)] = acc
+                acc += per_group[(s, g)]
+            available[src] = acc
+    choice, stopped = plan_sources(spec["weights"], available, spec["rows"], spec["seed"], spec["names"])
+    if choice.size == 0:
+        detail = ", ".join(f"{n}: {a}" for n, a in zip(spec["names"], available))
+        raise ValueError(f"the mix has no rows at seq_len {spec['seq_len']} (rows available per input: {detail})")
+    dtype = np.uint32 if choice.size < 2**32 else np.int64
+    out_rows = [np.flatnonzero(choice == s).astype(dtype) for s in range(n_src)]
+    rps = spec["rows_per_shard"]
+    return Plan(
+        rows=int(choice.size),
+        rows_per_shard=rps,
+        n_shards=-(-int(choice.size) // rps),
+        available=available,
+        out_rows=out_rows,
+        paired_offsets=offsets,
+        stopped=stopped,
+    )
+
+

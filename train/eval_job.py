@@ -1,0 +1,86 @@
+"""``trimodal eval``: held-out ELBO of a checkpoint per modality and source, or the accuracy of
+likelihood-scored multiple choice (``--choices FILE.jsonl``).
+
+The ELBO uses the evaluation estimator of :mod:`trimodal.train.evaluate` (fixed rows, a fixed
+stratified t-grid of K = ``--samples`` levels, fixed masks); each level is one Monte Carlo draw,
+and the standard error is std/√K over them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from trimodal.config import option
+from trimodal.shards.loader.sources import LoaderConfig, SourceConfig
+
+
+@dataclass
+class EvalJobConfig:
+    checkpoint: str = option("", help="run folder, checkpoint folder or exported model folder")
+    data: list[str] = option(default_factory=list, help="dataset roots to evaluate")
+    split: str = option("val", help="split of the dataset roots")
+    samples: int = option(8, help="K: Monte Carlo draws (stratified t levels)")
+    rows: int = option(64, help="evaluation rows per source")
+    seed: int = option(0, help="seed of the rows, t-grid and masks")
+    batch_size: int = option(8, help="rows per forward pass")
+    choices: str | None = option(None, help="JSON-lines multiple-choice file: {prompt, choices, answer} per line")
+    length_normalize: bool = option(False, help="choices: compare ELBO per token (acc_norm)")
+    json: bool = option(False, help="print one JSON object")
+    device: str = option("auto", help="auto, cpu or cuda")
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise ValueError("--checkpoint is required")
+        if not self.data and not self.choices:
+            raise ValueError("give --data ROOT... (ELBO) or --choices FILE (accuracy)")
+        if self.samples < 1 or self.rows < 1:
+            raise ValueError("--samples and --rows must be >= 1")
+
+
+def run_eval(cfg: EvalJobConfig) -> dict[str, Any]:
+    import trimodal
+    from trimodal.train.evaluate import EvalConfig, Evaluator, eval_rows, evaluate_choices, read_choices
+    from trimodal.train.objective import ObjectiveConfig
+
+    m = trimodal.load(cfg.checkpoint, device=cfg.device)
+    result: dict[str, Any] = {"checkpoint": m.source, "step": m.step, "loaded": m.describe()}
+    if cfg.data:
+        from trimodal.shards.loader.sources import check_tokenizers
+        from trimodal.shards.manifest import Manifest
+        from trimodal.train.distributed import DistInfo
+
+        ecfg = EvalConfig(every=1, rows=cfg.rows, t_levels=cfg.samples, seed=cfg.seed, batch_size=cfg.batch_size,
+                          split=cfg.split)
+        seq_len = m.seq_len or m.model.cfg.max_seq_len
+        data = LoaderConfig(sources=[SourceConfig(root=r) for r in cfg.data], seq_len=seq_len)
+        sources = []
+        for sc in data.sources:
+            manifest = Manifest.load(sc.root)
+            check_tokenizers(m.layout, manifest, f"evaluation source {sc.root}")
+            sources.append(eval_rows(sc, m.layout, ecfg, data, manifest))
+        objective = ObjectiveConfig()
+        ev = Evaluator(ecfg, m.layout, sources, objective, DistInfo(device=m.device))
+        result["elbo"] = {k: v for k, v in ev.run(m.model).items() if k not in ("event", "step")}
+    if cfg.choices:
+        items = read_choices(cfg.choices)
+        r = evaluate_choices(m.model, m.layout, m.tokenizer("text"), items, cfg.samples, cfg.seed, cfg.length_normalize)
+        result["choices"] = {"file": cfg.choices, "accuracy": r.accuracy, "n": r.n, "predictions": r.predictions}
+    return result
+
+
+def format_result(result: dict[str, Any]) -> str:
+    lines = [result["loaded"]]
+    elbo = result.get("elbo")
+    if elbo:
+        lines.append("ELBO, nats per non-PAD token (± standard error over the Monte Carlo draws):")
+        for key in sorted(k for k in elbo if k.startswith("elbo/") or k == "elbo"):
+            se = elbo.get(key.replace("elbo", "elbo_se", 1), math.nan)
+            lines.append(f"  {key:<32} {elbo[key]:.4f} ± {se:.4f}")
+        for key in sorted(k for k in elbo if k.startswith("bits_per_byte")):
+            lines.append(f"  {key:<32} {elbo[key]:.4f}")
+    ch = result.get("choices")
+    if ch:
+        lines.append(f"multiple choice: accuracy {ch['accuracy']:.4f} on {ch['n']} items ({ch['file']})")
+    return "\n".join(lines)
