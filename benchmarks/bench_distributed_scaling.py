@@ -59,7 +59,7 @@ def make_dataset(root: Path, vocab: int, tokens: int, seed: int = 0) -> None:
 def run(world: int, data: Path, out: Path, args: argparse.Namespace) -> dict:
     sets = [
         f'data.sources=[{{"root": "{data}"}}]', f"data.seq_len={args.seq_len}", f"data.num_streams={args.streams}",
-        f"data.image_codes={args.media_codes}", f"data.audio_codes={args.media_codes}", "data.audio_levels=1",
+        f"vocab.image_codes={args.media_codes}", f"vocab.audio_codes={args.media_codes}", "vocab.audio_levels=1",
         f"model.dim={args.dim}", f"model.n_layers={args.layers}", f"model.n_heads={max(1, args.dim // 64)}",
         f"model.max_seq_len={args.seq_len}", f"run.steps={args.steps}", f"run.batch_size={args.batch * world}",
         f"run.out_dir={out}", "run.ckpt_every=0", "run.log_every=1", "run.progress=false", "run.device=cpu",

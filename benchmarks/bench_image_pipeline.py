@@ -111,7 +111,7 @@ def beam_pipeline(tar: Path, text_model: str, ckpt: str, out: Path, device: str,
     from trimodal.pipelines.image_text import ImageTextPipelineConfig, build_image_text_pipeline
     from trimodal.pipelines.image_readers import expand_image_inputs
     from trimodal.shards.manifest import Manifest
-    from trimodal.shards.reader import iter_shard
+    from trimodal.shards.reader import iter_samples
     from trimodal.tokenizers.movqgan import MoVQGANTokenizer
     from trimodal.tokenizers.text import TextTokenizer
 
@@ -127,7 +127,7 @@ def beam_pipeline(tar: Path, text_model: str, ckpt: str, out: Path, device: str,
     wall = time.perf_counter() - t0
     m = Manifest.load(cfg.out)
     assert m.counts["written"] == m.counts["read"], m.counts
-    codes = {s["json"]["id"]: np.array(s["image"]) for info in m.shards for s in iter_shard(cfg.out, info)}
+    codes = {s["json"]["id"]: np.array(s["image"]) for _, s in iter_samples(cfg.out, m.shards)}
     counters = {r.key.metric.name: r.committed for r in p.result.metrics().query()["counters"]}
     return wall, codes, counters
 

@@ -51,14 +51,15 @@ def read_baseline(paths: list[str]) -> int:
 
 
 def read_iter_samples(paths: list[str]) -> int:
-    from trimodal.shards.format import iter_samples
+    """The shared reader layer: index a shard's members, decode every sample (json included)."""
+    from trimodal.shards.reader import decode_sample, index_shard
 
     n = 0
     for path in paths:
         with open(path, "rb") as f:
             buf = f.read()
-        for sample in iter_samples(buf, path):
-            n += sample["text"].size
+        for entry in index_shard(buf, path):
+            n += decode_sample(buf, entry, path)["text"].size
     return n
 
 

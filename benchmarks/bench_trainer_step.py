@@ -44,6 +44,7 @@ def train_config(data: str, out: str, args) -> Any:
     sets = [
         f"run.out_dir={out}", f"run.steps={args.warmup + args.steps}", f"run.batch_size={args.batch}",
         "run.device=cpu", "run.dtype=fp32", "run.progress=false", "run.log_every=1", "run.ckpt_every=0",
+        "run.ckpt_final=false", "log.tensorboard=false",
         f"data.seq_len={args.seq_len}", f"model.dim={args.dim}", f"model.n_layers={args.layers}",
         f"model.n_heads={args.heads}", f"model.max_seq_len={args.seq_len}", "optim.warmup_steps=2",
     ]
@@ -55,11 +56,11 @@ def train_config(data: str, out: str, args) -> Any:
 def run_trainer(data: str, out: str, args) -> dict[str, list[float]]:
     """Per-step seconds of one ``train(cfg)`` run, warm-up steps dropped: ``wall`` from the log's
     ``elapsed``; ``cpu`` from ``process_time`` stamped when the trainer logs each step (its
-    ``Logger.log`` is wrapped, nothing else changes)."""
-    from trimodal.train import trainer
+    ``Metrics.log`` is wrapped, nothing else changes)."""
+    from trimodal.train import metrics, trainer
 
     stamps: dict[int, float] = {}
-    original = trainer.Logger.log
+    original = metrics.Metrics.log
 
     def log(self, record):
         if "elapsed" in record:
@@ -67,11 +68,11 @@ def run_trainer(data: str, out: str, args) -> dict[str, list[float]]:
         return original(self, record)
 
     shutil.rmtree(out, ignore_errors=True)
-    trainer.Logger.log = log
+    metrics.Metrics.log = log
     try:
         res = trainer.train(train_config(data, out, args))
     finally:
-        trainer.Logger.log = original
+        metrics.Metrics.log = original
     recs = [json.loads(l) for l in Path(res["log"]).read_text().splitlines()]
     el = {r["step"]: r["elapsed"] for r in recs if "elapsed" in r}
     measured = range(args.warmup + 1, args.warmup + args.steps + 1)
@@ -82,12 +83,11 @@ def fixed_batch(data: str, args):
     """B rows of the loader, collated as the trainer does, and the layout the trainer uses."""
     import torch
 
-    from trimodal.shards.loader import LoaderConfig, TrimodalDataset
-    from trimodal.shards.manifest import Manifest
-    from trimodal.train.trainer import layout_from_manifests
+    from trimodal.shards.loader import LoaderConfig, TrimodalDataset, load_manifests, tokenizers_of
+    from trimodal.tokenizers.vocab import VocabLayout
 
     cfg = train_config(data, "/nonexistent", args)
-    layout = layout_from_manifests({data: Manifest.load(data)}, cfg.data)
+    layout = VocabLayout.from_tokenizers(tokenizers_of(load_manifests(cfg.data)), cfg.vocab)
     ds = TrimodalDataset(LoaderConfig(sources=cfg.data.sources, seq_len=args.seq_len, seed=0), layout, rank=0, world_size=1)
     it = iter(ds)
     rows = [next(it) for _ in range(args.batch)]

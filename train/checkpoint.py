@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,7 @@ class CheckpointError(RuntimeError):
 
 
 def step_dir(root: str, step: int) -> str:
-    return storage.join(root, f"step-{step:07d}")
+    return storage.join(os.fspath(root), f"step-{step:07d}")
 
 
 def _is_local(url: str) -> bool:
@@ -69,6 +70,7 @@ def _reader(path: str):
 
 def complete_checkpoints(root: str) -> list[str]:
     """Checkpoints under ``root`` that have their ``files.json``, oldest first."""
+    root = os.fspath(root)
     fs, path = storage.fs_and_path(root)
     try:
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
@@ -104,6 +106,7 @@ def _list_files(path: str) -> list[str]:
 def save_checkpoint(root: str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], rank_state: dict[str, Any], info: D.DistInfo) -> str:
     """Save collectively (every rank calls this); returns the final folder."""
+    root = os.fspath(root)
     final = step_dir(root, step)
     local = _is_local(root)
     target = final + ".partial" if local else final
@@ -153,6 +156,7 @@ def prune(root: str, keep_last: int, run_id: str | None) -> list[str]:
 
 
 def read_files(path: str) -> dict[str, Any]:
+    path = os.fspath(path)
     url = storage.join(path, FILES)
     try:
         return json.loads(storage.read_bytes(url))
@@ -166,6 +170,7 @@ def verify(path: str, rank: int = 0, world_size: int = 1) -> None:
     """Check the files of a checkpoint against ``files.json``; rank ``r`` of ``W`` hashes every
     W-th file (the callers all-reduce the outcome). Raises :class:`CheckpointError` naming the
     first bad file."""
+    path = os.fspath(path)
     record = read_files(path)
     for i, (name, meta) in enumerate(sorted(record["files"].items())):
         if i % world_size != rank:
@@ -183,6 +188,7 @@ def verify(path: str, rank: int = 0, world_size: int = 1) -> None:
 
 def read_state(path: str) -> dict[str, Any]:
     """``state.json`` of a complete checkpoint (its files are not hashed here)."""
+    path = os.fspath(path)
     read_files(path)
     url = storage.join(path, STATE)
     try:
@@ -205,6 +211,7 @@ def load_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Op
     """Verify, then load model (and optimizer) in place, resharding as needed. Every failure,
     DCP's own included (its ``CheckpointException`` is a ``BaseException``), becomes a
     :class:`CheckpointError` naming the checkpoint."""
+    path = os.fspath(path)
     info = info or D.DistInfo()
     problem = ""
     try:

@@ -93,9 +93,10 @@ class Model:
     def _sample(self, tpl, task: str, seed: int, **overrides: Any) -> torch.Tensor:
         from trimodal.train.sampler import SamplerConfig, sample
 
-        cfg = SamplerConfig.for_task(task, seed=seed, **{k: v for k, v in overrides.items() if v is not None})
-        if not bool(tpl.prompt.any()) and cfg.cfg_scale != 1.0:
-            cfg = SamplerConfig.for_task(task, seed=seed, **{**overrides, "cfg_scale": 1.0})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        cfg = SamplerConfig.for_task(task, seed=seed, **given)
+        if not bool(tpl.prompt.any()) and cfg.cfg_scale != 1.0:  # nothing to guide by: unconditional
+            cfg = SamplerConfig.for_task(task, seed=seed, **{**given, "cfg_scale": 1.0})
         d = self.device
         return sample(self.model, tpl.tokens.to(d), tpl.modality.to(d), self.layout, cfg, prompt=tpl.prompt.to(d)).cpu()
 

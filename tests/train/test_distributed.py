@@ -34,7 +34,9 @@ import pytest
 from trimodal.shards.loader import LoaderConfig, TrimodalDataset
 from trimodal.shards.manifest import Manifest
 from trimodal.train import checkpoint as ckpt
-from trimodal.train.trainer import TrainConfig, layout_from_manifests, train
+from trimodal.shards.loader import load_manifests, stream_states_from_loader_state, tokenizers_of
+from trimodal.tokenizers.vocab import VocabLayout
+from trimodal.train.trainer import TrainConfig, train
 
 STEPS, BATCH, STREAMS, CUT = 8, 4, 8, 3
 
@@ -43,8 +45,8 @@ def _sets(data: str, out: Path, *extra: str) -> list[str]:
     return [
         f'data.sources=[{{"root": "{data}"}}]', f"run.out_dir={out}", f"run.steps={STEPS}", f"run.batch_size={BATCH}",
         "run.device=cpu", "run.progress=false", "run.log_every=1", f"run.ckpt_every={CUT}", "run.log_rows=true",
-        "data.seq_len=64", f"data.num_streams={STREAMS}", "data.image_codes=64", "data.audio_codes=64",
-        "data.audio_levels=1", "model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.max_seq_len=64",
+        "data.seq_len=64", f"data.num_streams={STREAMS}", "vocab.image_codes=64", "vocab.audio_codes=64",
+        "vocab.audio_levels=1", "model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.max_seq_len=64",
         "optim.lr=3e-3", "optim.warmup_steps=2", "optim.weight_decay=0.0", *extra,
     ]
 
@@ -108,7 +110,7 @@ def _rows(out: Path, upto: dict[int, int] | None = None) -> dict[tuple[int, int]
 def reference_streams(text_dataset):
     """Each logical stream's first rows, read alone (a dataset that owns only that stream)."""
     cfg = TrainConfig.load(None, _sets(text_dataset, Path("unused")))
-    layout = layout_from_manifests({s.root: Manifest.load(s.root) for s in cfg.data.sources}, cfg.data)
+    layout = VocabLayout.from_tokenizers(tokenizers_of(load_manifests(cfg.data)), cfg.vocab)
     lc = LoaderConfig(sources=cfg.data.sources, seq_len=cfg.data.seq_len, seed=cfg.run.seed,
                       num_streams=cfg.data.num_streams)
     need = STEPS * BATCH  # more than any stream can supply in these runs
@@ -150,8 +152,8 @@ def runs(text_dataset, tmp_path_factory):
 
 
 def test_two_rank_resume_matches_uninterrupted_run(runs):
-    assert f"resumed from {runs['split'] / 'checkpoints' / f'step-{CUT:07d}'} at step {CUT} (saved by 2 ranks)" \
-        in runs["resumed_stdout"]
+    assert f"resumed from {runs['split'] / 'checkpoints' / f'step-{CUT:07d}'} at step {CUT} (saved by 2 ranks; " \
+        "data position: exact)" in runs["resumed_stdout"]
     assert _losses(runs["split"]) == _losses(runs["full"])  # exact, not approximate
     # ... and each rank trained on the same rows, in the same order, at every step
     full_rows = _rows(runs["full"])
@@ -162,8 +164,9 @@ def test_two_rank_resume_matches_uninterrupted_run(runs):
     assert state["world_size"] == 2 and state["step"] == CUT
     for r in (0, 1):
         rs = json.loads((runs["split"] / "checkpoints" / f"step-{CUT:07d}" / f"rank-{r}.json").read_text())
-        assert sorted(map(int, rs["streams"])) == list(range(r, STREAMS, 2))
-        assert sum(st["rows"] for st in rs["streams"].values()) == CUT * BATCH // 2
+        streams = stream_states_from_loader_state(rs)
+        assert sorted(streams) == list(range(r, STREAMS, 2))
+        assert sum(st["rows"] for st in streams.values()) == CUT * BATCH // 2
 
 
 def test_two_rank_checkpoint_resumes_on_one_rank(runs, text_dataset, reference_streams, monkeypatch):
@@ -184,7 +187,7 @@ def test_one_rank_checkpoint_resumes_on_two_ranks(runs, text_dataset, reference_
     first = _train_here(_sets(text_dataset, out, f"run.stop_at_step={CUT}"), monkeypatch)
     assert len(first["losses"]) == CUT
     proc = _torchrun(_sets(text_dataset, out), runs["base"], "--resume")
-    assert f"at step {CUT} (saved by 1 rank)" in proc.stdout
+    assert f"at step {CUT} (saved by 1 rank; data position: streams)" in proc.stdout
     rows = _rows(out, upto={0: CUT})
     assert sorted(rows) == sorted([(0, s) for s in range(1, CUT + 1)] +
                                   [(r, s) for r in (0, 1) for s in range(CUT + 1, STEPS + 1)])
@@ -196,15 +199,15 @@ def test_one_rank_checkpoint_resumes_on_two_ranks(runs, text_dataset, reference_
 
 CRASH = textwrap.dedent('''
     """trimodal train, except that rank 1 dies (os._exit) right after its DCP write of the
-    checkpoint named by $CRASH_IN: the model/optimizer files are on disk, state.json is not."""
+    checkpoint named by $CRASH_IN: the model/optimizer files are on disk, files.json is not."""
     import os, sys
     import trimodal.train.checkpoint as ckpt
 
     real_save = ckpt.dcp.save
 
-    def save(state_dict, *args, checkpoint_id=None, **kw):
-        out = real_save(state_dict, *args, checkpoint_id=checkpoint_id, **kw)
-        if os.environ["RANK"] == "1" and str(checkpoint_id).endswith(os.environ["CRASH_IN"] + ".partial"):
+    def save(state_dict, *args, storage_writer=None, **kw):
+        out = real_save(state_dict, *args, storage_writer=storage_writer, **kw)
+        if os.environ["RANK"] == "1" and str(storage_writer.path).endswith(os.environ["CRASH_IN"] + ".partial"):
             os._exit(17)
         return out
 
@@ -224,16 +227,16 @@ def test_rank_killed_mid_save_leaves_previous_checkpoint(runs, text_dataset):
     assert crashed.returncode != 0, crashed.stdout
     root = out / "checkpoints"
     partial = root / f"step-{2 * CUT:07d}.partial"
-    assert partial.is_dir() and list(partial.glob("*.distcp")) and not (partial / "state.json").exists()
+    assert partial.is_dir() and list(partial.glob("*.distcp")) and not (partial / ckpt.FILES).exists()
     assert not (root / f"step-{2 * CUT:07d}").exists()
-    assert ckpt.latest_checkpoint(root) == root / f"step-{CUT:07d}"
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    assert ckpt.complete_checkpoints(root)[-1] == str(root / f"step-{CUT:07d}")
+    with pytest.raises(ckpt.CheckpointError, match="not a complete checkpoint"):
         ckpt.read_state(partial)
 
     resumed = _torchrun(_sets(text_dataset, out), base, "--resume")
     assert f"resumed from {root / f'step-{CUT:07d}'} at step {CUT}" in resumed.stdout
     assert _losses(out) == _losses(runs["full"])
-    assert sorted(p.name for p in root.iterdir()) == [f"step-{s:07d}" for s in (CUT, 2 * CUT, STEPS)]
+    assert sorted(p.name for p in root.iterdir()) == [f"step-{s:07d}" for s in (CUT, 2 * CUT, STEPS)]  # .partial replaced
     assert ckpt.read_state(root / f"step-{2 * CUT:07d}")["world_size"] == 2
 
 

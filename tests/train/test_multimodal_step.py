@@ -108,7 +108,9 @@ def test_shards_of_another_image_tokenizer_are_refused(sp_model, tmp_path):
     img = image_text_dataset(tmp_path / "img", sp_model)
     other = image_text_dataset(tmp_path / "img2", sp_model, seed=1)
     m = Manifest.load(other)
-    m.tokenizers["image"] = {**m.tokenizers["image"], "fingerprint": "fedcba9876543210"}
+    from dataclasses import replace
+
+    m.tokenizers["image"] = replace(m.tokenizers["image"], fingerprint="fedcba9876543210")
     m.save(other)
     with pytest.raises(ValueError, match="image tokenizer"):
         train(_cfg([img, other], tmp_path / "refused", 1))

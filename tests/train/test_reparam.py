@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import re
 
 import pytest
 
@@ -54,34 +55,43 @@ def test_steps_round_to_nearest():
 
 
 @pytest.mark.parametrize(
-    "kwargs, field",
+    "make, field",
     [
-        (dict(batch=0), "batch"),
-        (dict(batch=-4), "batch"),
-        (dict(batch=2.5), "batch"),
-        (dict(seq_len=0), "seq_len"),
-        (dict(tokens=0.0), "tokens"),
-        (dict(tokens=-1e9), "tokens"),
-        (dict(tokens=float("inf")), "tokens"),
-        (dict(tokens=10.0), "tokens"),  # under half a step
-        (dict(cfg=ReparamConfig(gamma=-0.1)), "gamma"),
-        (dict(cfg=ReparamConfig(gamma=1.5)), "gamma"),
-        (dict(cfg=ReparamConfig(gamma=float("nan"))), "gamma"),
-        (dict(cfg=ReparamConfig(weight_decay_rule="linear")), "weight_decay_rule"),
-        (dict(cfg=ReparamConfig(base=BaseRun(batch=0))), "base.batch"),
-        (dict(cfg=ReparamConfig(base=BaseRun(tokens=0))), "base.tokens"),
-        (dict(cfg=ReparamConfig(base=BaseRun(lr=0))), "base.lr"),
-        (dict(cfg=ReparamConfig(base=BaseRun(beta1=1.0))), "base.beta1"),
-        (dict(cfg=ReparamConfig(base=BaseRun(beta2=0.0))), "base.beta2"),
-        (dict(cfg=ReparamConfig(base=BaseRun(eps=-1e-8))), "base.eps"),
-        (dict(cfg=ReparamConfig(base=BaseRun(weight_decay=-0.1))), "base.weight_decay"),
+        (lambda: dict(batch=0), "batch"),
+        (lambda: dict(batch=-4), "batch"),
+        (lambda: dict(batch=2.5), "batch"),
+        (lambda: dict(seq_len=0), "seq_len"),
+        (lambda: dict(tokens=0.0), "tokens"),
+        (lambda: dict(tokens=-1e9), "tokens"),
+        (lambda: dict(tokens=float("inf")), "tokens"),
+        (lambda: dict(tokens=10.0), "tokens"),  # under half a step
+        # the config section refuses a bad value as soon as it is built
+        (lambda: dict(cfg=ReparamConfig(gamma=-0.1)), "reparam.gamma"),
+        (lambda: dict(cfg=ReparamConfig(gamma=1.5)), "reparam.gamma"),
+        (lambda: dict(cfg=ReparamConfig(gamma=float("nan"))), "reparam.gamma"),
+        (lambda: dict(cfg=ReparamConfig(weight_decay_rule="linear")), "reparam.weight_decay_rule"),
+        (lambda: dict(cfg=ReparamConfig(grad_clip_rule="kappa")), "reparam.grad_clip_rule"),
+        (lambda: dict(cfg=ReparamConfig(base=BaseRun(batch=0))), "base.batch"),
+        (lambda: dict(cfg=ReparamConfig(base=BaseRun(tokens=0))), "base.tokens"),
+        (lambda: dict(cfg=ReparamConfig(base=BaseRun(lr=0))), "base.lr"),
+        (lambda: dict(cfg=ReparamConfig(base=BaseRun(beta1=1.0))), "base.beta1"),
+        (lambda: dict(cfg=ReparamConfig(base=BaseRun(beta2=0.0))), "base.beta2"),
+        (lambda: dict(cfg=ReparamConfig(base=BaseRun(eps=-1e-8))), "base.eps"),
+        (lambda: dict(cfg=ReparamConfig(base=BaseRun(weight_decay=-0.1))), "base.weight_decay"),
     ],
 )
-def test_errors_name_the_field(kwargs, field):
+def test_errors_name_the_field(make, field):
     args = dict(batch=64, tokens=1e10, seq_len=1024, cfg=None)
-    args.update(kwargs)
-    with pytest.raises(ValueError, match=rf"^{field} "):
+    with pytest.raises(ValueError, match=rf"^{re.escape(field)} "):
+        args.update(make())
         reparameterize(args["batch"], args["tokens"], args["seq_len"], args["cfg"])
+
+
+def test_min_lr_and_grad_clip_scaling_are_options():
+    plain = reparameterize(3072, 1e13, 3256)
+    assert plain.min_lr_scale == 1.0 and plain.grad_clip_scale == 1.0
+    r = reparameterize(3072, 1e13, 3256, ReparamConfig(scale_min_lr=True, grad_clip_rule="inv_sqrt_kappa"))
+    assert r.min_lr_scale == pytest.approx(r.kappa ** 0.5) and r.grad_clip_scale == pytest.approx(r.kappa ** -0.5)
 
 
 def test_result_is_frozen():

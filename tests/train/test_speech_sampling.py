@@ -43,11 +43,9 @@ def run_dir(tmp_path_factory, sp_model) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     # what the trainer records: tokenizers as the dataset manifests describe them (paths included)
     state = {
-        "config": {"model": asdict(model_cfg)},
         "layout": layout.to_dict(),
-        "tokenizers": {"text": text.info(),
-                       "audio": {"kind": "dac", "fingerprint": dac.fingerprint, "vocab_size": 1024, "n_keep": 4,
-                                 "sample_rate": SR, "hop_length": HOP, "frame_rate": SR / HOP, "path": str(dac_path)}},
+        "config": {"model": asdict(model_cfg), "data": {"seq_len": 256}},
+        "tokenizers": {"text": text.info().to_dict(), "audio": dac.info(str(dac_path)).to_dict()},
     }
     ckpt.save_checkpoint(root / "checkpoints", 1, model, optimizer, state, {"streams": {}}, DistInfo())
     return root
