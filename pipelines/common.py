@@ -84,8 +84,10 @@ class _ReadFile(beam.DoFn):
     def __init__(self, read_file: Callable[[str], Iterator[Record | DeadLetter]]):
         self.read_file = read_file
 
-    def process(self, url: str):
-        for x in self.read_file(url):
+    def process(self, url: bytes):
+        # inputs travel as bytes: a local file name need not be valid UTF-8 (Beam's str coder
+        # insists on it), and os.fsdecode gives back the exact name to open
+        for x in self.read_file(url.decode("utf-8", "surrogateescape")):
             yield beam.pvalue.TaggedOutput(READ_ERRORS, x) if isinstance(x, DeadLetter) else x
 
 
@@ -95,7 +97,7 @@ def build(p: beam.Pipeline, inputs: list[str], read_file: Callable[[str], Iterat
     """read → steps → (batched tokenization) → shards + dead-letter + manifest."""
     read = (
         p
-        | "Inputs" >> beam.Create(inputs)
+        | "Inputs" >> beam.Create([u.encode("utf-8", "surrogateescape") for u in inputs])
         | "SpreadFiles" >> beam.Reshuffle()
         | "Read" >> beam.ParDo(_ReadFile(read_file)).with_outputs(READ_ERRORS, main="ok")
     )

@@ -32,6 +32,17 @@ def safe_text(s: str) -> str:
         return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def safe_json(x: Any) -> Any:
+    """``x`` (dicts, lists, strings) with every string made encodable (see :func:`safe_text`)."""
+    if isinstance(x, str):
+        return safe_text(x)
+    if isinstance(x, dict):
+        return {safe_text(str(k)): safe_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [safe_json(v) for v in x]
+    return x
+
+
 @dataclass
 class Record:
     """One input record. Readers fill ``id``, ``source``, ``text`` (the document, caption or

@@ -28,7 +28,7 @@ import numpy as np
 
 from trimodal import storage
 from trimodal.pipelines.outcomes import count
-from trimodal.pipelines.records import FILTERED, REJECTED, Record
+from trimodal.pipelines.records import FILTERED, REJECTED, Record, safe_json
 from trimodal.shards.format import encode_sample, key_from_id
 from trimodal.shards.lock import DatasetLock
 from trimodal.shards.manifest import Manifest, ShardInfo
@@ -70,7 +70,7 @@ def make_sample(record: Record, modality: str, lengths: dict[str, Any], arrays: 
     of the document, caption or transcript: the manifest's bits-per-byte denominator)."""
     key = key_from_id(record.id)
     meta = {"id": record.id, "source": record.source, "modality": modality, "lengths": lengths,
-            "provenance": record.provenance}
+            "provenance": safe_json(record.provenance)}
     count("sink", "written")
     return {
         "key": key,

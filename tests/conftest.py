@@ -4,8 +4,10 @@ on it, and one text dataset written by the real Beam pipeline (session-scoped: b
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,65 @@ def text_dataset(tmp_path_factory, corpus, sp_model) -> str:
         ["--runner=DirectRunner"],
     )
     return out
+
+
+# ---- a real S3-API server (moto, server mode) on loopback, shared by the object-storage tests ----
+BUCKET = "trimodal-test"
+S3_WORDS = "object storage keeps shards and manifests behind one url scheme for every reader".split()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    import fsspec
+
+    from trimodal.tokenizers.text import train_text_tokenizer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log lines
+    for attempt in range(5):  # a port found free can be taken before the server binds it
+        port = _free_port()
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        try:
+            server.start()
+            break
+        except OSError:
+            if attempt == 4:
+                raise
+    endpoint = f"http://127.0.0.1:{port}"
+    mp = pytest.MonkeyPatch()
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "FSSPEC_S3_ENDPOINT_URL": endpoint,
+    }.items():
+        mp.setenv(k, v)
+    mp.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = fsspec.filesystem("s3")
+    fs.mkdir(BUCKET)
+
+    # corpus (two JSONL files) and tokenizer, uploaded
+    rng = random.Random(0)
+    docs = [" ".join(rng.choice(S3_WORDS) for _ in range(rng.randint(3, 50))) for _ in range(160)]
+    for part in range(2):
+        body = "".join(json.dumps({"text": d}) + "\n" for d in docs[part::2])
+        fs.pipe(f"{BUCKET}/corpus/part-{part}.jsonl", body.encode())
+    local = tmp_path_factory.mktemp("s3tok") / "text.model"
+    train_text_tokenizer(docs, 300, str(local))
+    fs.put(str(local), f"{BUCKET}/tokenizers/text.model")
+    yield {"fs": fs, "endpoint": endpoint, "docs": docs, "tmp": tmp_path_factory.mktemp("s3local")}
+    mp.undo()
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+

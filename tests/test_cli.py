@@ -1,6 +1,7 @@
 """The command-line contract (SPEC §8), exercised through real subprocesses."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -91,3 +92,79 @@ def test_dataflow_dry_run_through_the_cli_leaves_the_dataset_untouched(text_data
     assert res.returncode == 0, res.stderr
     assert "dry run" in res.stdout
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+
+
+# ---- command-line conventions ------------------------------------------------------------------
+def test_version_and_help_show_defaults_and_every_config_key(tmp_path):
+    res = trimodal("--version", cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.startswith("trimodal ")
+    res = trimodal("pipeline", "text", "--help", cwd=tmp_path)
+    assert "(default: 256)" in res.stdout and "val_fraction" in res.stdout and "--shard-mb" in res.stdout
+    res = trimodal("train", "--help", cwd=tmp_path)
+    assert re.search(r"optim\.lr +float = 0\.0009", res.stdout) and "data.audio_overflow" in res.stdout
+
+
+def test_debug_works_after_the_subcommand(tmp_path):
+    res = trimodal("train", "--set", "optim.bogus=1", "--debug", cwd=tmp_path)
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+@pytest.mark.parametrize("typo,near", [("--shard_mb", "--shard-mb"), ("--direct-num-workers=8", "--direct_num_workers"),
+                                       ("--text-tokeniser", "--text-tokenizer")])
+def test_a_mistyped_pipeline_option_names_the_near_matches(tmp_path, sp_model, corpus, typo, near):
+    from trimodal.cli import main
+
+    argv = ["pipeline", "text", "--input", str(corpus["path"]), "--text-tokenizer", sp_model,
+            "--out", str(tmp_path / "o"), "--runner=DirectRunner", *typo.split("=")[:1], *(["1"] if "=" not in typo else [])]
+    if "=" in typo:
+        argv[-1] = typo
+    assert main(argv) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_near_match_message(tmp_path, sp_model, corpus, capsys):
+    from trimodal.cli import main
+
+    assert main(["pipeline", "text", "--input", str(corpus["path"]), "--text-tokenizer", sp_model, "--out",
+                 str(tmp_path / "o"), "--direct-num-workers=8"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown option --direct-num-workers" in err and "--direct_num_workers" in err
+
+
+def test_brace_ranges_expand_in_every_input(tmp_path, sp_model):
+    from trimodal.cli import main
+
+    for i in range(3):
+        (tmp_path / f"part-{i:05d}.jsonl").write_text(json.dumps({"text": f"document number {i} of the set"}) + "\n")
+    out = tmp_path / "ds"
+    assert main(["pipeline", "text", "--input", str(tmp_path / "part-{00000..00002}.jsonl"), "--text-tokenizer",
+                 sp_model, "--out", str(out), "--runner=DirectRunner"]) == 0
+    from trimodal.shards.manifest import Manifest
+
+    assert Manifest.load(str(out)).counts["read"] == 3
+    from trimodal.storage import expand_inputs
+
+    with pytest.raises(FileNotFoundError, match="part-00003"):
+        expand_inputs(str(tmp_path / "part-{00000..00003}.jsonl"))
+
+
+def test_config_files_in_yaml_and_toml(tmp_path):
+    from trimodal.train.trainer import TrainConfig
+
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 0.002\nrun:\n  steps: 7\n")
+    (tmp_path / "c.toml").write_text("[optim]\nlr = 0.003\n[run]\nsteps = 9\n")
+    assert TrainConfig.load(str(tmp_path / "c.yaml")).optim.lr == 0.002
+    cfg = TrainConfig.load(str(tmp_path / "c.toml"), ["run.steps=11"])
+    assert cfg.optim.lr == 0.003 and cfg.run.steps == 11
+    (tmp_path / "bad.yaml").write_text("optim: [unclosed\n")
+    from trimodal.config import ConfigError
+
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        TrainConfig.load(str(tmp_path / "bad.yaml"))
+
+
+def test_shards_show_decodes_text(text_dataset, tmp_path):
+    res = trimodal("shards", "show", text_dataset, "--n", "2", "--out", str(tmp_path / "show"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(l.startswith("[") and "'" in l for l in lines)

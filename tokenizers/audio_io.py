@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 
 __all__ = ["AudioRejected", "REJECT_REASONS", "load_audio", "resample", "resample_sinc", "write_wav"]
 
-REJECT_REASONS = ("empty", "undecodable", "zero_samples", "non_finite", "too_long")
+REJECT_REASONS = ("empty", "undecodable", "bad_header", "zero_samples", "non_finite", "too_long")
+MAX_SAMPLE_RATE = 768_000  # the highest rate of real audio formats; anything above is a broken header
+MAX_CHANNELS = 64
+MAX_DECODED_BYTES = 4 * 2**30  # float32 samples a header may ask for, at most
 
 
 class AudioRejected(ValueError):
@@ -59,8 +62,9 @@ def load_audio(data: bytes, target_sr: int, max_seconds: float | None = 30.0) ->
     segments here. Sample values are not clipped.
 
     Raises :class:`AudioRejected` with reason ``empty`` (zero bytes), ``undecodable`` (not audio,
-    unsupported or truncated header), ``zero_samples``, ``non_finite`` (NaN/inf samples) or
-    ``too_long``.
+    unsupported or truncated header), ``bad_header`` (a header claiming an absurd sample rate,
+    channel count or size: refused before anything is allocated or resampled), ``zero_samples``,
+    ``non_finite`` (NaN/inf samples) or ``too_long``.
     """
     if not data:
         raise AudioRejected("empty", "zero bytes")
@@ -68,6 +72,14 @@ def load_audio(data: bytes, target_sr: int, max_seconds: float | None = 30.0) ->
         with sf.SoundFile(io.BytesIO(data)) as f:
             sr = int(f.samplerate)
             n_declared = int(f.frames)
+            channels = int(f.channels)
+            if not 0 < sr <= MAX_SAMPLE_RATE:
+                raise AudioRejected("bad_header", f"sample rate {sr} Hz outside (0, {MAX_SAMPLE_RATE}]")
+            if not 0 < channels <= MAX_CHANNELS:
+                raise AudioRejected("bad_header", f"{channels} channels")
+            if n_declared * channels * 4 > MAX_DECODED_BYTES:
+                raise AudioRejected("bad_header", f"{n_declared} frames × {channels} channels would need "
+                                                  f"{n_declared * channels * 4 / 2**30:.1f} GiB")
             # refuse by the header's length before decoding a huge file
             if max_seconds is not None and sr > 0 and n_declared > max_seconds * sr:
                 raise AudioRejected("too_long", f"{n_declared / sr:.2f} s > {max_seconds} s")

@@ -12,7 +12,10 @@ here is built so that two runs' curves can be compared point by point:
   not independent: the error is conservative).
 
 The rows and draws depend on nothing but the data, ``seq_len`` and ``eval.seed``: the number is
-the same across runs, world sizes and resumptions. Rank ``r`` of ``W`` evaluates rows
+the same across runs, world sizes and resumptions. The estimator always uses the linear schedule
+(w = 1/t), whatever schedule a run trains with: the continuous-time ELBO of masked diffusion is
+the same bound under every schedule, so runs trained with different schedules are compared on
+one estimator. Rank ``r`` of ``W`` evaluates rows
 ``i ≡ r (mod W)`` and the sums are all-reduced. The z-loss is not part of the ELBO.
 
 Text also gets bits per byte: the ELBO of text positions × the split's tokens per UTF-8 byte
@@ -37,7 +40,7 @@ from trimodal.shards.manifest import Manifest
 from trimodal.tokenizers.vocab import MODALITIES, TASK, TEXT, VocabLayout
 from trimodal.train import distributed as D
 from trimodal.train.objective import ObjectiveConfig, apply_mask, masked_diffusion_loss, seed_of
-from trimodal.train.schedules import make_schedule
+from trimodal.train.schedules import ScheduleConfig, make_schedule
 
 _T_SALT, _MASK_SALT, _CHOICE_SALT = 0x7467, 0x6D6B, 0x6368
 
@@ -124,7 +127,7 @@ def eval_rows(source: SourceConfig, layout: VocabLayout, cfg: EvalConfig, data: 
 def elbo_sums(model, rows: dict[str, torch.Tensor], index: list[int], layout: VocabLayout, objective: ObjectiveConfig,
               cfg: EvalConfig, device: torch.device, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Sums over the given rows, per level k and modality: [K, 2, 3] = (Σ w·CE, non-PAD tokens)."""
-    schedule = make_schedule(objective.schedule)
+    schedule = make_schedule(ScheduleConfig("linear"))  # the same estimator for every run (docstring)
     K = cfg.t_levels
     out = torch.zeros(K, 2, len(MODALITIES), dtype=torch.float64)
     for start in range(0, max(len(index), 1), cfg.batch_size):

@@ -48,6 +48,14 @@ class ObjectiveConfig:
     z_loss: float = 1e-5
     full_vocab: bool = False
     anti_mask: bool = False
+    subsample: float = 0.0  # [paper Table 5: 0.05 for text] share of text rows cut to a random length
+    loss_impl: str = "auto"  # cross-entropy head: auto | reference | chunked | cce (see train/cross_entropy.py)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.subsample <= 1.0:
+            raise ValueError(f"objective.subsample must be in [0, 1], got {self.subsample}")
+        if self.loss_impl not in ("auto", "reference", "chunked", "cce"):
+            raise ValueError(f"objective.loss_impl must be auto, reference, chunked or cce, got {self.loss_impl!r}")
 
 
 @dataclass
@@ -109,6 +117,21 @@ def row_uniforms(seed: int, step: int, rows: Tensor | list[int], length: int, sa
         g.manual_seed(seed_of(seed, step, r, salt))
         out[i] = torch.rand(length, generator=g)
     return out
+
+
+def subsample_rows(tokens: Tensor, valid: Tensor, task: Tensor, u: Tensor, p: float, pad: int) -> tuple[Tensor, Tensor]:
+    """"Random sequence subsample" (the paper's Table 5, p = 0.05 for text; LLaDA's recipe): a
+    text row whose ``u[:, 0] < p`` keeps only its first ℓ positions, ℓ uniform in [2, L] from
+    ``u[:, 1]`` (the task token and at least one more), the rest becoming PAD. The model so also
+    sees short texts (a packed text row is otherwise always exactly L long). ``u`` is [B, 2]."""
+    if p <= 0:
+        return tokens, valid
+    B, L = tokens.shape
+    cut = (task == 0) & (u[:, 0].to(tokens.device) < p)
+    length = 2 + torch.floor(u[:, 1].to(tokens.device) * (L - 1)).long().clamp(max=L - 2)
+    keep = torch.arange(L, device=tokens.device)[None, :] < length[:, None]
+    drop = cut[:, None] & ~keep
+    return torch.where(drop, torch.full_like(tokens, pad), tokens), valid & ~drop
 
 
 def apply_mask(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,20 +45,45 @@ def lr_at(step: int, total_steps: int, lr: float, warmup_steps: int, min_lr: flo
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices (linear and embedding weights); never norms or biases (nanoGPT-style)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+Settings = Callable[[str, torch.Tensor], dict[str, Any]]
+
+
+def param_groups(model: nn.Module, weight_decay: float, settings: Settings | None = None) -> list[dict]:
+    """Decay matrices (linear and embedding weights); never norms or biases (nanoGPT-style).
+
+    With ``settings`` (``name, param → {lr_mult, weight_decay, betas, eps}``, e.g. from
+    ``train.parametrization.optimizer_settings``) there is one group per distinct set of values,
+    in order of first appearance, each keeping its ``lr_mult`` for :func:`set_lr`."""
+    if settings is None:
+        decay, no_decay = [], []
+        for _, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.ndim >= 2 else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        s = settings(name, p)
+        values = {"lr_mult": float(s["lr_mult"]), "weight_decay": float(s["weight_decay"]),
+                  "betas": (float(s["betas"][0]), float(s["betas"][1])), "eps": float(s["eps"])}
+        key = (values["lr_mult"], values["weight_decay"], values["betas"], values["eps"])
+        groups.setdefault(key, {"params": [], **values})["params"].append(p)
+    return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, foreach=True)
+def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
+                    settings: Settings | None = None) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; a group with an ``lr_mult`` starts at ``lr · lr_mult``."""
+    groups = param_groups(model, weight_decay, settings)
+    for g in groups:
+        if "lr_mult" in g:
+            g["lr"] = lr * g["lr_mult"]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The scheduled lr, times each group's ``lr_mult`` (1 when it has none)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)

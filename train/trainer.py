@@ -35,12 +35,14 @@ from trimodal.train import distributed as D
 from trimodal.train.evaluate import EvalConfig, Evaluator
 from trimodal.train.metrics import LogConfig, Metrics
 from trimodal.train.model import ModelConfig, Transformer, param_counts
-from trimodal.train.objective import ObjectiveConfig, corrupt, row_uniforms, score, seed_of
+from trimodal.train.objective import ObjectiveConfig, corrupt, row_uniforms, score, seed_of, subsample_rows
 from trimodal.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
+from trimodal.train.parametrization import ParamConfig, build_model, optimizer_settings
 from trimodal.train.reparam import BaseRun, ReparamConfig, reparameterize
 from trimodal.train.schedules import make_schedule, sample_t
 
 RUN_FILE = "run.json"
+SUBSAMPLE = 0x7373  # seed salt of the random-subsample draws
 
 
 @dataclass
@@ -87,6 +89,7 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     reparam: ReparamConfig = field(default_factory=ReparamConfig)
+    param: ParamConfig = field(default_factory=ParamConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -195,13 +198,14 @@ class Trainer:
         self.dtype = _dtype(run.dtype, info.device)
 
         torch.manual_seed(run.seed)  # identical init on every rank before sharding
-        model = Transformer(cfg.model, self.layout).to(info.device)
+        model = build_model(cfg.model, self.layout, cfg.param).to(info.device)
         self.params = param_counts(cfg.model, self.layout)
         self.model = D.shard_model(model, self.dtype if info.distributed and self.dtype != torch.float32 else None,
                                    activation_checkpointing=run.activation_checkpointing, compile=run.compile)
         self.autocast = (not info.distributed) and self.dtype != torch.float32
         s = self.sched
-        self.optimizer = build_optimizer(self.model, s["lr"], (s["beta1"], s["beta2"]), s["eps"], s["weight_decay"])
+        self.optimizer = build_optimizer(self.model, s["lr"], (s["beta1"], s["beta2"]), s["eps"], s["weight_decay"],
+                                         optimizer_settings(cfg.model, cfg.param, (s["beta1"], s["beta2"]), s["eps"], s["weight_decay"]))
         self.schedule = make_schedule(cfg.objective.schedule)
         self.dataset = TrimodalDataset(cfg.data, self.layout, rank=info.rank, world_size=info.world_size,
                                        seed=cfg.data.seed if cfg.data.seed is not None else run.seed,
@@ -211,6 +215,25 @@ class Trainer:
             if cfg.eval.enabled else None
         self.start_step = 0
         self.ckpt_root = storage.join(run.out_dir, "checkpoints")
+        self.warnings = self._check_audio_budget() if info.is_main else []
+
+    def _check_audio_budget(self) -> list[str]:
+        """Warn when more than 1 % of an audio source's clips do not fit a row (they are then
+        cropped, skipped or stop the run: ``data.audio_overflow``)."""
+        from trimodal.shards.loader.sources import audio_overflow_estimate
+
+        out = []
+        for src in self.dataset.sources:
+            if src.task != "audio_text" or src.kind != "tokenized":
+                continue
+            over, seen = audio_overflow_estimate(src, self.cfg.data.seq_len, self.layout.audio_levels)
+            if seen and over / seen > 0.01:
+                msg = (f"warning: {over} of {seen} audio clips looked at in {src.name!r} do not fit a row of "
+                       f"{self.cfg.data.seq_len} positions; data.audio_overflow={self.cfg.data.audio_overflow} "
+                       f"(see `trimodal shards stats {src.root} --seq-len {self.cfg.data.seq_len}`)")
+                print(msg, flush=True)
+                out.append(msg)
+        return out
 
     # ---- resume -------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -228,8 +251,8 @@ class Trainer:
                 self._say(f"checkpoint {path} is damaged ({e}); trying the previous one")
                 continue
             self.layout.check_compatible(VocabLayout.from_dict(loaded.state["layout"]), what=f"checkpoint {path}")
-            how = self.loader.resume(loaded.rank_states)
             self.start_step = int(loaded.state["step"])
+            how = self.loader.resume(loaded.rank_states, rows_done=self.start_step * self.micro * self.accum)
             n = loaded.state["world_size"]
             self._say(f"resumed from {path} at step {self.start_step} (saved by {n} rank{'s' if n != 1 else ''}; "
                       f"data position: {how})")
@@ -262,9 +285,10 @@ class Trainer:
         for i, b in enumerate(batches):
             rows = self._global_rows(torch.arange(i * self.micro, (i + 1) * self.micro))
             b = {k: v.to(info.device, non_blocking=True) for k, v in b.items()}
-            u = row_uniforms(cfg.run.seed, step, rows, b["tokens"].shape[1])
-            c = corrupt(b["tokens"], b["modality"], b["valid"], t_all[rows], layout, cfg.objective, self.schedule,
-                        uniforms=u)
+            tokens, valid = subsample_rows(b["tokens"], b["valid"], b["task"], row_uniforms(cfg.run.seed, step, rows, 2, SUBSAMPLE),
+                                           cfg.objective.subsample, layout.pad)
+            u = row_uniforms(cfg.run.seed, step, rows, tokens.shape[1])
+            c = corrupt(tokens, b["modality"], valid, t_all[rows], layout, cfg.objective, self.schedule, uniforms=u)
             corrupted.append(c)
             n_local += torch.tensor([float(c.valid.sum()), float(c.is_masked.sum())], dtype=torch.float64)
         n_global = D.all_reduce_sum(n_local.to(info.device)).cpu()
@@ -310,6 +334,7 @@ class Trainer:
 
     def start_record(self) -> dict[str, Any]:
         return {"event": "start", "step": self.start_step, "run_id": self.run_id, "total_steps": self.total_steps,
+                "warnings": self.warnings,
                 "world_size": self.info.world_size, "params": self.params["total"],
                 "params_non_embedding": self.params["non_embedding"], "layout": self.layout.to_dict(),
                 "optim": {k: v for k, v in self.sched.items() if k != "reparam"}, "reparam": self.sched["reparam"],

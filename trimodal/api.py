@@ -112,7 +112,9 @@ class Model:
         row = self._sample(tpl, "text", seed, **sampler)
         ids = span(self.layout, row, TEXT) - self.layout.text.offset
         ids = ids[(ids >= 0) & (ids < self.layout.text.codes)]
-        return self.tokenizer("text", text_tokenizer).decode(ids.numpy())
+        tok = self.tokenizer("text", text_tokenizer)
+        keep = getattr(tok, "_is_token", None)  # tiktoken has ids without a token (cl100k: 100256, …)
+        return tok.decode([int(i) for i in ids.tolist() if keep is None or keep(int(i))])
 
     def generate_image(self, prompt: str, num: int = 1, seed: int = 0, text_tokenizer: str | None = None,
                        image_tokenizer: str | None = None, **sampler: Any) -> np.ndarray:

@@ -114,7 +114,7 @@ class TrimodalDataset(IterableDataset):
                                  f"stream states (load_stream_states) when the world size or worker count changed")
             for s in owned:
                 streams[s].load_state_dict(states[str(s)])
-            if pending.get("owned") == owned:
+            if pending.get("owned") == owned or pending.get("owned") is None:
                 rr = int(pending.get("rr", 0)) % len(owned)
         self._streams, self._owned, self._owner, self._rr, self._fresh = streams, owned, _worker(), rr, True
 
@@ -170,9 +170,13 @@ class TrimodalDataset(IterableDataset):
             self._materialise()
         return {s: st.state_dict() for s, st in self._streams.items()}
 
-    def load_stream_states(self, states: dict[int | str, dict[str, Any]]) -> None:
-        """Load the union of stream states (any earlier world size / worker count)."""
-        self._pending = {"streams": {str(k): v for k, v in states.items()}, "owned": None, "rr": 0}
+    def load_stream_states(self, states: dict[int | str, dict[str, Any]], rows_done: int = 0) -> None:
+        """Load the union of stream states (any earlier world size / worker count).
+
+        ``rows_done`` (rows this rank would have yielded so far on the new world size) sets the
+        round-robin position to where an uninterrupted run would be: with strict round robin
+        over the streams, the rows of a global batch then do not depend on the world size."""
+        self._pending = {"streams": {str(k): v for k, v in states.items()}, "owned": None, "rr": int(rows_done)}
         self._streams = None
 
     def counters(self) -> dict[str, int]:
@@ -267,9 +271,10 @@ class RowLoader:
         return {"num_workers": self.num_workers, "world_size": self.dataset.world_size, "rank": self.dataset.rank,
                 "dataloader": self.dl.state_dict()}
 
-    def resume(self, rank_states: list[dict[str, Any]]) -> str:
+    def resume(self, rank_states: list[dict[str, Any]], rows_done: int = 0) -> str:
         """Restore from every rank's saved :meth:`state_dict`; returns how (``exact`` or
-        ``streams``: the union of stream states, after a world-size or worker change)."""
+        ``streams``: the union of stream states, after a world-size or worker change, with the
+        round-robin position of ``rows_done`` rows per rank)."""
         same = (len(rank_states) == self.dataset.world_size
                 and all(isinstance(s, dict) and s.get("num_workers") == self.num_workers for s in rank_states))
         if same:
@@ -279,7 +284,7 @@ class RowLoader:
         union = stream_states_from_loader_state(rank_states)
         if not union:
             raise ValueError("the saved loader states hold no stream state")
-        self.dataset.load_stream_states(union)
+        self.dataset.load_stream_states(union, rows_done)
         self._it = None
         return "streams"
 

@@ -182,3 +182,26 @@ def signature(config: LoaderConfig, seed: int, sources: list[Source]) -> str:
     for s in sorted(sources, key=lambda s: s.name):
         parts.append(f"{s.name}:{len(s.shards)}:{sum(x.samples for x in s.shards)}")
     return f"{zlib.crc32('|'.join(parts).encode()):08x}"
+
+
+def audio_overflow_estimate(source: Source, seq_len: int, levels: int, max_shards: int = 4) -> tuple[int, int]:
+    """(clips whose row would be longer than ``seq_len``, clips looked at) over the first
+    ``max_shards`` shards of an audio-text source: an estimate for a warning before training
+    (``trimodal shards stats --seq-len L`` counts every clip)."""
+    from trimodal import storage
+    from trimodal.shards.reader import decode_sample, index_shard, read_shard
+    from trimodal.shards.rows import paired_length
+
+    over = seen = 0
+    for info in source.shards[:max_shards]:
+        data = read_shard(source.root, info, "none")
+        where = storage.join(source.root, info.name)
+        for entry in index_shard(data, where):
+            s = decode_sample(data, entry, where, want_json=False)
+            audio, text = s.get("audio"), s.get("text")
+            if audio is None:
+                continue
+            frames = audio.shape[-1] if audio.ndim == 2 else audio.size
+            seen += 1
+            over += paired_length(frames * levels, 0 if text is None else text.size) > seq_len
+    return over, seen

@@ -11,71 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import random
-import socket
 
 import numpy as np
 import pytest
 
-moto_server = pytest.importorskip("moto.server")
-s3fs = pytest.importorskip("s3fs")
-
-import fsspec  # noqa: E402
+BUCKET = "trimodal-test"  # the bucket of the loopback S3 server fixture (tests/conftest.py)
 
 from trimodal.pipelines.mix import MixPipelineConfig, run_mix_pipeline  # noqa: E402
 from trimodal.pipelines.text import TextPipelineConfig, run_text_pipeline  # noqa: E402
 from trimodal.shards.manifest import Manifest  # noqa: E402
 from trimodal.storage import TMP_MARK  # noqa: E402
 from trimodal.shards.verify import verify  # noqa: E402
-from trimodal.tokenizers.text import train_text_tokenizer  # noqa: E402
 
-BUCKET = "trimodal-test"
 BEAM = ["--runner=DirectRunner"]
-WORDS = "object storage keeps shards and manifests behind one url scheme for every reader".split()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log lines
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    mp = pytest.MonkeyPatch()
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "FSSPEC_S3_ENDPOINT_URL": endpoint,
-    }.items():
-        mp.setenv(k, v)
-    mp.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = fsspec.filesystem("s3")
-    fs.mkdir(BUCKET)
-
-    # corpus (two JSONL files) and tokenizer, uploaded
-    rng = random.Random(0)
-    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 50))) for _ in range(160)]
-    for part in range(2):
-        body = "".join(json.dumps({"text": d}) + "\n" for d in docs[part::2])
-        fs.pipe(f"{BUCKET}/corpus/part-{part}.jsonl", body.encode())
-    local = tmp_path_factory.mktemp("s3tok") / "text.model"
-    train_text_tokenizer(docs, 300, str(local))
-    fs.put(str(local), f"{BUCKET}/tokenizers/text.model")
-    yield {"fs": fs, "endpoint": endpoint, "docs": docs, "tmp": tmp_path_factory.mktemp("s3local")}
-    mp.undo()
-    s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -270,3 +270,29 @@ def test_bad_config_names_the_problem(text_dataset, tmp_path, capsys, extra, mes
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def _all_losses(out: Path) -> list[float]:
+    by_step = {}
+    for line in (out / "log.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if "loss" in r:
+            by_step[r["step"]] = r["loss"]
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def test_loss_sequence_does_not_depend_on_the_world_size(runs, text_dataset, monkeypatch):
+    """The same global batches, t and masks on 1 rank as on 2 (per-global-row randomness, the
+    world-invariant stream order): the logged losses agree to float tolerance."""
+    one = runs["base"] / "one_rank_full"
+    _train_here(_sets(text_dataset, one), monkeypatch)
+    assert _all_losses(one) == pytest.approx(_all_losses(runs["full"]), rel=1e-4)
+
+
+def test_two_to_one_resume_continues_the_same_loss_sequence(runs, text_dataset, monkeypatch):
+    out = runs["base"] / "two_to_one_losses"
+    shutil.copytree(runs["two_to_one"], out)
+    for f in (out / "rows").glob("*"):
+        f.unlink()
+    _train_here(_sets(text_dataset, out, "run.resume=true"), monkeypatch)
+    assert _all_losses(out) == pytest.approx(_all_losses(runs["full"]), rel=1e-4)

@@ -135,15 +135,17 @@ def test_param_formula_matches_module(cfg):
 
 
 def test_3b_config_size_without_allocating():
-    cfg = ModelConfig.from_depth(24)
-    assert (cfg.dim, cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.hidden_dim) == (3072, 24, 24, 128, 8448)
+    cfg = ModelConfig.from_depth(24)  # the default SwiGLU rule: (2/3)·2.75·d
+    assert (cfg.dim, cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.hidden_dim) == (3072, 24, 24, 128, 5632)
     counts = param_counts(cfg, PAPER)
-    assert 2.7e9 < counts["non_embedding"] < 2.8e9
+    assert 2.1e9 < counts["non_embedding"] < 2.2e9
     assert PAPER.vocab_size == 117698
     # Embedding tables cover the whole vocabulary; heads only the predictable ids.
     assert counts["embedding"] == 3072 * 117698
     assert counts["head"] == 3072 * (100279 + 16386 + 1026)
-    assert 3.4e9 < counts["total"] < 3.5e9
+    assert 2.8e9 < counts["total"] < 2.9e9  # "3B"
+    wide = ModelConfig.from_depth(24, ffn_rule="ratio")
+    assert wide.hidden_dim == 8448 and 2.7e9 < param_counts(wide, PAPER)["non_embedding"] < 2.8e9
     f = flops_per_token(cfg, PAPER, 3256)
     assert f == 6 * counts["non_embedding"] + 12 * 24 * 3072 * 3256
 
@@ -153,8 +155,21 @@ def test_ffn_hidden_rounding():
     assert ffn_hidden(2048, 2.75) == 5632
     assert ffn_hidden(64, 2.75) == 192  # 176 → next multiple of 64
     assert ffn_hidden(100, 2.75, multiple_of=1) == 275
-    assert ModelConfig.from_depth(3).hidden_dim == 1088  # 1056 → 1088
-    assert ModelConfig.from_depth(3, ffn_multiple_of=1).hidden_dim == 1056
+    assert ModelConfig.from_depth(3, ffn_rule="ratio").hidden_dim == 1088  # 1056 → 1088
+    assert ModelConfig.from_depth(3, ffn_rule="ratio", ffn_multiple_of=1).hidden_dim == 1056
+    assert ffn_hidden(3072, 2.75, rule="two_thirds") == 5632
+
+
+def test_paper_hp_search_model_has_the_papers_counts():
+    """8 blocks × 1,024 (the paper's HP-search model): "320M, 80M non-embedding"."""
+    exact = ModelConfig(dim=1024, n_layers=8, n_heads=8, ffn_multiple_of=1)
+    assert exact.hidden_dim == 1878
+    counts = param_counts(exact, PAPER)
+    assert abs(counts["non_embedding"] - 79.7e6) < 0.1e6 and abs(counts["total"] - 320.8e6) < 0.1e6
+    assert abs(param_counts(ModelConfig(dim=1024, n_layers=8, n_heads=8, ffn_rule="ratio"), PAPER)["non_embedding"]
+               - 102.8e6) < 0.1e6
+    with pytest.raises(ValueError, match="ffn_rule"):
+        ModelConfig(ffn_rule="half")
 
 
 def test_init_and_config_checks():

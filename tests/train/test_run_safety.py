@@ -1,0 +1,197 @@
+"""Runs that never lose work: the run-folder guard, verified checkpoints with fallback, bad run
+values refused, a log that never repeats a step, checkpoints on a loopback S3 server, and the
+exported model loaded without FSDP or DCP in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trimodal.cli import main
+from trimodal.config import ConfigError
+from trimodal.shards.loader import SourceConfig
+from trimodal.train import checkpoint as ckpt
+from trimodal.train.trainer import TrainConfig, train
+
+
+def _cfg(data: str, out, steps: int = 4, **extra) -> TrainConfig:
+    sets = [f"run.out_dir={out}", f"run.steps={steps}", "run.batch_size=4", "run.device=cpu", "run.progress=false",
+            "run.log_every=1", "run.ckpt_every=2", "data.seq_len=64", "data.num_streams=2", "model.dim=32",
+            "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=64", "optim.warmup_steps=1",
+            "log.tensorboard=false"] + [f"{k}={v}" for k, v in extra.items()]
+    cfg = TrainConfig.load(None, sets)
+    cfg.data.sources = [SourceConfig(root=data)]
+    return cfg
+
+
+def _steps(out: Path) -> list[int]:
+    return [json.loads(l)["step"] for l in (out / "log.jsonl").read_text().splitlines() if '"loss"' in l]
+
+
+def test_fresh_run_into_a_used_folder_is_refused(text_dataset, tmp_path):
+    out = tmp_path / "run"
+    first = train(_cfg(text_dataset, out))
+    before = (out / "log.jsonl").read_text()
+    with pytest.raises(ConfigError, match="already holds a run.*--resume.*--overwrite"):
+        train(_cfg(text_dataset, out, steps=2, **{"run.seed": 1}))
+    assert (out / "log.jsonl").read_text() == before  # nothing was touched
+    # --overwrite starts afresh: a new run id, only the new run's checkpoints
+    again = train(_cfg(text_dataset, out, steps=2, **{"run.overwrite": "true"}))
+    assert again["run_id"] != first["run_id"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"]
+    assert ckpt.read_state(out / "checkpoints" / "step-0000002")["run_id"] == again["run_id"]
+    assert _steps(out) == [1, 2]
+
+
+def test_resume_without_a_usable_checkpoint_is_refused(text_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="holds no run"):
+        train(_cfg(text_dataset, tmp_path / "never", **{"run.resume": "true"}))
+    out = tmp_path / "nockpt"
+    train(_cfg(text_dataset, out, steps=1, **{"run.ckpt_every": 0, "run.ckpt_final": "false"}))
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        train(_cfg(text_dataset, out, **{"run.resume": "true"}))
+    assert _steps(out) == [1]  # the log was not truncated
+
+
+@pytest.mark.parametrize("key,value", [("run.steps", -5), ("run.ckpt_every", -1), ("run.batch_size", 0),
+                                       ("run.keep_last", -2), ("run.log_every", 0)])
+def test_bad_run_values_are_refused(key, value):
+    with pytest.raises(ConfigError, match=key.split(".")[1]):
+        TrainConfig.load(None, [f"{key}={value}"])
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "delete":
+        path.unlink()
+    else:  # flip one byte in the middle
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x5A
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("target,how", [("__0_0.distcp", "truncate"), (".metadata", "delete"),
+                                        ("state.json", "truncate"), ("__0_0.distcp", "flip"),
+                                        ("rank-0.json", "flip")])
+def test_a_damaged_checkpoint_is_named_and_resume_falls_back(text_dataset, tmp_path, capsys, target, how):
+    out = tmp_path / "run"
+    full = train(_cfg(text_dataset, tmp_path / "full", steps=6, **{"run.ckpt_every": 2}))
+    train(_cfg(text_dataset, out, steps=6, **{"run.ckpt_every": 2, "run.stop_at_step": 4}))
+    latest = out / "checkpoints" / "step-0000004"
+    _damage(latest / target, how)
+    with pytest.raises(ckpt.CheckpointError, match=target.replace(".", r"\.")):
+        ckpt.load_checkpoint(latest, *_model_and_optimizer(text_dataset, tmp_path))
+    capsys.readouterr()
+    resumed = train(_cfg(text_dataset, out, steps=6, **{"run.ckpt_every": 2, "run.resume": "true"}))
+    said = capsys.readouterr().out
+    assert f"checkpoint {latest} is damaged" in said and target in said
+    assert resumed["start_step"] == 2  # the previous complete checkpoint
+    assert resumed["losses"] == pytest.approx(full["losses"][2:], abs=0, rel=0)
+    assert _steps(out) == list(range(1, 7))  # no step twice: the log was cut back to step 2
+
+
+def _model_and_optimizer(data: str, tmp_path):
+    from trimodal.shards.loader import load_manifests, tokenizers_of
+    from trimodal.tokenizers.vocab import VocabLayout
+    from trimodal.train.model import Transformer
+
+    cfg = _cfg(data, tmp_path / "unused")
+    layout = VocabLayout.from_tokenizers(tokenizers_of(load_manifests(cfg.data)), cfg.vocab)
+    model = Transformer(cfg.model, layout)
+    import torch
+
+    return model, torch.optim.AdamW(model.parameters())
+
+
+def test_damage_to_the_only_checkpoint_is_a_one_line_error(text_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(_cfg(text_dataset, out, steps=2, **{"run.ckpt_every": 2}))
+    _damage(out / "checkpoints" / "step-0000002" / "__0_0.distcp", "truncate")
+    args = ["train", "--set", f'data.sources=[{{"root": "{text_dataset}"}}]']
+    for s in [f"run.out_dir={out}", "run.steps=4", "run.batch_size=4", "run.device=cpu", "run.progress=false",
+              "data.seq_len=64", "data.num_streams=2", "model.dim=32", "model.n_layers=1", "model.n_heads=2",
+              "model.max_seq_len=64", "log.tensorboard=false"]:
+        args += ["--set", s]
+    assert main(args + ["--resume"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no usable checkpoint" in err and "__0_0.distcp" in err
+
+
+def test_log_never_repeats_a_step_after_sigkill_and_resume(text_dataset, tmp_path):
+    """Killed between checkpoints (steps past the last checkpoint are in the log), then resumed:
+    every step appears once, with the resumed run's numbers."""
+    out = tmp_path / "killed"
+    sets = [f"run.out_dir={out}", "run.steps=400", "run.batch_size=4", "run.device=cpu", "run.progress=false",
+            "run.log_every=1", "run.ckpt_every=5", "data.seq_len=64", "data.num_streams=2", "model.dim=32",
+            "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=64", "log.tensorboard=false",
+            f'data.sources=[{{"root": "{text_dataset}"}}]']
+    cmd = [sys.executable, "-m", "trimodal.cli", "train"] + [x for s in sets for x in ("--set", s)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            steps = _steps(out) if (out / "log.jsonl").exists() else []
+            if steps and steps[-1] >= 8 and steps[-1] % 5:  # past the step-5 checkpoint, not on one
+                break
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    logged_before = _steps(out)
+    assert proc.returncode == -signal.SIGKILL and logged_before[-1] > max(ckpt.step_of(p) for p in
+                                                                          ckpt.complete_checkpoints(out / "checkpoints"))
+    resume_at = max(ckpt.step_of(p) for p in ckpt.complete_checkpoints(out / "checkpoints"))
+    res = train(TrainConfig.load(None, [s.replace("run.steps=400", f"run.steps={logged_before[-1] + 2}")
+                                        for s in sets] + ["run.resume=true"]))
+    assert res["start_step"] == resume_at
+    steps = _steps(out)
+    assert steps == list(range(1, logged_before[-1] + 3)), steps
+
+
+def test_checkpoints_on_s3_save_and_resume(s3, text_dataset, tmp_path):
+    out = "s3://trimodal-test/runs/ckpt"
+    full = train(_cfg(text_dataset, tmp_path / "local", steps=4))
+    first = train(_cfg(text_dataset, out, steps=4, **{"run.stop_at_step": 2}))
+    fs = s3["fs"]
+    assert fs.exists("trimodal-test/runs/ckpt/checkpoints/step-0000002/files.json")
+    assert not Path("s3:").exists()  # no local folder named after the URL
+    second = train(_cfg(text_dataset, out, steps=4, **{"run.resume": "true"}))
+    assert second["start_step"] == 2
+    assert first["losses"] + second["losses"] == pytest.approx(full["losses"], abs=0, rel=0)
+    log = fs.cat_file("trimodal-test/runs/ckpt/log.jsonl").decode().splitlines()
+    assert [json.loads(l)["step"] for l in log if '"loss"' in l] == [1, 2, 3, 4]
+
+
+def test_export_loads_in_a_fresh_process_without_fsdp(text_dataset, sp_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(_cfg(text_dataset, out, steps=2))
+    export = tmp_path / "export"
+    assert main(["export", "--checkpoint", str(out), "--out", str(export)]) == 0
+    names = sorted(p.name for p in export.iterdir())
+    assert names == ["config.json", "model.safetensors", "tokenizers"]
+    assert (export / "tokenizers" / "text" / Path(sp_model).name).is_file()
+    assert main(["export", "--checkpoint", str(out), "--out", str(export)]) == 1  # not into a used folder
+    capsys.readouterr()
+    script = ("import sys, trimodal\n"
+              "m = trimodal.load(sys.argv[1], device='cpu')\n"
+              "assert 'torch.distributed.checkpoint' not in sys.modules, 'DCP was imported'\n"
+              "print(m.describe()); print(repr(m.generate_text('the model', length=6, steps=3)))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(export)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"loaded {export} (step 2" in proc.stdout and proc.stdout.strip().splitlines()[-1].startswith("'the model")
+    # the sample command takes the folder too, and says what it loaded
+    txt = tmp_path / "s.txt"
+    assert main(["sample", "--checkpoint", str(export), "--task", "text", "--prompt", "the", "--steps", "2",
+                 "--length", "4", "--out", str(txt), "--device", "cpu"]) == 0
+    assert f"loaded {export}" in capsys.readouterr().out and txt.read_text().startswith("the")
