@@ -54,9 +54,15 @@ def format_stats(stats: dict[str, Any]) -> str:
     if pad:
         L = pad["seq_len"]
         lines.append(
-            f"Padding at L={L}: {100 * pad['fraction']:.2f}% of {_fmt_int(pad['rows'])} rows' slots"
+            f"Padding at L={L}{' (packed)' if pad.get('packed') else ''}: {100 * pad['fraction']:.2f}% of "
+            f"{_fmt_int(pad['rows'])} rows' slots"
             f" ({_fmt_int(pad['pad_tokens'])} PAD tokens; {_fmt_int(pad['over_length'])} rows longer than L)"
         )
+    ov = stats.get("audio_overflow")
+    if ov:
+        cut = f"; data.audio_overflow=crop would cut {ov['seconds_cropped']:,.1f} s" if ov.get("seconds_cropped") is not None else ""
+        lines.append(f"Audio at L={ov['seq_len']}: {_fmt_int(ov['clips_over'])} of {_fmt_int(ov['clips'])} clips "
+                     f"({100 * ov['fraction_over']:.1f}%, {ov['seconds_over']:,.1f} s) do not fit a row{cut}")
     for label, key in (("Filtered", "filtered"), ("Rejected", "rejected")):
         d = stats.get(key) or {}
         body = ", ".join(f"{r} {_fmt_int(n)}" for r, n in sorted(d.items(), key=lambda x: (-x[1], x[0]))) or "none"

@@ -35,6 +35,7 @@ import numpy as np
 from trimodal import storage
 from trimodal.shards.format import ShardError
 from trimodal.shards.manifest import Manifest
+from trimodal.shards.packing import pad_share_packed
 from trimodal.shards.reader import decode_sample, index_shard, iter_shards
 from trimodal.shards.rows import PAIRED_FRAMING, framed_tokens, paired_length, text_rows
 from trimodal.tokenizers.vocab import TASKS, VocabLayout
@@ -235,15 +236,26 @@ class _Group:
                 "seconds_cropped": None if cut is None else round(cut, 3)}
 
     # ---- padding ---------------------------------------------------------------------------
-    def padding(self, seq_len: int | None) -> tuple[dict[str, Any] | None, np.ndarray]:
-        """Padding summary and the per-row padding-fraction histogram (PAD_BINS over [0, 1])."""
+    def padding(self, seq_len: int | None, packed: bool = False, text_available: bool = False
+                ) -> tuple[dict[str, Any] | None, np.ndarray]:
+        """Padding summary and the per-row padding-fraction histogram (PAD_BINS over [0, 1]).
+        With ``packed``, paired samples share rows as ``data.pack_paired`` packs them (seeded
+        order; a text filler when the run has text: ``text_available``)."""
         rows = pad_tokens = slots = over = 0
         frac_hist = np.zeros(PAD_BINS, dtype=np.int64)
         have = False
         if seq_len is not None:
             L = int(seq_len)
             vals, cnts = self.paired.items()
-            if cnts.size:
+            if cnts.size and packed:
+                have = True
+                pad_p, slots_p = pad_share_packed(np.repeat(vals, cnts), L, text_available)
+                rows += slots_p // L
+                pad_tokens += pad_p
+                slots += slots_p
+                over += int(cnts[vals > L].sum())
+                frac_hist[min(PAD_BINS - 1, int(PAD_BINS * pad_p / max(1, slots_p)))] += slots_p // L
+            elif cnts.size:
                 have = True
                 pad = np.clip(L - vals, 0, None)
                 rows += int(cnts.sum())
@@ -279,9 +291,11 @@ class _Group:
             frac_hist,
         )
 
-    def to_json(self, seq_len: int | None) -> dict[str, Any]:
+    def to_json(self, seq_len: int | None, packed: bool = False, text_available: bool = False) -> dict[str, Any]:
         hists = {name: self.hist[name].histogram() for name in HISTOGRAMS if name in self.hist and self.hist[name].n}
-        padding, frac = self.padding(seq_len)
+        padding, frac = self.padding(seq_len, packed, text_available)
+        if padding is not None:
+            padding["packed"] = packed
         if padding is not None and frac.sum():
             hists["row_padding"] = _pad_histogram(frac, padding["fraction"])
         out: dict[str, Any] = {
@@ -463,7 +477,8 @@ def _mixed_shard(data: bytes, where: str, split: str, manifest: Manifest, groups
 # --------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------
-def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_levels: int | None = None) -> dict[str, Any]:
+def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_levels: int | None = None,
+                  packed: bool = False) -> dict[str, Any]:
     """Statistics of one or more dataset roots (tokenized or mixed), as a JSON-ready dict.
 
     Top-level keys: ``samples``, ``tokens`` (per modality/array name), ``shards``, ``bytes``,
@@ -541,12 +556,13 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
         by_split.setdefault(split, _Group()).merge(g)
         per = source_modalities.setdefault(src, {})
         per[mod] = per.get(mod, 0) + g.samples
-    top = overall.to_json(seq_len)
+    text = overall.text_docs > 0  # a packed run fills rows with text when it has text
+    top = overall.to_json(seq_len, packed, text)
     sources = {}
     for src, g in sorted(by_source.items()):
-        sources[src] = {**g.to_json(seq_len), "modalities": source_modalities[src]}
-    modalities = {mod: g.to_json(seq_len) for mod, g in sorted(by_modality.items())}
-    splits = {sp: g.to_json(seq_len) for sp, g in sorted(by_split.items())}
+        sources[src] = {**g.to_json(seq_len, packed, text), "modalities": source_modalities[src]}
+    modalities = {mod: g.to_json(seq_len, packed, text) for mod, g in sorted(by_modality.items())}
+    splits = {sp: g.to_json(seq_len, packed, text) for sp, g in sorted(by_split.items())}
     return {
         "roots": [d["root"] for d in datasets],
         "seq_len": seq_len,

@@ -98,8 +98,9 @@ class EvalSource:
 def eval_rows(source: SourceConfig, layout: VocabLayout, cfg: EvalConfig, data: LoaderConfig,
               manifest: Manifest | None = None) -> EvalSource:
     """The fixed evaluation rows of one source (see the module docstring)."""
+    # evaluation rows are never packed: the ELBO is per sample, the same number for packed runs
     lc = replace(data, sources=[SourceConfig(root=source.root, name=source.name)], seed=cfg.seed, num_streams=1,
-                 num_workers=0, split=cfg.split, cycle=False, task_weights=None)
+                 num_workers=0, split=cfg.split, cycle=False, task_weights=None, pack_paired=False)
     manifests = {source.root: manifest or Manifest.load(source.root)}
     m = manifests[source.root]
     if cfg.split not in m.splits():
@@ -118,7 +119,7 @@ def eval_rows(source: SourceConfig, layout: VocabLayout, cfg: EvalConfig, data: 
     text_bytes = sum(s.text_bytes for s in shards)
     return EvalSource(
         name=source.name or default_name(source.root), root=source.root,
-        rows={k: torch.stack([r[k] for r in rows]) for k in ("tokens", "modality", "valid")},
+        rows={k: torch.stack([r[k] for r in rows]) for k in rows[0] if k != "task"},
         bytes_per_token=(text_bytes / text_tokens) if text_bytes and text_tokens else None,
     )
 
@@ -135,12 +136,13 @@ def elbo_sums(model, rows: dict[str, torch.Tensor], index: list[int], layout: Vo
         ghost = not chunk  # every rank runs the same forward passes (FSDP collectives)
         idx = chunk or [0]
         tokens, modality, valid = (rows[k][idx].to(device) for k in ("tokens", "modality", "valid"))
+        extra = [rows[k][idx].to(device) for k in ("segments", "positions")] if "segments" in rows else []
         for k in range(K):
             t = torch.stack([t_grid(K, objective.eps, cfg.seed, i)[k] for i in idx]).float().to(device)
             u = torch.stack([level_uniforms(cfg.seed, i, K, tokens.shape[1])[k] for i in idx])
             noisy, is_masked = apply_mask(tokens, modality, valid, schedule.mask_prob(t), layout, uniforms=u)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                hidden = model(noisy, valid)
+                hidden = model(noisy, valid, *extra)
                 res = masked_diffusion_loss(model, hidden, tokens, modality, is_masked, valid, schedule.weight(t), layout,
                                             full_vocab=objective.full_vocab, z_loss=0.0)
             if not ghost:

@@ -59,6 +59,7 @@ class ModelConfig:
     max_seq_len: int = 3256
     ffn_multiple_of: int = 64
     ffn_rule: str = "two_thirds"  # see ffn_hidden: the rule that reproduces the paper's counts
+    attention: str = "sdpa"  # packed rows: sdpa (dense segment mask) or flex (FlexAttention block mask, CUDA)
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_layers", "n_heads", "max_seq_len", "ffn_multiple_of"):
@@ -68,6 +69,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.head_dim % 2:
             raise ValueError(f"ModelConfig head_dim ({self.head_dim}) must be even for RoPE")
+        if self.attention not in ("sdpa", "flex"):
+            raise ValueError(f"ModelConfig.attention must be sdpa or flex, got {self.attention!r}")
         if self.ffn_rule not in FFN_RULES:
             raise ValueError(f"ModelConfig.ffn_rule must be one of {FFN_RULES}, got {self.ffn_rule!r}")
 
@@ -129,11 +132,33 @@ def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[Tensor, 
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x_i, x_{i+hd/2}) of x [B, H, L, hd] by position-dependent angles."""
+    """Rotate pairs (x_i, x_{i+hd/2}) of x [B, H, L, hd] by position-dependent angles; cos/sin
+    are the tables [≥L, hd/2] (positions 0…L−1) or already gathered per row [B, 1, L, hd/2]
+    (packed rows, whose positions restart at every sample)."""
     seq_len = x.shape[-2]
-    c, s = cos[:seq_len], sin[:seq_len]
+    c, s = (cos[:seq_len], sin[:seq_len]) if cos.dim() == 2 else (cos, sin)
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).type_as(x)
+
+
+def attention_mask(segments: Tensor, kind: str = "sdpa"):
+    """Block-diagonal attention for packed rows: position q attends to key k when both belong to
+    the same sample (``segments`` equal, ≥ 0). A PAD position (segment −1) attends to itself only,
+    so no softmax row is empty. ``sdpa``: a dense boolean mask [B, 1, L, L] (CPU and GPU);
+    ``flex``: a FlexAttention ``BlockMask`` (CUDA; whole blocks of no-attention are skipped)."""
+    if kind == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        seg = segments
+
+        def same_sample(b, h, q, kv):
+            return (seg[b, q] == seg[b, kv]) & ((seg[b, kv] >= 0) | (q == kv))
+
+        B, L = segments.shape
+        return create_block_mask(same_sample, B, None, L, L, device=segments.device)
+    same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] >= 0)
+    eye = torch.eye(segments.shape[1], dtype=torch.bool, device=segments.device)
+    return (same | eye).unsqueeze(1)
 
 
 class Attention(nn.Module):
@@ -145,13 +170,20 @@ class Attention(nn.Module):
         norm = (lambda: nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)) if cfg.qk_norm else nn.Identity
         self.q_norm, self.k_norm = norm(), norm()
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask) -> Tensor:
+        """``mask``: None, a boolean SDPA mask ([B, 1, 1, L] keys or [B, 1, L, L] blocks), or a
+        FlexAttention ``BlockMask`` (packed rows on CUDA)."""
         bsz, seq_len, dim = x.shape
         q, k, v = self.qkv(x).view(bsz, seq_len, 3, self.n_heads, self.head_dim).unbind(2)
         q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, hd]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        if mask is not None and not isinstance(mask, Tensor):
+            from torch.nn.attention.flex_attention import flex_attention
+
+            y = flex_attention(q, k, v, block_mask=mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(bsz, seq_len, dim))
 
 
@@ -247,19 +279,29 @@ class Transformer(nn.Module):
         assert h is not None
         return h
 
-    def forward(self, tokens: Tensor, valid: Tensor | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, valid: Tensor | None = None, segments: Tensor | None = None,
+                positions: Tensor | None = None) -> Tensor:
         """tokens [B, L] global ids, valid [B, L] (False at PAD) → final-normed hidden [B, L, D].
 
-        PAD positions are excluded as attention keys; their own outputs are meaningless."""
+        PAD positions are excluded as attention keys; their own outputs are meaningless. Packed
+        rows pass ``segments`` [B, L] (the sample of each position; -1 at PAD) and ``positions``
+        [B, L] (RoPE positions, restarting at each sample): attention is then block-diagonal,
+        each position attending only to its own sample (:func:`attention_mask`)."""
         seq_len = tokens.shape[1]
         if seq_len > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {seq_len} exceeds max_seq_len {self.cfg.max_seq_len}")
-        # Without PAD (packed text rows) no mask is passed, so SDPA can use its flash kernel;
-        # a boolean key mask forces the slower memory-efficient/math kernels.
-        key_mask = None if valid is None or bool(valid.all()) else valid[:, None, None, :]
+        cos, sin = self.rope_cos, self.rope_sin
+        if positions is not None:
+            cos, sin = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)  # [B, 1, L, hd/2]
+        if segments is not None:
+            key_mask = attention_mask(segments, self.cfg.attention)
+        else:
+            # Without PAD (packed text rows) no mask is passed, so SDPA can use its flash kernel;
+            # a boolean key mask forces the slower memory-efficient/math kernels.
+            key_mask = None if valid is None or bool(valid.all()) else valid[:, None, None, :]
         h = self.embed(tokens)
         for layer in self.layers:
-            h = layer(h, self.rope_cos, self.rope_sin, key_mask)
+            h = layer(h, cos, sin, key_mask)
         return self.norm(h)
 
     # ---- heads ----------------------------------------------------------------------------

@@ -99,6 +99,23 @@ def mask_ids(layout: VocabLayout, modality: Tensor) -> Tensor:
     return table[modality]
 
 
+def segment_times(seed: int, step: int, rows: Tensor | list[int], segments: Tensor, eps: float,
+                  salt: int = 0x7365) -> Tensor:
+    """t per position [B, L] for packed rows: one t ~ U(eps, 1) per segment (sample), drawn from a
+    generator seeded by (seed, step, global row), so a sample's t does not depend on where it sits;
+    PAD positions (segment −1) get t = 1 (never scored)."""
+    rows = rows.tolist() if isinstance(rows, Tensor) else list(rows)
+    n = int(segments.max()) + 1 if segments.numel() else 0
+    out = torch.ones(segments.shape, dtype=torch.float32)
+    g = torch.Generator()
+    for i, r in enumerate(rows):
+        g.manual_seed(seed_of(seed, step, r, salt))
+        t = eps + (1.0 - eps) * torch.rand(max(n, 1), generator=g, dtype=torch.float64)
+        seg = segments[i].cpu()
+        out[i] = torch.where(seg >= 0, t.float()[seg.clamp(min=0)], out[i])
+    return out
+
+
 def seed_of(*parts: int) -> int:
     """A 63-bit seed from integers (seed, step, row, ...), the same on every machine."""
     seed = 0
@@ -151,7 +168,9 @@ def apply_mask(
         gen_device = generator.device if generator is not None else tokens.device
         uniforms = torch.rand(tokens.shape, generator=generator, device=gen_device)
     u = uniforms.to(tokens.device)
-    is_masked = (u < mask_prob.to(u.dtype).unsqueeze(1)) & maskable(modality, valid)
+    if mask_prob.dim() == 1:  # one t per row; packed rows pass one per position (their sample's)
+        mask_prob = mask_prob.unsqueeze(1)
+    is_masked = (u < mask_prob.to(u.dtype)) & maskable(modality, valid)
     return torch.where(is_masked, mask_ids(layout, modality), tokens), is_masked
 
 
@@ -216,7 +235,11 @@ def masked_diffusion_loss(
         lse.append(lse_g)
         order.append(idx)
     order, ce, lse = torch.cat(order), torch.cat(ce), torch.cat(lse)
-    mod, w = mod[order], weight.to(torch.float32)[rows[order]]
+    if weight.dim() == 2:  # packed rows: each position carries its sample's weight
+        w = weight.to(torch.float32)[rows, cols][order]
+    else:
+        w = weight.to(torch.float32)[rows[order]]
+    mod = mod[order]
 
     if n_tokens is None:
         n_tokens = valid.sum()
@@ -249,7 +272,9 @@ class Corrupted:
     modality: Tensor
     valid: Tensor
     is_masked: Tensor
-    weight: Tensor
+    weight: Tensor  # [B] per row, or [B, L] per position (packed rows)
+    segments: Tensor | None = None
+    positions: Tensor | None = None
 
 
 def corrupt(
@@ -263,8 +288,10 @@ def corrupt(
     *,
     generator: torch.Generator | None = None,
     uniforms: Tensor | None = None,
+    segments: Tensor | None = None,
+    positions: Tensor | None = None,
 ) -> Corrupted:
-    """Mask every row at its t. With ``cfg.anti_mask`` each row is followed by its complement,
+    """Mask every row at its t (``t`` [B], or [B, L] per position for packed rows). With ``cfg.anti_mask`` each row is followed by its complement,
     masked at rate α(t) and weighted by −α'(t)/α(t) (``Schedule.anti_weight``), evaluated at
     min(t, 1 − eps) — the mirror of the plain rows' t ≥ eps bound, which keeps the weight finite
     as α(t) → 0."""
@@ -277,14 +304,15 @@ def corrupt(
         tokens, modality, valid = (torch.cat([x, x]) for x in (tokens, modality, valid))
         noisy, is_masked = torch.cat([noisy, noisy_c]), torch.cat([is_masked, is_masked_c])
         weight = torch.cat([weight, schedule.anti_weight(t.clamp(max=1.0 - cfg.eps))])
-    return Corrupted(noisy, tokens, modality, valid, is_masked, weight)
+        segments, positions = (None if x is None else torch.cat([x, x]) for x in (segments, positions))
+    return Corrupted(noisy, tokens, modality, valid, is_masked, weight, segments, positions)
 
 
 def score(model, c: Corrupted, layout: VocabLayout, cfg: ObjectiveConfig, *, n_tokens: Tensor | int | None = None,
           n_masked: Tensor | int | None = None) -> LossOutput:
     """Forward the corrupted batch and score it. ``n_tokens``/``n_masked`` count the rows as
     corrupted (anti-masked rows included); they default to this batch's counts."""
-    hidden = model(c.noisy, c.valid)
+    hidden = model(c.noisy, c.valid) if c.segments is None else model(c.noisy, c.valid, c.segments, c.positions)
     return masked_diffusion_loss(
         model, hidden, c.tokens, c.modality, c.is_masked, c.valid, c.weight, layout,
         full_vocab=cfg.full_vocab, z_loss=cfg.z_loss, n_tokens=n_tokens, n_masked=n_masked,

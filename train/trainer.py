@@ -35,7 +35,9 @@ from trimodal.train import distributed as D
 from trimodal.train.evaluate import EvalConfig, Evaluator
 from trimodal.train.metrics import LogConfig, Metrics
 from trimodal.train.model import ModelConfig, Transformer, param_counts
-from trimodal.train.objective import ObjectiveConfig, corrupt, row_uniforms, score, seed_of, subsample_rows
+from trimodal.train.objective import (
+    ObjectiveConfig, corrupt, row_uniforms, score, seed_of, segment_times, subsample_rows,
+)
 from trimodal.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
 from trimodal.train.parametrization import ParamConfig, build_model, optimizer_settings
 from trimodal.train.reparam import BaseRun, ReparamConfig, reparameterize
@@ -288,7 +290,13 @@ class Trainer:
             tokens, valid = subsample_rows(b["tokens"], b["valid"], b["task"], row_uniforms(cfg.run.seed, step, rows, 2, SUBSAMPLE),
                                            cfg.objective.subsample, layout.pad)
             u = row_uniforms(cfg.run.seed, step, rows, tokens.shape[1])
-            c = corrupt(tokens, b["modality"], valid, t_all[rows], layout, cfg.objective, self.schedule, uniforms=u)
+            segs = b.get("segments")
+            if segs is not None and cfg.data.pack_paired:  # one t per sample (segment), not per row
+                t = segment_times(cfg.run.seed, step, rows, segs, cfg.objective.eps).to(info.device)
+            else:
+                t = t_all[rows]
+            c = corrupt(tokens, b["modality"], valid, t, layout, cfg.objective, self.schedule, uniforms=u,
+                        segments=segs, positions=b.get("positions"))
             corrupted.append(c)
             n_local += torch.tensor([float(c.valid.sum()), float(c.is_masked.sum())], dtype=torch.float64)
         n_global = D.all_reduce_sum(n_local.to(info.device)).cpu()

@@ -47,6 +47,7 @@ class StatsConfig:
     json: bool = option(False, help="print one JSON object")
     plots: str | None = option(None, help="write PNG histograms to this folder")
     seq_len: int = option(3256, help="row length L for the padding and audio-overflow figures")
+    packed: bool = option(False, help="padding as data.pack_paired would pack the paired samples")
 
     def __post_init__(self) -> None:
         if not self.roots:
@@ -102,7 +103,8 @@ class Command:
     help: str
     config: Callable[[], type]
     run: Callable[[Any, list[str]], int]
-    positional: str | None = None  # the config field filled by positional arguments
+    positional: str | tuple[str, ...] | None = None  # str: a list field taking every positional word;
+    # tuple: one scalar field per word, in order
     beam: bool = False  # pass Beam's options through
 
 
@@ -165,7 +167,7 @@ def run_stats(cfg: StatsConfig, _: list[str]) -> int:
     from trimodal.shards.report import format_stats, write_plots
     from trimodal.shards.stats import compute_stats
 
-    stats = compute_stats(cfg.roots, seq_len=cfg.seq_len)
+    stats = compute_stats(cfg.roots, seq_len=cfg.seq_len, packed=cfg.packed)
     if cfg.plots:
         stats["plots"] = write_plots(stats, cfg.plots)
     print(json.dumps(stats, sort_keys=True) if cfg.json else format_stats(stats))
@@ -279,8 +281,8 @@ def _experiment_config(kind: str) -> Callable[[], type]:
 def _run_experiment(cfg: Any, _: list[str]) -> int:
     from trimodal.experiments import runner
 
-    for line in runner.main(cfg):
-        print(line)
+    for line in runner.main(cfg):  # a generator: each run is reported when it ends
+        print(line, flush=True)
     return 0
 
 
@@ -305,10 +307,10 @@ COMMANDS = [
     Command("eval", "held-out ELBO per modality and source, or multiple-choice accuracy", _eval_config, run_eval_cmd),
     Command("export", "write a checkpoint as model.safetensors + config + tokenizers", lambda: ExportConfig, run_export),
     Command("plot", "train and val curves of one or several runs", lambda: PlotConfig, run_plot, positional="runs"),
-    Command("experiment run", "run a grid of training runs from a spec file", _experiment_config("run"),
-            _run_experiment, positional="spec"),
-    Command("experiment fit", "fit the scaling or drift law to a results.csv", _experiment_config("fit"),
-            _run_experiment),
+    Command("experiment run", "run a grid of training runs from a spec file (or print their launch lines)",
+            _experiment_config("run"), _run_experiment, positional=("spec",)),
+    Command("experiment fit", "fit the scaling (eq. 5.1) or drift (§5.2) law to a results.csv: KIND RESULTS",
+            _experiment_config("fit"), _run_experiment, positional=("kind", "results")),
 ]
 
 
@@ -391,9 +393,13 @@ def build_parser(chosen: Command | None = None) -> tuple[argparse.ArgumentParser
         p.add_argument("--config", default=None, help="config file (JSON, YAML or TOML)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key (repeatable)")
-        if c.positional:
+        names = (c.positional,) if isinstance(c.positional, str) else (c.positional or ())
+        if isinstance(c.positional, str):
             p.add_argument(c.positional, nargs="*", help=f"{c.positional} (see the config keys below)")
-        p.set_defaults(_dests=add_flags(p, cls, skip=(c.positional,) if c.positional else ()))
+        elif c.positional:
+            p.add_argument("_words", nargs="*", metavar=" ".join(n.upper() for n in c.positional),
+                           help=f"{', '.join(c.positional)} (see the config keys below)")
+        p.set_defaults(_dests=add_flags(p, cls, skip=names))
         if c.name == "train":
             p.add_argument("--resume", action="store_true", help="continue from the newest usable checkpoint")
             p.add_argument("--overwrite", action="store_true", help="start afresh, deleting the run folder's contents")
@@ -413,9 +419,15 @@ def parse(argv: list[str]) -> tuple[Command, Any, list[str]]:
     known = sorted(s for s in leaf._option_string_actions if s.startswith("--"))
     beam_args = _split_unknown(unknown, known, c.beam)
     values = flag_values(args, args._config_cls, args._dests)
-    pos = getattr(args, c.positional, None) if c.positional else None
-    if pos:
-        values[c.positional] = pos[0] if c.positional == "spec" else pos
+    if isinstance(c.positional, str):
+        pos = getattr(args, c.positional, None)
+        if pos:
+            values[c.positional] = pos
+    elif c.positional:
+        words = args._words
+        if len(words) > len(c.positional):
+            raise ConfigError(f"unexpected argument {words[len(c.positional)]} (expected {' '.join(c.positional)})")
+        values.update(zip(c.positional, words))
     overrides = list(args.set)
     if c.name == "train":
         overrides += ["run.resume=true"] if args.resume else []

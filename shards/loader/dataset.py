@@ -103,7 +103,7 @@ class TrimodalDataset(IterableDataset):
 
     def _materialise(self) -> None:
         owned = self.owned_streams()
-        streams = {s: Stream(self._ctx, s) for s in owned}
+        streams = {s: self._new_stream(s) for s in owned}
         rr = 0
         pending = self._pending
         if pending is not None:
@@ -118,6 +118,19 @@ class TrimodalDataset(IterableDataset):
                 rr = int(pending.get("rr", 0)) % len(owned)
         self._streams, self._owned, self._owner, self._rr, self._fresh = streams, owned, _worker(), rr, True
 
+    def _new_stream(self, s: int):
+        st = Stream(self._ctx, s)
+        if self.config.pack_paired:
+            from trimodal.shards.loader.packed import PackedStream
+
+            return PackedStream(st, self.config.pack_lookahead)
+        return st
+
+    @property
+    def segmented(self) -> bool:
+        """Whether rows carry ``segments``/``positions`` (packed rows or per-document attention)."""
+        return self.config.pack_paired or self.config.document_attention
+
     def __iter__(self):
         self._check_owner()
         if self._streams is None or not self._fresh:
@@ -127,7 +140,10 @@ class TrimodalDataset(IterableDataset):
         return self._generate([self._streams[s] for s in self._owned])
 
     def _generate(self, order: list[Stream]):
+        from trimodal.shards.packing import segment_ids
+
         lut = self._ctx.ids.modality_lut
+        segmented, documents, layout = self.segmented, self.config.document_attention, self.layout
         done = [False] * len(order)
         n = len(order)
         while not all(done):
@@ -143,7 +159,11 @@ class TrimodalDataset(IterableDataset):
             tokens, valid, task, source = out
             modality = lut[tokens]
             st.count(valid, modality, task, source)
-            yield row_dict(tokens, valid, modality, task)
+            row = row_dict(tokens, valid, modality, task)
+            if segmented:
+                seg, pos = segment_ids(tokens, valid, layout, documents)
+                row["segments"], row["positions"] = torch.from_numpy(seg), torch.from_numpy(pos)
+            yield row
 
     # -- state
     def state_dict(self) -> dict[str, Any]:
@@ -242,7 +262,7 @@ def counters_from_loader_state(state: Any) -> dict[str, int]:
 
 
 def _collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([r[k] for r in rows]) for k in ("tokens", "modality", "valid", "task")}
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 class RowLoader:

@@ -51,6 +51,9 @@ class LoaderConfig:
     task_weights: dict[str, float] | None = option(None, help="mixing weight per task (default: equal)")
     audio_overflow: Literal["skip", "crop", "error"] = option(
         "crop", help="an audio clip longer than the row: cut to the frames that fit, skip it, or stop")
+    pack_paired: bool = option(False, help="several paired samples (and a text filler) share one row; attention per sample")
+    pack_lookahead: int = option(8, help="packed rows: samples held back to fill rows first-fit")
+    document_attention: bool = option(False, help="text: attention restricted to each document (else across the row)")
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
@@ -62,6 +65,8 @@ class LoaderConfig:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, got {self.verify!r}")
+        if self.pack_lookahead < 1:
+            raise ValueError(f"pack_lookahead must be >= 1, got {self.pack_lookahead}")
         if self.audio_overflow not in OVERFLOW_MODES:
             raise ValueError(f"audio_overflow must be one of {OVERFLOW_MODES}, got {self.audio_overflow!r}")
 

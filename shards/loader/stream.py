@@ -23,7 +23,7 @@ from trimodal.shards.format import ShardError
 from trimodal.shards.loader.cursor import Cursor
 from trimodal.shards.loader.sources import LoaderConfig, Source
 from trimodal.shards.rows import PAIRED_FRAMING, RowTooLong, TextPacker, layout_ids, media_to_global, paired_row
-from trimodal.tokenizers.vocab import AUDIO, IMAGE, TASKS, VocabLayout
+from trimodal.tokenizers.vocab import AUDIO, IMAGE, TASK, TASKS, VocabLayout
 
 _MEDIA = {"image_text": ("image", IMAGE), "audio_text": ("audio", AUDIO)}
 _CHOICE_SALT = 0x6D6978  # "mix"
@@ -88,6 +88,8 @@ class Stream:
                 "counters": dict(self.counters)}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
+        if d.get("packed"):
+            raise ValueError("the saved loader state is of packed rows; data.pack_paired must match the saved run")
         if d.get("signature") != self.ctx.signature:
             raise ValueError(
                 f"stream {self.stream}: saved loader state was made with another seed, num_streams or set of "
@@ -155,16 +157,18 @@ class Stream:
     def _text_row(self, i: int) -> tuple[np.ndarray, np.ndarray, int] | None:
         packer, cursor = self.packers[i], self.cursors[i]
         while not packer.ready():
-            sample = cursor.next()
-            if sample is None:
+            got = cursor.next_array("text")  # no sample dict: a text row needs the one array
+            if got is None:
                 self.counters["text_tokens_dropped"] += packer.clear()
                 return None
-            text = sample.get("text")
+            key, text = got
             if text is None:
-                raise ShardError(self.ctx.sources[i].root, "text sample has no text.npy", sample.get("__key__"))
+                raise ShardError(self.ctx.sources[i].root, "text sample has no text.npy", key)
             packer.add(text)
         tokens = packer.pop()
-        return tokens, np.ones(tokens.size, dtype=bool), 0
+        valid = np.ones(tokens.size, dtype=bool)
+        self._packed_valid = valid  # count() knows this row's make-up without looking at it
+        return tokens, valid, 0
 
     def _fit_media(self, task: str, media: np.ndarray, text: np.ndarray, key: str) -> np.ndarray | None:
         """The media ids to put in a row (cropped per ``audio_overflow``), or None to skip."""
@@ -241,10 +245,20 @@ class Stream:
         c = self.counters
         c[f"rows_{TASKS[task]}"] += 1
         c[f"rows_source/{self.ctx.sources[source].name}"] += 1
-        per = np.bincount(modality, minlength=4).tolist()
+        if valid is getattr(self, "_packed_valid", None):
+            # a packed text row (the one _text_row just built): TASK_text, then L - 1 text
+            # positions (ids and their BOS/EOS), no PAD; no pass over the row needed
+            c["tokens_text"] += valid.size - 1
+            c["tokens_task"] += 1
+            self._packed_valid = None
+            return
+        # np.bincount costs several times these three compares on a row of a few thousand
+        image = int(np.count_nonzero(modality == IMAGE))
+        audio = int(np.count_nonzero(modality == AUDIO))
+        task_tokens = int(np.count_nonzero(modality == TASK))
         pads = valid.size - int(np.count_nonzero(valid))
-        c["tokens_text"] += per[0] - pads  # PAD positions count as TEXT in `modality`
-        c["tokens_image"] += per[1]
-        c["tokens_audio"] += per[2]
-        c["tokens_task"] += per[3]
+        c["tokens_text"] += valid.size - image - audio - task_tokens - pads  # PAD counts as TEXT in `modality`
+        c["tokens_image"] += image
+        c["tokens_audio"] += audio
+        c["tokens_task"] += task_tokens
         c["pad_tokens"] += pads

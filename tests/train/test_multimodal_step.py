@@ -114,3 +114,21 @@ def test_shards_of_another_image_tokenizer_are_refused(sp_model, tmp_path):
     m.save(other)
     with pytest.raises(ValueError, match="image tokenizer"):
         train(_cfg([img, other], tmp_path / "refused", 1))
+
+
+def test_packed_training_cuts_padding_and_keeps_the_loss_finite(sp_model, tmp_path):
+    """``data.pack_paired``: image-text samples (66 + caption positions) share rows of 200 with a
+    text filler; the logged padding falls from most of the row to a few percent."""
+    img = image_text_dataset(tmp_path / "img", sp_model)
+    txt = text_dataset(tmp_path / "txt", sp_model)
+    extra = {"data.seq_len": 200, "model.max_seq_len": 200}
+    plain = tmp_path / "plain"
+    train(_cfg([txt, img], plain, 3, **extra, **{"data.task_weights": '{"text": 0.2, "image_text": 0.8}'}))
+    packed = tmp_path / "packed"
+    res = train(_cfg([txt, img], packed, 3, **extra, **{"data.task_weights": '{"text": 0.2, "image_text": 0.8}',
+                                                       "data.pack_paired": "true"}))
+    assert all(math.isfinite(x) for x in res["losses"])
+    pad_plain = np.mean([r["padding"] for r in _log(plain)])
+    pad_packed = np.mean([r["padding"] for r in _log(packed)])
+    assert pad_plain > 0.3 and pad_packed < 0.05, (pad_plain, pad_packed)
+    assert all("loss/image" in r for r in _log(packed))
