@@ -40,7 +40,7 @@ class CoordConfig:
     depth_width: int = 64
     head_dim: int = 16
     steps: int = 5
-    lr: float = 1e-2
+    lr: float = 5e-3
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.0
@@ -142,13 +142,15 @@ def coord_check(cc: CoordConfig | None = None) -> dict[str, CoordResult]:
 
 
 def plot(results: dict[str, CoordResult], path: str, kinds: tuple[str, ...] = ("standard", "completep")) -> None:
-    """One panel per (sweep, kind): stream RMS against width (depth), one line per step."""
+    """One panel per (sweep, kind): stream RMS against width (depth), one line per step; a row
+    shares its y axis, so flat and fanning-out curves compare at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(results), len(kinds), figsize=(4.2 * len(kinds), 3.0 * len(results)), squeeze=False)
+    fig, axes = plt.subplots(len(results), len(kinds), figsize=(4.2 * len(kinds), 3.0 * len(results)),
+                             squeeze=False, sharey="row")
     for i, res in enumerate(results.values()):
         for j, kind in enumerate(kinds):
             ax = axes[i][j]
@@ -164,7 +166,7 @@ def plot(results: dict[str, CoordResult], path: str, kinds: tuple[str, ...] = ("
             ax.set_ylabel("residual stream RMS")
             ax.set_title(f"{kind}: {res.axis} (max/min at last step {res.spread(kind):.2f})", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/coord_check.png", help="PNG to write")
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--json", default="", help="also write the numbers here")

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from trimodal.tokenizers.vocab import MODALITIES, TASK, VocabLayout
+from trimodal.train.cross_entropy import linear_cross_entropy, resolve_impl
 from trimodal.train.schedules import ScheduleConfig, Schedule, make_schedule, sample_t
 
 N_MOD = len(MODALITIES)
@@ -209,6 +210,7 @@ def masked_diffusion_loss(
     z_loss: float = 1e-5,
     n_tokens: Tensor | int | None = None,
     n_masked: Tensor | int | None = None,
+    loss_impl: str = "reference",
 ) -> LossOutput:
     """The loss from hidden states [B, L, D], clean ``tokens`` (the targets), ``is_masked``
     [B, L] and the per-row ELBO weight ``weight`` [B] = w(t). ``n_tokens`` / ``n_masked``
@@ -221,20 +223,31 @@ def masked_diffusion_loss(
     h, target, mod = hidden[rows, cols], tokens[rows, cols], modality[rows, cols]
     offsets, starts = _block_starts(layout, device)
 
-    # (positions among the masked ones, their logits, the target column) per logit group.
-    if full_vocab:
-        groups = [(torch.arange(h.shape[0], device=device), model.full_logits(h), target - offsets[mod] + starts[mod])]
-    else:
-        # Every head runs, with zero rows if need be: its (zero) gradient then exists on every rank.
-        groups = [(idx, logits, target[idx] - offsets[m]) for m, (idx, logits) in enumerate(model.logits_for(h, mod))]
+    impl = "reference" if full_vocab else resolve_impl(loss_impl, device)
     order, ce, lse = [], [], []
-    for idx, logits, col in groups:
-        logits = logits.float()
-        lse_g = torch.logsumexp(logits, dim=-1)
-        ce.append(lse_g - logits.gather(1, col.unsqueeze(1)).squeeze(1))
-        lse.append(lse_g)
-        order.append(idx)
-    order, ce, lse = torch.cat(order), torch.cat(ce), torch.cat(lse)
+    if impl != "reference":
+        # A head that never materialises [masked × block] logits (chunked, or cut-cross-entropy
+        # on CUDA): per modality, from the head's weight directly (docs/objective.md).
+        for m, name in enumerate(MODALITIES):
+            idx = (mod == m).nonzero(as_tuple=True)[0]
+            ce_m, lse_m = linear_cross_entropy(h[idx], model.heads[name].weight, target[idx] - offsets[m], impl=impl)
+            ce.append(ce_m)
+            lse.append(lse_m)
+            order.append(idx)
+    else:
+        # (positions among the masked ones, their logits, the target column) per logit group.
+        if full_vocab:
+            groups = [(torch.arange(h.shape[0], device=device), model.full_logits(h), target - offsets[mod] + starts[mod])]
+        else:
+            # Every head runs, with zero rows if need be: its (zero) gradient then exists on every rank.
+            groups = [(idx, logits, target[idx] - offsets[m]) for m, (idx, logits) in enumerate(model.logits_for(h, mod))]
+        for idx, logits, col in groups:
+            logits = logits.float()
+            lse_g = torch.logsumexp(logits, dim=-1)
+            ce.append(lse_g - logits.gather(1, col.unsqueeze(1)).squeeze(1))
+            lse.append(lse_g)
+            order.append(idx)
+    order, ce, lse = torch.cat(order), torch.cat(ce).float(), torch.cat(lse).float()
     if weight.dim() == 2:  # packed rows: each position carries its sample's weight
         w = weight.to(torch.float32)[rows, cols][order]
     else:
@@ -315,7 +328,7 @@ def score(model, c: Corrupted, layout: VocabLayout, cfg: ObjectiveConfig, *, n_t
     hidden = model(c.noisy, c.valid) if c.segments is None else model(c.noisy, c.valid, c.segments, c.positions)
     return masked_diffusion_loss(
         model, hidden, c.tokens, c.modality, c.is_masked, c.valid, c.weight, layout,
-        full_vocab=cfg.full_vocab, z_loss=cfg.z_loss, n_tokens=n_tokens, n_masked=n_masked,
+        full_vocab=cfg.full_vocab, z_loss=cfg.z_loss, n_tokens=n_tokens, n_masked=n_masked, loss_impl=cfg.loss_impl,
     )
 
 

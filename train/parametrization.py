@@ -6,8 +6,8 @@ branches scale with the width multiplier m_N = d/d_base and the depth multiplier
 CompleteP (Dey et al. 2025, "Don't be lazy: CompleteP enables compute-efficient deep
 transformers", arXiv 2505.01618) is µP in width plus a residual multiplier 1/m_L^α in depth, with
 α = 1 (``depth_alpha``; α = 0.5 is Depth-µP). The rules, per parameter role, for AdamW (the
-paper's Table 1, "summary of parameterizations", its AdamW ε rule eq. 40, and its coordinate
-check as the diagnostic, Fig. 1)::
+paper's Table 1, its summary of parameterizations, with the AdamW ε rule of its eq. 40; its
+coordinate check is the diagnostic, ``trimodal.experiments.coord_check``)::
 
     role            init std        LR                   WD        ε                    forward
     embedding       σ               η                    λ         ε/m_N                —
@@ -43,7 +43,9 @@ Why, row by row:
 Width multipliers are per matrix: fan_in / base fan_in (= d/d_base for all but fc2, whose fan_in
 is the rounded SwiGLU width). Attention keeps its 1/√head_dim scale: on the ladder the head
 dimension is fixed (128), so µP's 1/head_dim rule is a constant there. ``standard`` is today's
-model (trunc-normal σ everywhere, no multipliers) and builds it bit for bit.
+model (trunc-normal σ everywhere, no multipliers) and builds it bit for bit. η, λ, β and ε are
+the run's values after the SDE batch reparameterisation (``reparam``), when that is on: it
+transfers along batch size and horizon, this along width and depth, and the two compose.
 
 Table 6 of the tri-modal paper (``table="paper_table6"``) gives per-module multipliers (LR, WD,
 α1, α2, ε, Init) found at the base model, plus factors for the first and second half of the
@@ -64,6 +66,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from trimodal.config import option
+
 if TYPE_CHECKING:  # model.py imports this module lazily; keep the import one-way at load time
     from torch import Tensor
 
@@ -82,12 +86,12 @@ class ParamConfig:
     hyperparameters were tuned on (multipliers are 1 there); ``depth_alpha``: α of the residual
     multiplier (L_base/L)^α, in [0.5, 1]; ``table``: optional per-module multipliers on top."""
 
-    kind: str = "standard"
-    base_dim: int = 256
-    base_layers: int = 2
-    depth_alpha: float = 1.0
-    table: str | None = None
-    beta_rule: str = "one_minus"
+    kind: str = option("standard", help="standard (today's model) or completep (µP in width + depth-scaled branches)")
+    base_dim: int = option(256, help="width the hyperparameters were tuned at (multipliers are 1 there)")
+    base_layers: int = option(2, help="depth the hyperparameters were tuned at")
+    depth_alpha: float = option(1.0, help="α of the residual multiplier (L_base/L)^α, in [0.5, 1]; CompleteP: 1")
+    table: str | None = option(None, help="per-module multipliers on top: null or paper_table6")
+    beta_rule: str = option("one_minus", help="what a table's α1/α2 do: one_minus (1-β ← α(1-β)) or power (β ← β^α)")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

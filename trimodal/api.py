@@ -65,6 +65,7 @@ class Model:
     step: int | None = None
     run_id: str | None = None
     seq_len: int | None = None  # the trained row length
+    param: dict[str, Any] = field(default_factory=dict)  # the run's parametrization section
     _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -180,6 +181,14 @@ class Model:
         return self.score_choices("", [text], samples, seed)[0]
 
 
+def _parametrize(model: Transformer, config: dict[str, Any]) -> None:
+    """The forward-pass part of the run's parametrization (CompleteP's residual multipliers):
+    weights alone do not carry it."""
+    from trimodal.train.parametrization import param_config_of, set_parametrization
+
+    set_parametrization(model, param_config_of(config))
+
+
 def _state_dict_from_checkpoint(path: str, model: Transformer) -> None:
     from trimodal.train import checkpoint as ckpt
 
@@ -197,6 +206,7 @@ def load(path: str, device: str = "auto") -> Model:
             raise ValueError(f"{path}/{EXPORT_CONFIG} is not a trimodal export (format={meta.get('format')!r})")
         layout = VocabLayout.from_dict(meta["layout"])
         model = Transformer(from_dict(ModelConfig, meta["model"]), layout)
+        _parametrize(model, meta)
         from safetensors.torch import load as load_safetensors
 
         sd = load_safetensors(storage.read_bytes(storage.join(path, EXPORT_MODEL)))
@@ -209,7 +219,8 @@ def load(path: str, device: str = "auto") -> Model:
 
                 info = replace(info, path=storage.join(path, info.path))  # files shipped inside the export
             tokenizers[k] = info
-        out = Model(model.to(dev).eval(), layout, tokenizers, path, meta.get("step"), meta.get("run_id"), meta.get("seq_len"))
+        out = Model(model.to(dev).eval(), layout, tokenizers, path, meta.get("step"), meta.get("run_id"), meta.get("seq_len"),
+                    meta.get("param") or {})
     else:
         from trimodal.train import checkpoint as ckpt
 
@@ -217,10 +228,12 @@ def load(path: str, device: str = "auto") -> Model:
         state = ckpt.read_state(found)
         layout = VocabLayout.from_dict(state["layout"])
         model = Transformer(from_dict(ModelConfig, state["config"]["model"]), layout)
+        _parametrize(model, state["config"])
         _state_dict_from_checkpoint(found, model)
         tokenizers = {k: TokenizerInfo.from_dict(v, k) for k, v in (state.get("tokenizers") or {}).items()}
         seq_len = ((state.get("config") or {}).get("data") or {}).get("seq_len")
-        out = Model(model.to(dev).eval(), layout, tokenizers, found, int(state["step"]), state.get("run_id"), seq_len)
+        out = Model(model.to(dev).eval(), layout, tokenizers, found, int(state["step"]), state.get("run_id"), seq_len,
+                    (state.get("config") or {}).get("param") or {})
     return out
 
 
@@ -251,7 +264,7 @@ def export(checkpoint: str, out: str) -> list[str]:
     from dataclasses import asdict
 
     meta = {"format": EXPORT_FORMAT, "model": asdict(m.model.cfg), "layout": m.layout.to_dict(), "tokenizers": tokenizers,
-            "step": m.step, "run_id": m.run_id, "seq_len": m.seq_len, "source": m.source}
+            "step": m.step, "run_id": m.run_id, "seq_len": m.seq_len, "source": m.source, "param": m.param}
     storage.write_atomic(storage.join(out, EXPORT_CONFIG), json.dumps(meta, indent=1, sort_keys=True).encode())
     written.append(storage.join(out, EXPORT_CONFIG))
     return written
