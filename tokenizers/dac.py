@@ -10,7 +10,7 @@ Module and parameter names reproduce the released state dicts exactly (old-style
 ``weight_g``/``weight_v``, Snake ``alpha``), so ``load_dac`` reads the official
 ``weights_*.pth`` files (``{"state_dict", "metadata": {"kwargs"}}``) with strict key and shape
 matching. Correctness is pinned against golden codes/audio made with the official package
-(``shared/reference/dac``).
+(``tests/data/reference/dac``).
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ class DACConfig:
         }
 
 
-# The released configurations (embedded: the shared reference folder does not ship with the
-# package). Keys/shapes checked against shared/reference/dac/dac_state_dicts.json in the tests.
+# The released configurations (embedded: the tests' reference data does not ship with the
+# package). Keys/shapes checked against tests/data/reference/dac/dac_state_dicts.json.
 PUBLIC_CONFIGS: dict[str, dict[str, Any]] = {
     "16khz": {
         "encoder_dim": 64,

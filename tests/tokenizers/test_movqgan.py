@@ -7,7 +7,6 @@ Real model classes with real (small or random) weights, saved to files and loade
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +46,8 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def reference_dir() -> Path:
-    candidates = []
-    if os.environ.get("TRIMODAL_REFERENCE_DIR"):
-        root = Path(os.environ["TRIMODAL_REFERENCE_DIR"])
-        candidates += [root / "movqgan", root]
-    candidates.append(Path(__file__).resolve().parents[2].parent / "shared/reference/movqgan")
-    for c in candidates:
-        if (c / "movqgan_tiny_golden.npz").is_file() and (c / "movqgan_state_dicts.json").is_file():
-            return c
-    pytest.skip(f"MoVQGAN reference data not found (looked in {[str(c) for c in candidates]}; set TRIMODAL_REFERENCE_DIR)")
+    """The golden data shipped with the tests (``tests/data/reference/movqgan``)."""
+    return Path(__file__).resolve().parents[1] / "data" / "reference" / "movqgan"
 
 
 @pytest.fixture(scope="module")
