@@ -1,4 +1,4 @@
-"""The command-line contract (SPEC §8), exercised through real subprocesses."""
+"""The command-line contract , exercised through real subprocesses."""
 
 import json
 import re
@@ -11,7 +11,7 @@ import pytest
 
 
 def trimodal(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    # cwd outside the repo root: from there `python -m` would see ./tokenizers first (SPEC §1)
+    # cwd outside the repo root: from there `python -m` would see ./tokenizers first
     return subprocess.run([sys.executable, "-m", "trimodal.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=300)
 

@@ -1,4 +1,4 @@
-"""Image decoding and the paper's 256 px preprocessing, as pure functions (SPEC section 2).
+"""Image decoding and the paper's 256 px preprocessing, as pure functions (docs/tokenizers.md).
 
 Why separate from the model: the pipeline decodes and preprocesses on CPU workers, rejects bad
 records with a machine-readable reason (never stopping the job), and only then batches tensors

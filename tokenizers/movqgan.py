@@ -1,4 +1,4 @@
-"""MoVQGAN image tokenizer: the SBER-MoVQGAN architecture, implemented here (SPEC section 2).
+"""MoVQGAN image tokenizer: the SBER-MoVQGAN architecture, implemented here (docs/tokenizers.md).
 
 Why in-project: the public ``movqgan_67M/102M/270M.ckpt`` files must load with strict key and
 shape matching, without the upstream package (and its Lightning/omegaconf stack) in the
@@ -578,7 +578,7 @@ class MoVQGANTokenizer:
     """Images <-> uint16 code grids through a :class:`MoVQGAN` (the project's image tokenizer).
 
     ``allow_tf32`` is off by default so that GPU and CPU runs pick the same codes wherever the
-    nearest codebook entry is not a near tie (SPEC: a re-run gives the same tokens).
+    nearest codebook entry is not a near tie (a re-run must give the same tokens).
     """
 
     def __init__(

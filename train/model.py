@@ -1,9 +1,9 @@
-"""The bidirectional transformer denoiser (PAPER §4).
+"""The bidirectional transformer denoiser (docs/model.md).
 
 One backbone for all modalities: pre-norm RMSNorm blocks with SwiGLU MLPs, RoPE over the whole
 row, QK-norm, no timestep input (the model reads the noise level off the masks), trunc-normal
 init. Input embeddings and output heads are split per vocabulary block and untied, so each can
-get its own optimiser settings (the paper tunes them per modality, PAPER §7).
+get its own optimiser settings (the paper tunes them per modality).
 
 ``forward`` returns final-normed hidden states only. The objective then runs a head on just the
 positions it scores, and only over their block's predictable ids (``logits_for``): with a

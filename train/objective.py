@@ -178,7 +178,7 @@ def apply_mask(
 def anti_mask(
     tokens: Tensor, modality: Tensor, valid: Tensor, is_masked: Tensor, layout: VocabLayout
 ) -> tuple[Tensor, Tensor]:
-    """The complementary draw (PAPER §7.4): mask exactly the maskable positions that
+    """The complementary draw (antithetic masks, docs/objective.md): mask exactly the maskable positions that
     ``is_masked`` left clean. Returns ``(noisy_tokens, complement)``."""
     complement = maskable(modality, valid) & ~is_masked
     return torch.where(complement, mask_ids(layout, modality), tokens), complement

@@ -1,4 +1,4 @@
-"""SDE batch reparameterisation of AdamW (PAPER §6, eq. 4.1–4.2).
+"""SDE batch reparameterisation of AdamW (docs/reparam.md).
 
 A base run (B_base rows per step, D_base tokens, tuned AdamW settings) is transferred to a run
 of token horizon D and physical batch B through the *logical* batch B̃ = B_base·(D/D_base)^γ:

@@ -1,4 +1,4 @@
-"""Iterative unmasking sampler (PAPER §9, SPEC §7).
+"""Iterative unmasking sampler (docs/sampling.md).
 
 Start from a task template whose target span is all MASK; for K steps run the model, draw a
 token for every still-masked target position from the softmax over its modality block's

@@ -6,7 +6,7 @@ the cross-entropy of a masked token by
 
     w(t) = −α'(t) / (1 − α(t))
 
-(PAPER §5, Shi et al. 2024), which is 1/t for the linear schedule. Every weight is written in
+(Shi et al. 2024, MD4), which is 1/t for the linear schedule. Every weight is written in
 closed form; the tests check it against autograd.
 
 Anti-masking (``objective.py``) also scores the complement of each draw, a row masked at rate

@@ -46,7 +46,7 @@ def test_example_config_fits_its_world_sizes(name, worlds):
 
 
 def test_paper_config_reproduces_the_paper_transfer():
-    """3B, B = 3072, L = 3256, D = 1e13 positions, γ = 0.44 → κ ≈ 0.64, ~1M steps (PAPER §6)."""
+    """3B, B = 3072, L = 3256, D = 1e13 positions, γ = 0.44 → κ ≈ 0.64, ~1M steps."""
     s = resolve_schedule(TrainConfig.load(str(CONFIGS / "3b_paper.json")))
     r = s["reparam"]
     assert r["kappa"] == pytest.approx(0.64464, rel=1e-4)
