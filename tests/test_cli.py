@@ -1,4 +1,4 @@
-"""The command-line contract , exercised through real subprocesses."""
+"""The command-line contract, exercised through real subprocesses."""
 
 import json
 import re
