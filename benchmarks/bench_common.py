@@ -113,9 +113,10 @@ def goal_met(ratio: float, goal: float, higher_is_better: bool = True) -> bool:
 
 
 def make_text_shards(root: Path, samples: int, shards: int, min_len: int, max_len: int, text_codes: int,
-                     seed: int = 0) -> None:
+                     seed: int = 0, text_info: dict[str, Any] | None = None) -> None:
     """Synthetic tokenized text shards + manifest, as the text pipeline writes them (uniform
-    random ids below ``text_codes``, uint16 when they fit); cached: skipped when a manifest is there."""
+    random ids below ``text_codes``, uint16 when they fit); cached: skipped when a manifest is there.
+    ``text_info``: the manifest's text tokenizer entry (default: a synthetic one)."""
     import numpy as np
 
     from trimodal.shards.manifest import Manifest
@@ -135,8 +136,38 @@ def make_text_shards(root: Path, samples: int, shards: int, min_len: int, max_le
                     "lengths": {"text": n, "chars": 5 * n}, "provenance": {"file": "synthetic", "line": i}}
             items.append((f"{i:012d}", meta, {"text": rng.integers(0, text_codes, n, dtype=dtype)}))
         infos.append(write_shard(str(root), shard_name(s, shards), items))
-    tok = {"text": {"kind": "synthetic", "vocab_size": text_codes, "fingerprint": "synthetic"}}
+    tok = {"text": text_info or {"kind": "synthetic", "vocab_size": text_codes, "fingerprint": "synthetic"}}
     Manifest(kind="tokenized", modality="text", tokenizers=tok, shards=infos,
+             counts={"read": samples, "written": samples, "filtered": {}, "rejected": {}}).save(str(root))
+
+
+def make_image_shards(root: Path, samples: int, grid: int, caption: tuple[int, int], text_codes: int,
+                      image_codes: int = 16384, per_shard: int = 500, seed: int = 1,
+                      text_info: dict[str, Any] | None = None) -> None:
+    """Synthetic image-text shards + manifest: a ``grid`` x ``grid`` code image (MoVQGAN at 256 px
+    gives 32 x 32) and a caption of ``caption[0]``..``caption[1]`` random text ids; cached."""
+    import numpy as np
+
+    from trimodal.shards.manifest import Manifest
+    from trimodal.shards.writer import shard_name, write_shard
+
+    if (root / "manifest.json").exists():
+        return
+    rng = np.random.default_rng(seed)
+    dtype = np.uint16 if text_codes <= 65536 else np.uint32
+    n_shards = -(-samples // per_shard)
+    infos = []
+    for k in range(n_shards):
+        items = []
+        for j in range(k * per_shard, min(samples, (k + 1) * per_shard)):
+            arrays = {"image": rng.integers(0, image_codes, (grid, grid)).astype(np.uint16),
+                      "text": rng.integers(0, text_codes, int(rng.integers(caption[0], caption[1] + 1))).astype(dtype)}
+            items.append((f"{j:012d}", {"id": f"synthetic-image:{j}", "source": "synthetic", "modality": "image_text"},
+                          arrays))
+        infos.append(write_shard(str(root), shard_name(k, n_shards), items))
+    tok = {"text": text_info or {"kind": "synthetic", "vocab_size": text_codes, "fingerprint": "synthetic"},
+           "image": {"kind": "synthetic", "vocab_size": image_codes, "fingerprint": "synthetic", "grid": [grid, grid]}}
+    Manifest(kind="tokenized", modality="image_text", tokenizers=tok, shards=infos,
              counts={"read": samples, "written": samples, "filtered": {}, "rejected": {}}).save(str(root))
 
 

@@ -31,29 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-
-def make_dataset(root: Path, vocab: int, tokens: int, seed: int = 0) -> None:
-    """Random-id text documents (200–1,500 tokens) in 16 shards: enough for every stream."""
-    from trimodal.shards.manifest import Manifest
-    from trimodal.shards.writer import write_shard
-
-    rng = np.random.default_rng(seed)
-    per_shard = tokens // 16 + 1
-    infos = []
-    for shard in range(16):
-        samples, made, i = [], 0, 0
-        while made < per_shard:
-            n = int(rng.integers(200, 1500))
-            samples.append((f"s{shard}x{i}", {"id": f"{shard}/{i}", "source": "synthetic", "modality": "text"},
-                            {"text": rng.integers(0, vocab, n, dtype=np.uint32)}))
-            made += n
-            i += 1
-        infos.append(write_shard(str(root), f"shard-{shard:05d}-of-00016.tar", samples))
-    Manifest(kind="tokenized", modality="text",
-             tokenizers={"text": {"kind": "synthetic", "vocab_size": vocab, "fingerprint": "synthetic"}},
-             shards=infos).save(str(root))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402  shared synthetic shards
 
 
 def run(world: int, data: Path, out: Path, args: argparse.Namespace) -> dict:
@@ -112,7 +91,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_scaling_") as tmp:
         tmp = Path(tmp)
-        make_dataset(tmp / "data", args.vocab, tokens=4 * args.steps * args.batch * args.seq_len)
+        bc.make_text_shards(tmp / "data", samples=4 * args.steps * args.batch * args.seq_len // 850 + 1, shards=16,
+                            min_len=200, max_len=1500, text_codes=args.vocab)
         results: dict[int, list[dict]] = {1: [], 2: []}
         for rep in range(args.repeats):
             for world in (1, 2):  # interleaved, so slow drifts in machine load hit both

@@ -30,43 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402  shared synthetic shards
+
 PEAK = {"H100": 989.4e12, "H200": 989.4e12}
-
-
-def make_image_dataset(root: Path, vocab: int, samples: int, seed: int = 1) -> None:
-    """Image-text samples shaped like the paper's: a 32×32 MoVQGAN grid + a 20–120-token caption."""
-    from trimodal.shards.manifest import Manifest
-    from trimodal.shards.writer import write_shard
-
-    rng = np.random.default_rng(seed)
-    infos = []
-    for shard in range(max(1, samples // 500)):
-        batch = [(f"i{shard}x{i}", {"id": f"i{shard}/{i}", "source": "synthetic", "modality": "image_text"},
-                  {"image": rng.integers(0, 16384, (32, 32), dtype=np.uint16),
-                   "text": rng.integers(0, vocab, int(rng.integers(20, 120)), dtype=np.uint32)}) for i in range(500)]
-        infos.append(write_shard(str(root), f"shard-{shard:05d}.tar", batch))
-    Manifest(kind="tokenized", modality="image_text", shards=infos, tokenizers={
-        "text": {"kind": "synthetic", "vocab_size": vocab, "fingerprint": "synthetic"},
-        "image": {"kind": "synthetic", "vocab_size": 16384, "fingerprint": "synthetic", "grid": [32, 32]}}).save(str(root))
-
-
-def make_dataset(root: Path, vocab: int, tokens: int, seed: int = 0) -> None:
-    from trimodal.shards.manifest import Manifest
-    from trimodal.shards.writer import write_shard
-
-    rng = np.random.default_rng(seed)
-    infos, made, shard = [], 0, 0
-    while made < tokens:
-        samples = []
-        for i in range(500):
-            n = int(rng.integers(200, 3000))
-            samples.append((f"s{shard}x{i}", {"id": f"{shard}/{i}", "source": "synthetic", "modality": "text"},
-                            {"text": rng.integers(0, vocab, n, dtype=np.uint32)}))
-            made += n
-        infos.append(write_shard(str(root), f"shard-{shard:05d}.tar", samples))
-        shard += 1
-    Manifest(kind="tokenized", modality="text", tokenizers={"text": {"kind": "synthetic", "vocab_size": vocab,
-             "fingerprint": "synthetic"}}, shards=infos).save(str(root))
 
 
 def run_trainer(data: list[Path], out: Path, depth: int, seq_len: int, batch: int, steps: int, compile: bool,
@@ -149,13 +116,13 @@ def main() -> None:
 
     work = Path(args.work)
     data = work / "data"
-    if not (data / "manifest.json").exists():
-        make_dataset(data, args.vocab, tokens=max(args.batch, args.goal_batch) * args.seq_len * (args.steps + 5))
+    tokens = max(args.batch, args.goal_batch) * args.seq_len * (args.steps + 5)
+    bc.make_text_shards(data, samples=tokens // 1600 + 1, shards=16, min_len=200, max_len=3000, text_codes=args.vocab)
     roots = [data]
     if args.mix == "trimodal":
         images = work / "images"
-        if not (images / "manifest.json").exists():
-            make_image_dataset(images, args.vocab, samples=3 * args.goal_batch * (args.steps + 5))
+        bc.make_image_shards(images, samples=3 * args.goal_batch * (args.steps + 5), grid=32, caption=(20, 120),
+                             text_codes=args.vocab)
         roots.append(images)
     mcfg = ModelConfig(dim=128 * args.depth, n_layers=args.depth, n_heads=args.depth, max_seq_len=args.seq_len)
     layout = VocabLayout(text_codes=args.vocab)

@@ -26,8 +26,6 @@ import random
 import sys
 from pathlib import Path
 
-import numpy as np
-
 WORDS = (
     "the model reads a corpus of documents and learns to fill masked tokens with words that fit their "
     "context while images and audio share one sequence with captions and transcripts across many shards"
@@ -41,30 +39,6 @@ def make_corpus(folder: Path, n_docs: int, n_files: int, seed: int = 0) -> list[
     for f in range(n_files):
         (folder / f"part-{f:03d}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[f::n_files]))
     return docs
-
-
-def make_image_dataset(root: Path, text_info: dict, n: int, per_shard: int = 500, seed: int = 1) -> None:
-    from trimodal.shards.format import key_from_id
-    from trimodal.shards.manifest import Manifest
-    from trimodal.shards.writer import shard_name, write_shard
-
-    rng = np.random.default_rng(seed)
-    n_shards = -(-n // per_shard)
-    infos = []
-    for k in range(n_shards):
-        samples = []
-        for j in range(k * per_shard, min(n, (k + 1) * per_shard)):
-            rid = f"img-{j}"
-            arrays = {
-                "image": rng.integers(0, 16384, size=(32, 32)).astype(np.uint16),
-                "text": rng.integers(0, text_info["vocab_size"], size=int(rng.integers(5, 60))).astype(np.uint16),
-            }
-            samples.append((key_from_id(rid), {"id": rid, "modality": "image_text"}, arrays))
-        samples.sort(key=lambda s: s[0])
-        infos.append(write_shard(str(root), shard_name(k, n_shards), samples))
-    tokenizers = {"text": text_info, "image": {"kind": "movqgan", "fingerprint": "synthetic", "vocab_size": 16384}}
-    Manifest(kind="tokenized", modality="image_text", tokenizers=tokenizers, shards=infos,
-             counts={"read": n, "written": n, "filtered": {}, "rejected": {}}).save(str(root))
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -118,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     # 2. mix: that text dataset + a synthetic image-text one, packed to seq_len
     images = work / f"images-{args.images}"
     if not (images / "manifest.json").exists():
-        make_image_dataset(images, tok.info(), args.images)
+        bc.make_image_shards(images, samples=args.images, grid=32, caption=(5, 60), text_codes=tok.info()["vocab_size"],
+                             text_info=tok.info())
 
     def mix_run(label: str, beam_args: list[str]):
         cfg = MixPipelineConfig(inputs=[str(work / "text-1"), str(images)], weights=[1, 1], seq_len=args.seq_len,
