@@ -24,10 +24,11 @@ import functools
 import io
 import json
 import math
+import mmap
 import re
 import tarfile
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -129,22 +130,122 @@ def iter_tar_offsets(buf: bytes | memoryview, name: str = "<shard>") -> Iterator
         raise ShardError(name, f"trailing garbage at offset {pos}")
 
 
+class TarScan(NamedTuple):
+    """The regular members of a tar found by :func:`scan_tar`, as columns (tar order)."""
+
+    names: np.ndarray  # uint8[m, w]: each member's name field (NUL padded, ASCII; w <= 100 columns)
+    starts: np.ndarray  # int64[m]: payload start offsets
+    ends: np.ndarray  # int64[m]: payload end offsets
+
+
+_USTAR_MASK = 0x00FFFFFFFFFFFF00  # bytes 257..262 of a header: b"ustar\0"
+_USTAR_WORD = int.from_bytes(b"\0ustar\0\0", "little") & _USTAR_MASK
+_OCTAL = 8 ** np.arange(10, -1, -1, dtype=np.int64)
+
+
+def scan_tar(buf: bytes | memoryview) -> TarScan | None:
+    """The members of an in-memory tar found with a few numpy passes instead of a Python loop
+    per header; ``None`` when the archive is not the plain kind this handles (then
+    :func:`iter_tar_offsets` walks it, and raises on damage).
+
+    Why it is exact: ustar headers are found by their magic at 512-byte block starts, then the
+    chain ``header → next header`` computed from every size field must go from block 0 through
+    every candidate to the end-of-archive marker; a payload block that happens to carry the magic
+    breaks the chain, and so does any damage. Handled: ustar headers with canonical 11-digit
+    octal sizes, ASCII names without a prefix field. Non-regular members are skipped like
+    :func:`iter_tar_offsets` skips them."""
+    n = len(buf)
+    nb = n // BLOCK
+    if nb == 0:
+        return None
+    words = np.frombuffer(buf, dtype="<u8", count=nb * (BLOCK // 8)).reshape(nb, BLOCK // 8)
+    cand = np.flatnonzero((words[:, 32] & _USTAR_MASK) == _USTAR_WORD)  # bytes 256..263
+    if cand.size == 0 or cand[0] != 0:
+        return None
+    blocks = np.frombuffer(buf, dtype=np.uint8, count=nb * BLOCK).reshape(nb, BLOCK)
+    field = blocks[cand, 124:136]
+    digits = field[:, :11] - np.uint8(48)  # bytes below b"0" wrap around to >= 208
+    if not ((digits < 8).all() and ((field[:, 11] == 0) | (field[:, 11] == 32)).all()):
+        return None
+    sizes = digits.astype(np.int64) @ _OCTAL
+    nxt = cand + 1 + (sizes + BLOCK - 1) // BLOCK
+    if not np.array_equal(nxt[:-1], cand[1:]):
+        return None
+    starts = (cand + 1) * BLOCK
+    ends = starts + sizes
+    last = int(nxt[-1])
+    if int(ends[-1]) > n or blocks[cand, 345].any():  # truncated, or a ustar name prefix
+        return None
+    if (last + 1) * BLOCK <= n:
+        if blocks[last, 0] != 0:  # not the end-of-archive marker: something this does not handle
+            return None
+    elif last * BLOCK < n and any(memoryview(buf)[last * BLOCK :]):
+        return None  # trailing garbage: the sequential walk names it
+    names = blocks[cand, :100]
+    used = np.flatnonzero(names.any(axis=0))
+    names = names[:, : int(used[-1]) + 1] if used.size else names[:, :1]  # the columns any name uses
+    nonzero = names != 0
+    if not (nonzero[:, 0].all() and not (nonzero[:, 1:] & ~nonzero[:, :-1]).any() and (names < 128).all()):
+        return None  # an empty name (read as the end), bytes after the name's NUL, or non-ASCII
+    typeflag = blocks[cand, 156]
+    regular = (typeflag == 48) | (typeflag == 0)
+    if not regular.all():
+        names, starts, ends = names[regular], starts[regular], ends[regular]
+    return TarScan(names, starts, ends)
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def npy_view(payload: memoryview | bytes) -> np.ndarray:
     """Zero-copy ``numpy.frombuffer`` view of a ``.npy`` payload (version 1/2/3 headers; no pickles)."""
     mv = memoryview(payload)
-    if bytes(mv[:6]) != b"\x93NUMPY":
+    return npy_at(mv, 0, len(mv))
+
+
+def npy_at(data: bytes | memoryview, start: int, end: int) -> np.ndarray:
+    """Zero-copy view of the ``.npy`` payload ``data[start:end]``, without slicing the buffer
+    (a ``bytes`` or ``mmap`` shard is read in place: no memoryview per member on the hot path)."""
+    kind = type(data)
+    if (kind is bytes or kind is mmap.mmap) and end - start >= 12 and data[start + 6] == 1:  # one slice
+        hstart = start + 10 + (data[start + 8] | data[start + 9] << 8)
+        dtype, shape, fortran, count, nbytes = _npy_v1(data[start:hstart])
+        if hstart + nbytes <= end:
+            arr = np.frombuffer(data, dtype, count, hstart)
+            return arr if len(shape) == 1 else arr.reshape(shape, order="F" if fortran else "C")
+    if not isinstance(data, bytes):
+        data = memoryview(data)
+    if end - start < 12 or bytes(data[start : start + 6]) != NPY_MAGIC:
         raise ShardError("<payload>", "not an .npy payload")
-    major = mv[6]
-    if major == 1:
-        hlen, start = int.from_bytes(mv[8:10], "little"), 10
+    if data[start + 6] == 1:
+        hlen, hstart = data[start + 8] | data[start + 9] << 8, start + 10
     else:
-        hlen, start = int.from_bytes(mv[8:12], "little"), 12
-    dtype, shape, fortran = _parse_npy_header(bytes(mv[start : start + hlen]))
-    count = math.prod(shape)
-    if start + hlen + count * dtype.itemsize > len(mv):
-        raise ShardError("<payload>", f"truncated .npy payload ({len(mv)} bytes for shape {shape} {dtype})")
-    arr = np.frombuffer(mv, dtype=dtype, count=count, offset=start + hlen)
+        hlen, hstart = int.from_bytes(data[start + 8 : start + 12], "little"), start + 12
+    dtype, shape, fortran, count, nbytes = npy_info(bytes(data[hstart : hstart + hlen]))
+    offset = hstart + hlen
+    if offset + nbytes > end:
+        raise ShardError("<payload>", f"truncated .npy payload ({end - start} bytes for shape {shape} {dtype})")
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    if len(shape) == 1:
+        return arr
     return arr.reshape(shape, order="F" if fortran else "C")
+
+
+@functools.lru_cache(maxsize=8192)
+def _npy_v1(head: bytes) -> tuple[np.dtype, tuple[int, ...], bool, int, int]:
+    """:func:`npy_info` of a whole version-1 header block (magic included), cached as one key."""
+    if head[:6] != NPY_MAGIC:
+        raise ShardError("<payload>", "not an .npy payload")
+    return npy_info(head[10:])
+
+
+@functools.lru_cache(maxsize=8192)
+def npy_info(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool, int, int]:
+    """``(dtype, shape, fortran, element count, payload bytes)`` of an .npy header (cached:
+    a shard repeats a few thousand distinct headers at most)."""
+    dtype, shape, fortran = _parse_npy_header(header)
+    count = math.prod(shape)
+    return dtype, shape, fortran, count, count * dtype.itemsize
 
 
 _HEADER_RE = re.compile(

@@ -20,6 +20,7 @@ Row layouts, with L the sequence length:
 
 from __future__ import annotations
 
+from collections import deque
 from functools import lru_cache
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
@@ -95,13 +96,38 @@ def layout_ids(layout: VocabLayout) -> _Ids:
     )
 
 
+def _checked(local: np.ndarray, codes: int, what: str) -> np.ndarray:
+    """``local`` as a 1-D array, its ids checked to lie in ``[0, codes)`` without converting it
+    (a reduction over the stored dtype: ``max`` of a uint16 array, nothing when the dtype cannot
+    hold an id that large)."""
+    if type(local) is not np.ndarray:
+        local = np.asarray(local)
+    if local.ndim != 1:
+        local = local.reshape(-1)
+    if local.size:
+        dtype = local.dtype
+        if dtype.kind == "u":
+            if (dtype.itemsize >= 8 or codes <= _UINT_MAX[dtype.itemsize]) and _max(local) >= codes:
+                raise ValueError(f"{what} code out of range [0, {codes})")
+        elif _min(local) < 0 or _max(local) >= codes:
+            raise ValueError(f"{what} code out of range [0, {codes})")
+    return local
+
+
+_UINT_MAX = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}  # below: every value of the dtype is a valid id
+_max, _min = np.maximum.reduce, np.minimum.reduce  # without ndarray.max's Python-level wrapper
+
+
+def _to_int64(local: np.ndarray, offset: int) -> np.ndarray:
+    """One conversion: ``local + offset`` computed straight into a new int64 array."""
+    if offset:
+        return np.add(local, offset, dtype=np.int64)
+    return local.astype(np.int64)
+
+
 def text_to_global(ids: _Ids, local: np.ndarray) -> np.ndarray:
     """SentencePiece ids → global int64 ids, range-checked (what ``layout.to_global(TEXT, …)`` does)."""
-    local = np.asarray(local).reshape(-1)
-    if local.size:
-        if (local.dtype.kind != "u" and local.min() < 0) or local.max() >= ids.text_codes:
-            raise ValueError(f"text code out of range [0, {ids.text_codes})")
-    return local.astype(np.int64) + ids.text_offset
+    return _to_int64(_checked(local, ids.text_codes, "text"), ids.text_offset)
 
 
 def _task_index(task: str | int) -> int:
@@ -171,6 +197,11 @@ class TextPacker:
 
     The state is the pending (already framed, global-id) tokens not yet emitted, at most one
     row plus the last document fed: ``state_dict() == {"pending": [int, ...]}``.
+
+    Why documents are kept as they were fed (the local, e.g. uint16, views with a cut position)
+    rather than framed int64 copies: per-document numpy calls were the loader's cost, so
+    :meth:`add` only range-checks (a ``max`` over the stored dtype) and :meth:`pop` converts each
+    piece once, straight into the row.
     """
 
     def __init__(self, layout: VocabLayout, seq_len: int) -> None:
@@ -182,7 +213,10 @@ class TextPacker:
         self._task = self._ids.task[0]
         self._bos = self._ids.text_bos
         self._eos = self._ids.text_eos
-        self._chunks: list[np.ndarray] = []  # framed global ids, int64
+        # pending pieces, oldest first: [array, cut, framed]. framed: a local document standing
+        # for [BOS, doc…, EOS] with `cut` framed tokens already emitted; else global int64 ids
+        # (a loaded state) from `cut` on
+        self._pieces: deque[list] = deque()
         self._n = 0
 
     @property
@@ -195,37 +229,56 @@ class TextPacker:
         return self._n >= self.seq_len - 1
 
     def add(self, text_ids_local: np.ndarray) -> None:
-        """Feed one document (SentencePiece ids, 1-D)."""
-        doc = text_to_global(self._ids, text_ids_local)
-        framed = np.empty(doc.size + 2, dtype=np.int64)
-        framed[0] = self._bos
-        framed[1:-1] = doc
-        framed[-1] = self._eos
-        self._chunks.append(framed)
-        self._n += framed.size
+        """Feed one document (SentencePiece ids, 1-D). The array is kept, not copied, until its
+        tokens are emitted (a shard's read-only view here): do not change it in between."""
+        doc = _checked(text_ids_local, self._ids.text_codes, "text")
+        self._pieces.append([doc, 0, True])
+        self._n += doc.size + DOC_FRAMING
 
     def pop(self) -> np.ndarray:
-        """The next row, int64[seq_len]; raises ``ValueError`` when not :meth:`ready`."""
+        """The next row, int64[seq_len]; raises ``ValueError`` when not :meth:`ready`.
+
+        Each piece (a document's view, or its part that fits) is converted once, by the slice
+        assignment that writes it into the row; no per-document int64 copy."""
         need = self.seq_len - 1
         if self._n < need:
             raise ValueError(f"TextPacker has {self._n} pending tokens, a row needs {need}")
         row = np.empty(self.seq_len, dtype=np.int64)
         row[0] = self._task
         pos = 1
-        chunks = self._chunks
-        i = 0
+        pieces = self._pieces
+        off = self._ids.text_offset
         while need:
-            c = chunks[i]
-            if c.size <= need:
-                row[pos : pos + c.size] = c
-                pos += c.size
-                need -= c.size
-                i += 1
+            piece = pieces[0]
+            arr, cut, framed = piece
+            n = arr.size
+            left = (n + DOC_FRAMING if framed else n) - cut
+            k = left if left <= need else need
+            if not framed:
+                row[pos : pos + k] = arr[cut : cut + k]
+            else:  # framed tokens cut .. cut+k of [BOS, doc…, EOS]
+                p, c, end = pos, cut, cut + k
+                if c == 0:
+                    row[p] = self._bos
+                    p += 1
+                    c = 1
+                stop = end - 1 if end - 1 < n else n
+                if stop > c - 1:
+                    if off:
+                        np.add(arr[c - 1 : stop], off, out=row[p : p + stop - c + 1], dtype=np.int64)
+                    else:
+                        row[p : p + stop - c + 1] = arr if c == 1 and stop == n else arr[c - 1 : stop]
+                    p += stop - c + 1
+                if end == n + DOC_FRAMING:
+                    row[p] = self._eos
+            pos += k
+            need -= k
+            if k == left:
+                pieces.popleft()
             else:
-                row[pos:] = c[:need]
-                chunks[i] = c[need:]
-                need = 0
-        del chunks[:i]
+                piece[1] = cut + k
+                if framed and arr.base is not None:  # a view of a shard: do not keep the shard alive
+                    piece[0] = arr.copy()
         self._n -= self.seq_len - 1
         return row
 
@@ -239,32 +292,46 @@ class TextPacker:
     def clear(self) -> int:
         """Drop the pending tokens; returns how many were dropped."""
         n = self._n
-        self._chunks = []
+        self._pieces = deque()
         self._n = 0
         return n
 
+    def _pending_ids(self) -> np.ndarray:
+        """The pending tokens as global int64 ids (the framed stream not yet emitted)."""
+        off = self._ids.text_offset
+        parts = []
+        for arr, cut, framed in self._pieces:
+            if not framed:
+                parts.append(arr[cut:])
+                continue
+            framed_ids = np.empty(arr.size + DOC_FRAMING, dtype=np.int64)
+            framed_ids[0] = self._bos
+            framed_ids[1:-1] = arr
+            framed_ids[1:-1] += off
+            framed_ids[-1] = self._eos
+            parts.append(framed_ids[cut:])
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
     def state_dict(self) -> dict[str, Any]:
-        if not self._chunks:
+        if not self._pieces:
             return {"pending": []}
-        if len(self._chunks) > 1:
-            self._chunks = [np.concatenate(self._chunks)]
-        return {"pending": self._chunks[0].tolist()}
+        pending = self._pending_ids()
+        self._pieces = deque([[pending, 0, False]])
+        return {"pending": pending.tolist()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pending = np.asarray(state.get("pending", []), dtype=np.int64).reshape(-1)
-        self._chunks = [pending] if pending.size else []
+        self._pieces = deque([[pending, 0, False]]) if pending.size else deque()
         self._n = int(pending.size)
 
 
 def media_to_global(ids: _Ids, layout: VocabLayout, modality: int, local: np.ndarray) -> np.ndarray:
     """Image code grid or audio code matrix → global ids (audio: frame-major, first
-    ``audio_levels`` levels), range-checked; images take a fast path without the layout."""
+    ``audio_levels`` levels), range-checked; images take a fast path without the layout
+    (checked on the stored dtype, converted once)."""
     if modality == AUDIO:
         return layout.audio_to_global(local)
-    local = np.asarray(local).reshape(-1)
-    if local.size and ((local.dtype.kind != "u" and local.min() < 0) or local.max() >= ids.image_codes):
-        raise ValueError(f"image code out of range [0, {ids.image_codes})")
-    return local.astype(np.int64) + ids.image_offset
+    return _to_int64(_checked(local, ids.image_codes, "image"), ids.image_offset)
 
 
 def row_dict(tokens: np.ndarray, valid: np.ndarray, modality: np.ndarray, task: str | int) -> dict[str, Any]:

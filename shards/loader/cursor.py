@@ -2,10 +2,15 @@
 
 Stream ``s`` of ``n`` reads the source's shards with index ``i ≡ s (mod n)`` when the source has at
 least ``n`` shards (shard striding), else every shard keeping the samples with index
-``j ≡ s (mod n)`` (sample striding), so the streams partition the source. Per epoch the shard
-order is a permutation seeded by ``(seed, epoch, stream, source)`` and the sample order inside a
-shard one seeded by ``(seed, epoch, stream, source, shard)``. The state is three integers and a
-flag; everything else is rebuilt from them.
+``j ≡ s (mod n)`` (sample striding), so the streams partition the source.
+
+Per epoch the shard order is a permutation seeded by ``(seed, epoch, stream, source)`` under
+shard striding, and by ``(seed, epoch, source)`` under sample striding: there every stream of a
+source walks the *same* shard order, in step, so the streams of one process read each shard once
+per pass and share its bytes and index (a small per-process cache, :class:`SharedShards`)
+instead of each reading every whole shard. The sample order inside a shard is a permutation
+seeded by ``(seed, epoch, stream, source, shard)``. The state is three integers and a flag;
+everything else is rebuilt from them.
 """
 
 from __future__ import annotations
@@ -17,7 +22,35 @@ import numpy as np
 from trimodal import storage
 from trimodal.shards.format import ShardError
 from trimodal.shards.loader.sources import Source
-from trimodal.shards.reader import Entry, decode_sample, index_shard, read_shard
+from trimodal.shards.manifest import ShardInfo
+from trimodal.shards.reader import Sample, ShardIndex, index_shard, read_shard
+
+SHARED_PER_SOURCE = 2  # shards kept per source: the one the streams are on and the next
+
+
+class SharedShards:
+    """The shard bytes and indexes the streams of one process share under sample striding,
+    keyed by ``(root, shard name, sha256)``: at most ``per_source`` shards of each source (least
+    recently used evicted), so memory stays at about two shards per source however many streams
+    there are. Streams walk a source's shards in step (one shard order), so each shard is read
+    and indexed once per pass; a stream that falls more than ``per_source`` shards behind reads
+    again (correct, only slower). The store is a plain dict the process owns (``Context`` drops
+    it when pickled into a dataloader worker)."""
+
+    def __init__(self, store: dict, per_source: int = SHARED_PER_SOURCE) -> None:
+        self.store, self.per_source = store, per_source
+
+    def get(self, root: str, info: ShardInfo, verify: str, where: str) -> tuple[bytes, ShardIndex]:
+        key = (root, info.name, info.sha256)
+        hit = self.store.pop(key, None)
+        if hit is None:
+            data = read_shard(root, info, verify)
+            hit = (data, index_shard(data, where, expect=info.samples))
+            same = [k for k in self.store if k[0] == root]
+            for k in same[: max(0, len(same) - self.per_source + 1)]:
+                del self.store[k]
+        self.store[key] = hit  # most recently used last
+        return hit
 
 
 class Cursor:
@@ -28,7 +61,7 @@ class Cursor:
         self.source, self.stream, self.n, self.seed = source, stream, num_streams, seed
         self.verify, self.on_corrupt, self.cycle = verify, on_corrupt, cycle
         self.counters = counters
-        self.index_cache = index_cache  # shared by the streams of one process (sample striding)
+        self.shared = SharedShards(index_cache)  # one store per process, shared by its streams
         shards = source.shards
         self.stride = len(shards) < num_streams
         if self.stride:
@@ -47,8 +80,8 @@ class Cursor:
         # live (rebuilt from the state)
         self._order: np.ndarray | None = None
         self._order_epoch = -1
-        self._loaded: tuple[bytes, list[Entry], str] | None = None
-        self._perm: np.ndarray | None = None
+        self._loaded: tuple[bytes, ShardIndex] | None = None
+        self._perm: list[int] | None = None
         self._failures = 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -63,7 +96,11 @@ class Cursor:
 
     def _shard_order(self) -> np.ndarray:
         if self._order_epoch != self.epoch:
-            rng = np.random.default_rng([self.seed, self.epoch, self.stream, self.source.salt])
+            # sample striding: no stream in the seed, so every stream of the source walks the same
+            # order and the streams of a process share each shard's bytes (module docstring)
+            parts = [self.seed, self.epoch, self.source.salt] if self.stride else \
+                [self.seed, self.epoch, self.stream, self.source.salt]
+            rng = np.random.default_rng(parts)
             self._order = np.asarray(self.shard_ids, dtype=np.int64)[rng.permutation(len(self.shard_ids))]
             self._order_epoch = self.epoch
         return self._order
@@ -77,33 +114,25 @@ class Cursor:
         if self._failures > len(self.shard_ids):
             raise ShardError(self.source.root, f"every shard of stream {self.stream} is damaged (last: {err})")
 
-    def _index(self, info, data: bytes, where: str) -> list[Entry]:
-        """Under sample striding every stream of this process reads the same few shards (a source
-        has fewer shards than streams then: bounded), so their indexes are kept and each is
-        walked once instead of once per stream."""
-        key = (self.source.root, info.name, info.sha256, len(data))
-        if self.stride and key in self.index_cache:
-            return self.index_cache[key]
-        entries = index_shard(data, where, expect=info.samples)
-        if self.stride:
-            self.index_cache[key] = entries
-        return entries
-
     def _load(self, shard: int) -> bool:
         """Read and index shard ``shard`` (arrays are decoded lazily, only for this stream's
-        samples); False when it was damaged and skipped."""
+        samples); False when it was damaged and skipped. Under sample striding the bytes and
+        index come from :class:`SharedShards` (each shard read once by the process's streams)."""
         info = self.source.shards[shard]
         where = storage.join(self.source.root, info.name)
         try:
-            data = read_shard(self.source.root, info, self.verify)
-            entries = self._index(info, data, where)
+            if self.stride:
+                data, index = self.shared.get(self.source.root, info, self.verify, where)
+            else:
+                data = read_shard(self.source.root, info, self.verify)
+                index = index_shard(data, where, expect=info.samples)
         except ShardError as e:
             self._corrupt(e)
             return False
-        idx = np.arange(self.stream, len(entries), self.n) if self.stride else np.arange(len(entries))
+        idx = np.arange(self.stream, len(index), self.n) if self.stride else np.arange(len(index))
         rng = np.random.default_rng([self.seed, self.epoch, self.stream, self.source.salt, shard])
-        self._perm = idx[rng.permutation(idx.size)]
-        self._loaded = (data, entries, where)
+        self._perm = idx[rng.permutation(idx.size)].tolist()
+        self._loaded = (data, index)
         return True
 
     def _advance_shard(self) -> None:
@@ -111,33 +140,68 @@ class Cursor:
         self.shard_pos += 1
         self.sample_pos = 0
 
-    def next(self) -> dict[str, Any] | None:
-        """The next sample of this source in this stream, or None when exhausted (no cycling)."""
+    def _next_index(self) -> tuple[bytes, ShardIndex, int, tuple[int, int]] | None:
+        """``(shard bytes, index, sample, (epoch, shard position))`` of the next sample of this
+        source in this stream, or None when exhausted (no cycling); the state has moved past it."""
         while not self.exhausted:
-            order = self._shard_order()
-            if self.shard_pos >= len(order):
-                self.epoch += 1
-                self.shard_pos = self.sample_pos = 0
-                if not self.cycle:
-                    self.exhausted = True
-                continue
-            shard = int(order[self.shard_pos])
-            if self._loaded is None and (self.view_counts[shard] == 0 or not self._load(shard)):
+            if self._loaded is None:
+                order = self._shard_order()
+                if self.shard_pos >= len(order):
+                    self.epoch += 1
+                    self.shard_pos = self.sample_pos = 0
+                    if not self.cycle:
+                        self.exhausted = True
+                    continue
+                shard = int(order[self.shard_pos])
+                if self.view_counts[shard] == 0 or not self._load(shard):
+                    self._advance_shard()
+                    continue
+            perm = self._perm
+            pos = self.sample_pos
+            if pos >= len(perm):
                 self._advance_shard()
                 continue
-            if self.sample_pos >= self._perm.size:
+            data, index = self._loaded
+            at = (self.epoch, self.shard_pos)
+            self.sample_pos = pos + 1
+            if pos + 1 >= len(perm):  # shard done: a state saved now points past it
                 self._advance_shard()
-                continue
-            data, entries, where = self._loaded
+            return data, index, perm[pos], at
+        return None
+
+    def next(self) -> Sample | None:
+        """The next sample of this source in this stream, or None when exhausted (no cycling)."""
+        while True:
+            got = self._next_index()
+            if got is None:
+                return None
+            data, index, i, at = got
             try:
-                sample = decode_sample(data, entries[int(self._perm[self.sample_pos])], where, want_json=False)
+                sample = index.sample(data, i)
             except ShardError as e:  # skip the rest of this shard
-                self._advance_shard()
-                self._corrupt(e)
+                self._skip_after_damage(at, e)
                 continue
             self._failures = 0
-            self.sample_pos += 1
-            if self.sample_pos >= self._perm.size:  # shard done: a state saved now points past it
-                self._advance_shard()
             return sample
-        return None
+
+    def next_array(self, name: str) -> tuple[str, np.ndarray | None] | None:
+        """``(key, its <name>.npy array or None)`` of the next sample, or None when exhausted:
+        :meth:`next` without the sample dict (what a text source needs)."""
+        while True:
+            got = self._next_index()
+            if got is None:
+                return None
+            data, index, i, at = got
+            try:
+                array = index.array(data, i, name)
+            except ShardError as e:  # skip the rest of this shard
+                self._skip_after_damage(at, e)
+                continue
+            self._failures = 0
+            return index.keys[i], array
+
+    def _skip_after_damage(self, at: tuple[int, int], err: ShardError) -> None:
+        """Skip the rest of the shard a sample failed to decode in, then count or raise."""
+        if (self.epoch, self.shard_pos) == at:  # still on that shard: leave it
+            self._advance_shard()
+        self._corrupt(err)

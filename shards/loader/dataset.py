@@ -28,7 +28,9 @@ from trimodal.shards.rows import row_dict
 from trimodal.tokenizers.vocab import VocabLayout
 
 STATE_FORMAT = "trimodal-loader"
-STATE_VERSION = 1
+# 2: with fewer shards than streams, every stream of a source walks one shard order (seeded
+# without the stream); a version-1 state would resume into a different order, so it is refused.
+STATE_VERSION = 2
 
 
 def _worker() -> tuple[int, int]:
@@ -222,7 +224,9 @@ def check_state(state: dict[str, Any], num_streams: int) -> None:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError("not a trimodal loader state")
     if state.get("version") != STATE_VERSION:
-        raise ValueError(f"unsupported loader state version {state.get('version')!r}")
+        raise ValueError(f"loader state version {state.get('version')!r} is not this loader's ({STATE_VERSION}): "
+                         "its shard order differs, so an exact resume is impossible; restart the run, or resume "
+                         "with the trimodal version that wrote it")
     if state.get("num_streams") != num_streams:
         raise ValueError(f"loader state has num_streams={state.get('num_streams')}, config has {num_streams}")
 

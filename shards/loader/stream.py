@@ -45,7 +45,7 @@ class Context:
     def __init__(self, config: LoaderConfig, seed: int, layout: VocabLayout, sources: list[Source], signature: str) -> None:
         self.config, self.seed, self.layout, self.sources, self.signature = config, seed, layout, sources, signature
         self.ids = layout_ids(layout)
-        self.index_cache: dict = {}  # see Cursor._index; rebuilt by whoever iterates
+        self.index_cache: dict = {}  # cursor.SharedShards: shards read once per process; not pickled
 
     def __getstate__(self) -> dict[str, Any]:
         d = self.__dict__.copy()

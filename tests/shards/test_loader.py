@@ -418,3 +418,98 @@ def test_state_refused_for_other_seed(data):
     other.load_state_dict(state)
     with pytest.raises(ValueError, match="refusing to resume"):
         iter(other)
+
+
+def test_sample_striding_reads_each_shard_once_per_pass(data, monkeypatch):
+    """Fewer shards than streams: the streams of a process walk one shard order in step and
+    share each shard's bytes and index, so a pass reads every shard once (not once per stream),
+    and at most SHARED_PER_SOURCE shards per source are held."""
+    from trimodal.shards.loader import cursor as cursor_mod
+
+    roots, raw = data
+    reads = Counter()
+    real = cursor_mod.read_shard
+
+    def counting(root, info, verify):
+        reads[info.name] += 1
+        return real(root, info, verify)
+
+    monkeypatch.setattr(cursor_mod, "read_shard", counting)
+    cfg = config(roots, sources=[SourceConfig(roots["image_text"])], cycle=False, num_streams=8)
+    ds = TrimodalDataset(cfg, LAYOUT)
+    it = iter(ds)
+    rows = [next(it)]
+    cursors = [st.cursors[0] for st in ds._streams.values()]
+    assert all(c.stride for c in cursors)
+    assert len({tuple(c._shard_order().tolist()) for c in cursors}) == 1  # one order for every stream
+    for r in it:
+        rows.append(r)
+        assert len(ds._ctx.index_cache) <= cursor_mod.SHARED_PER_SOURCE
+    assert len(rows) == len(raw["image_text"])
+    assert reads == Counter({shard_name(k, 3): 1 for k in range(3)})
+
+    # shard striding (at least as many shards as streams): each stream its own shards and order
+    ds = TrimodalDataset(config(roots, sources=[SourceConfig(roots["text"])], num_streams=4), LAYOUT)
+    iter(ds)
+    cursors = [st.cursors[0] for st in ds._streams.values()]
+    assert not any(c.stride for c in cursors)
+    orders = [c._shard_order().tolist() for c in cursors]
+    assert sorted(sum(orders, [])) == list(range(10)) and len({tuple(o) for o in orders}) == 4
+
+
+def test_shared_shards_do_not_change_the_rows(data, monkeypatch):
+    """Reading a shard once and sharing it gives the rows that reading it per stream gives."""
+    from trimodal.shards.loader import cursor as cursor_mod
+
+    roots, _ = data
+    cfg = config(roots, seed=9, cycle=False)
+    shared = all_rows(TrimodalDataset(cfg, LAYOUT))
+    reads = []
+
+    def unshared(self, root, info, verify, where):  # what each stream did before: its own read
+        reads.append(info.name)
+        d = cursor_mod.read_shard(root, info, verify)
+        return d, cursor_mod.index_shard(d, where, expect=info.samples)
+
+    monkeypatch.setattr(cursor_mod.SharedShards, "get", unshared)
+    assert all_rows(TrimodalDataset(cfg, LAYOUT)) == shared
+    assert len(reads) > 3  # the image source's 3 shards, read by several streams each
+
+
+@pytest.mark.parametrize("offset", [0, 1000])
+def test_text_packer_rows_equal_the_framed_stream(offset):
+    """TextPacker keeps the documents it is fed (views, any int dtype) and converts each piece
+    once into the row: rows, the pending state mid-document and the range check are those of
+    the plain framed stream ``[BOS, doc…, EOS, …]`` cut into rows."""
+    from trimodal.shards.rows import TextPacker
+
+    rng = np.random.default_rng(offset)
+    buf = rng.integers(0, 100, 5000).astype(np.uint16)
+    docs = []
+    for _ in range(120):  # views of one buffer (as from a shard), owned arrays, other dtypes
+        n, at = int(rng.integers(0, 60)), int(rng.integers(0, 4000))
+        kind = int(rng.integers(0, 3))
+        docs.append(buf[at : at + n] if kind == 0 else buf[at : at + n].astype((np.uint32, np.int64, np.uint16)[kind]))
+    p = TextPacker(LAYOUT, 23)
+    p._ids = p._ids._replace(text_offset=offset)  # every real layout has text first (offset 0)
+    ids = p._ids
+    stream = np.concatenate([np.concatenate([[ids.text_bos], d.astype(np.int64) + offset, [ids.text_eos]]) for d in docs])
+    rows, states = [], []
+    for d in docs:
+        p.add(d)
+        while p.ready():
+            rows.append(p.pop())
+        states.append(p.state_dict()["pending"])
+    body = np.concatenate([r[1:] for r in rows])
+    assert all(r[0] == ids.task[0] and r.dtype == np.int64 and r.size == 23 for r in rows)
+    assert np.array_equal(body, stream[: body.size])
+    assert states[-1] == stream[body.size :].tolist()
+    q = TextPacker(LAYOUT, 23)
+    q._ids = ids
+    q.load_state_dict({"pending": states[60]})
+    emitted = sum(d.size + 2 for d in docs[:61]) - len(states[60])
+    assert list(q.rows(docs[61:]))[0].tolist()[1:] == stream[emitted : emitted + 22].tolist()
+    for bad in (np.array([100], np.uint16), np.array([-1]), np.array([5, 100], np.uint32)):
+        with pytest.raises(ValueError, match="out of range"):
+            TextPacker(LAYOUT, 23).add(bad)
+    TextPacker(VocabLayout(text_codes=70000), 23).add(np.array([65535], np.uint16))  # any uint16 fits: no check

@@ -1,0 +1,368 @@
+"""Sample-reader throughput: our shard reader vs LitData's, stock webdataset's and mosaicml-streaming's
+readers on the same samples, plus a per-member walk floor.
+
+Data (SPEC §4's read-speed setting): 20k text samples of 50–1,500 uint16 tokens in 4 shards,
+written with the library's shard writer (ordinary POSIX tars: ``<key>.json`` + ``<key>.text.npy``).
+The peers' copies are written from those very arrays with their own writers (LitData
+``BinaryWriter`` chunks with ``{"text": ndarray}`` items, one chunk per shard; Mosaic
+``MDSWriter`` with an ``ndarray:uint16`` column, about one shard per shard) and cached; only the
+reading is timed. The peers store only the token array, their best case; our shards also hold
+each sample's ``.json`` member, which our readers step over.
+
+Readers (every one decodes every sample of every shard, from the page cache):
+
+- ``ours``: ``index_shard`` + ``decode_sample`` per sample (the sample dict; its json is present
+  but parsed only when read, and this reader does not read it) — the reader the loader, stats,
+  verify and mix share;
+- ``ours_mmap``: ``ours`` on an ``mmap`` of each file rather than a ``bytes`` copy (the copy's
+  page faults are a good part of our cost; LitData maps its chunk files);
+- ``ours_iter_arrays``: the one-array fast path, ``iter_arrays(data, where, "text")``;
+- ``ours_with_json``: ``decode_sample`` and the json read too (what every sample cost before
+  the json became lazy);
+- ``floor``: ``iter_tar_offsets`` (one Python step per tar member) + ``numpy.frombuffer`` per
+  ``.npy``, no header parsing: the floor of a member-at-a-time reader (our index now walks the
+  headers with numpy, so it can beat it);
+- ``tarfile``: ``tarfile.open`` + ``numpy.load`` per member (stock library reading);
+- ``litdata``: ``litdata.StreamingDataset(dir, shuffle=False)`` iterated in-process;
+- ``webdataset_decode`` / ``webdataset_raw``: ``wds.WebDataset(urls, shardshuffle=False)``
+  with ``.decode()`` (every member decoded by its default decoders) / without (bytes only);
+- ``mds``: ``streaming.StreamingDataset(local=dir, shuffle=False, batch_size=1)`` iterated
+  (its reader threads included); ``mds_get_item``: ``dataset.get_item(i)`` for every sample
+  (its reader without the threads).
+
+The peers run in a subprocess with ``.bench-venv``'s python (``pip install torch==2.13.0`` then
+``litdata==0.2.76 mosaicml-streaming==0.10.0 webdataset==1.0.2 numpy==2.4.6`` with torch
+constrained; never the project's venv), in the same benchmark run, on the same files; ours runs in
+this process. Without that venv the peers are skipped and the result says so. Clock:
+``process_time`` (CPU seconds of the process, its threads included; wall is in the output too).
+Goal: ``ours`` ≥ LitData's reader (``ratio`` = ours / litdata).
+
+    python benchmarks/bench_reader.py [--samples 20000] [--shards 4] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402  shared timing, machine description, synthetic shards
+
+GOAL = 1.0
+TEXT_CODES = 32_000
+PEER_VENV = Path(__file__).resolve().parents[1] / ".bench-venv"
+
+
+def read_ours(paths: list[str]) -> int:
+    from trimodal.shards.reader import decode_sample, index_shard
+
+    n = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            buf = f.read()
+        for entry in index_shard(buf, path):
+            n += decode_sample(buf, entry, path)["text"].size
+    return n
+
+
+def read_ours_mmap(paths: list[str]) -> int:
+    """``ours`` on an ``mmap`` of each file instead of a ``bytes`` copy (LitData maps its chunks)."""
+    import mmap
+
+    from trimodal.shards.reader import decode_sample, index_shard
+
+    n = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        for entry in index_shard(buf, path):
+            n += decode_sample(buf, entry, path)["text"].size
+    return n
+
+
+def read_ours_with_json(paths: list[str]) -> int:
+    from trimodal.shards.reader import decode_sample, index_shard
+
+    n = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            buf = f.read()
+        for entry in index_shard(buf, path):
+            s = decode_sample(buf, entry, path)
+            n += s["text"].size + 0 * len(s["json"])
+    return n
+
+
+def read_ours_iter_arrays(paths: list[str]) -> int:
+    from trimodal.shards.reader import iter_arrays
+
+    n = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            buf = f.read()
+        for a in iter_arrays(buf, path, "text"):
+            n += a.size
+    return n
+
+
+def read_floor(paths: list[str]) -> int:
+    """One Python step per tar member, ``numpy.frombuffer`` per .npy after its (fixed, 128-byte)
+    header: what a member-at-a-time reader cannot go below."""
+    from trimodal.shards.format import iter_tar_offsets
+
+    n = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            buf = f.read()
+        for name, start, end in iter_tar_offsets(buf, path):
+            if name.endswith(".npy"):
+                n += np.frombuffer(buf, np.uint16, (end - start - 128) // 2, start + 128).size
+    return n
+
+
+def read_tarfile(paths: list[str]) -> int:
+    n = 0
+    for path in paths:
+        with tarfile.open(path) as tf:
+            for member in tf:
+                if member.name.endswith(".npy"):
+                    n += np.load(io.BytesIO(tf.extractfile(member).read())).size
+    return n
+
+
+# Runs in the peers' venv (no trimodal there): writes their formats once, then times their readers.
+PEER_SCRIPT = r'''
+import gc, io, json, os, shutil, sys, tarfile, time, types
+import numpy as np
+
+args = json.loads(sys.argv[1])
+out = {"versions": {}, "runs": {}, "errors": {}}
+sys.modules.setdefault("streaming.vision", types.ModuleType("streaming.vision"))  # its torchvision import fails here
+
+def samples():
+    for path in args["paths"]:
+        with tarfile.open(path) as tf:
+            for m in tf:
+                if m.name.endswith(".text.npy"):
+                    yield np.load(io.BytesIO(tf.extractfile(m).read()))
+
+def fresh(folder):
+    marker = os.path.join(folder, "written-from.json")
+    if os.path.exists(marker) and json.load(open(marker)) == args["stamp"]:
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    return True
+
+def done(folder):
+    json.dump(args["stamp"], open(os.path.join(folder, "written-from.json"), "w"))
+
+readers = {}
+lit, mds = args["litdata_dir"], args["mds_dir"]
+try:
+    import litdata
+    from litdata import StreamingDataset as LitDataset
+    from litdata.streaming.writer import BinaryWriter
+    out["versions"]["litdata"] = litdata.__version__
+    if fresh(lit):
+        w = BinaryWriter(lit, chunk_size=args["per_shard"])
+        for i, a in enumerate(samples()):
+            w.add_item(i, {"text": a})
+        w.done()
+        w.merge()
+        done(lit)
+    def read_litdata():
+        n = 0
+        for item in LitDataset(lit, shuffle=False):
+            n += item["text"].size
+        return n
+    readers["litdata"] = read_litdata
+except Exception as e:
+    out["errors"]["litdata"] = f"{type(e).__name__}: {e}"
+try:
+    import webdataset as wds
+    out["versions"]["webdataset"] = wds.__version__ if hasattr(wds, "__version__") else "?"
+    def read_wds_decode():
+        n = 0
+        for s in wds.WebDataset(args["paths"], shardshuffle=False).decode():
+            n += s["text.npy"].size
+        return n
+    def read_wds_raw():
+        n = 0
+        for s in wds.WebDataset(args["paths"], shardshuffle=False):
+            n += len(s["text.npy"])
+        return args["tokens"] if n else 0
+    readers["webdataset_decode"] = read_wds_decode
+    readers["webdataset_raw"] = read_wds_raw
+except Exception as e:
+    out["errors"]["webdataset"] = f"{type(e).__name__}: {e}"
+try:
+    import streaming
+    from streaming import MDSWriter, StreamingDataset as MDSDataset
+    from streaming.base.util import clean_stale_shared_memory
+    out["versions"]["mosaicml-streaming"] = streaming.__version__
+    clean_stale_shared_memory()
+    if fresh(mds):
+        with MDSWriter(out=mds, columns={"text": "ndarray:uint16"}, size_limit=args["mds_size_limit"]) as w:
+            for a in samples():
+                w.write({"text": a})
+        done(mds)
+    def read_mds():
+        ds = MDSDataset(local=mds, shuffle=False, batch_size=1)
+        n = 0
+        for item in ds:
+            n += item["text"].size
+        del ds
+        gc.collect()
+        return n
+    def read_mds_get_item():
+        ds = MDSDataset(local=mds, shuffle=False, batch_size=1)
+        n = 0
+        for i in range(ds.num_samples):
+            n += ds.get_item(i)["text"].size
+        del ds
+        gc.collect()
+        return n
+    readers["mds"] = read_mds
+    readers["mds_get_item"] = read_mds_get_item
+except Exception as e:
+    out["errors"]["mosaicml-streaming"] = f"{type(e).__name__}: {e}"
+
+clock = getattr(time, args["clock"])
+names = list(readers)
+for n in names:
+    out["runs"][n] = {"clock_s": [], "wall_s": [], "result": None}
+for n in names:  # warm-up: page cache, imports, lazy state
+    try:
+        readers[n]()
+    except Exception as e:
+        out["errors"][n] = f"{type(e).__name__}: {e}"
+names = [n for n in names if n not in out["errors"]]
+for r in range(args["repeats"]):
+    for n in (names if r % 2 == 0 else names[::-1]):
+        if n in ("mds",) and r >= args["slow_repeats"]:
+            continue
+        t0, w0 = clock(), time.perf_counter()
+        res = readers[n]()
+        out["runs"][n]["clock_s"].append(clock() - t0)
+        out["runs"][n]["wall_s"].append(time.perf_counter() - w0)
+        out["runs"][n]["result"] = res
+out["runs"] = {k: v for k, v in out["runs"].items() if v["clock_s"]}
+print("PEER-RESULT " + json.dumps(out))
+'''
+
+
+def run_peers(python: Path, paths: list[str], work: Path, tokens: int, samples: int, shards: int, repeats: int,
+              clock: str, slow_repeats: int, stamp: list[str], shard_bytes: int) -> dict[str, Any]:
+    """Run PEER_SCRIPT with the peers' python; ``{"runs", "versions", "errors"}`` or a skip reason."""
+    if not python.exists():
+        return {"skipped": f"no peer venv at {python.parent.parent} (see this module's docstring)"}
+    spec = {"paths": paths, "litdata_dir": str(work / "peers" / "litdata"), "mds_dir": str(work / "peers" / "mds"),
+            "per_shard": -(-samples // shards), "mds_size_limit": int(shard_bytes * 1.02) + 4096, "tokens": tokens,
+            "repeats": repeats, "clock": clock, "slow_repeats": slow_repeats, "stamp": stamp}
+    with tempfile.NamedTemporaryFile("w", suffix="_peers.py", delete=False) as f:
+        f.write(PEER_SCRIPT)
+        script = f.name
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    try:
+        proc = subprocess.run([str(python), script, json.dumps(spec)], capture_output=True, text=True, env=env,
+                              cwd=str(work), timeout=3600)
+    finally:
+        os.unlink(script)
+    for line in proc.stdout.splitlines():
+        if line.startswith("PEER-RESULT "):
+            return json.loads(line[len("PEER-RESULT "):])
+    return {"skipped": f"peer run failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-800:]}"}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--samples", type=int, default=20_000)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--min-len", type=int, default=50)
+    ap.add_argument("--max-len", type=int, default=1500)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--mds-repeats", type=int, default=2,
+                    help="repeats of Mosaic's iterating reader (slow: about a millisecond a sample)")
+    ap.add_argument("--clock", default="process_time", choices=sorted(bc.CLOCKS))
+    ap.add_argument("--peer-python", default=str(PEER_VENV / "bin" / "python"),
+                    help="python of the peers' venv; 'none' skips the peers")
+    ap.add_argument("--work", default=None)
+    args = ap.parse_args(argv)
+
+    from trimodal.shards.manifest import Manifest
+
+    root = bc.work_dir(f"loader-{args.samples}s-{args.shards}sh-{args.min_len}-{args.max_len}", args.work)
+    bc.make_text_shards(root, args.samples, args.shards, args.min_len, args.max_len, TEXT_CODES)
+    manifest = Manifest.load(str(root))
+    paths = [str(root / s.name) for s in manifest.shards]
+    tokens = manifest.tokens()["text"]
+    load_before = bc.machine().get("loadavg_1m")
+
+    fns = {"ours": lambda: read_ours(paths), "ours_mmap": lambda: read_ours_mmap(paths),
+           "ours_iter_arrays": lambda: read_ours_iter_arrays(paths),
+           "ours_with_json": lambda: read_ours_with_json(paths), "floor": lambda: read_floor(paths),
+           "tarfile": lambda: read_tarfile(paths)}
+    for fn in fns.values():  # warm-up: page cache, imports, header caches
+        fn()
+    runs = bc.interleave(fns, args.repeats, args.clock)
+    for name, r in runs.items():
+        assert r["result"] == tokens, (name, r["result"], tokens)
+
+    peer: dict[str, Any] = {"skipped": "--peer-python none"}
+    if args.peer_python != "none":
+        peer = run_peers(Path(args.peer_python), paths, root, tokens, args.samples, args.shards, args.repeats,
+                         args.clock, args.mds_repeats, [s.sha256 for s in manifest.shards],
+                         max(s.bytes for s in manifest.shards))
+    for name, r in peer.get("runs", {}).items():
+        if r["result"] != tokens:
+            peer.setdefault("errors", {})[name] = f"read {r['result']} tokens, expected {tokens}"
+        else:
+            runs[name] = r
+
+    tps = {k: tokens / bc.median(v["clock_s"]) for k, v in runs.items()}
+    wall = {k: tokens / bc.median(v["wall_s"]) for k, v in runs.items()}
+    base = "litdata" if "litdata" in tps else "tarfile"
+    ratio = tps["ours"] / tps[base]
+    result = {
+        "benchmark": "reader",
+        "metric": "payload tokens/s",
+        "clock": args.clock,
+        "candidate": "index_shard + decode_sample per sample (json lazy, not read)",
+        "baseline": "litdata.StreamingDataset iteration" if base == "litdata" else
+                    "tarfile + numpy.load (LitData not measured: see peers)",
+        "ratio": bc.rnd(ratio),
+        "goal": f"ours >= {GOAL} x LitData's reader",
+        "goal_met": bool(base == "litdata" and bc.goal_met(ratio, GOAL)),
+        "tokens_per_s": {k: bc.rnd(v) for k, v in sorted(tps.items(), key=lambda kv: -kv[1])},
+        "ours_over": {k: bc.rnd(tps["ours"] / v) for k, v in tps.items() if k != "ours"},
+        "iter_arrays_over": {k: bc.rnd(tps["ours_iter_arrays"] / v) for k, v in tps.items()
+                             if k != "ours_iter_arrays"},
+        "wall_tokens_per_s": {k: bc.rnd(v) for k, v in wall.items()},
+        "spread": {k: bc.rnd(bc.spread(v["clock_s"]), 2) for k, v in runs.items()},
+        "repeats": {k: len(v["clock_s"]) for k, v in runs.items()},
+        "peers": {"versions": peer.get("versions", {}), "errors": peer.get("errors", {}),
+                  **({"skipped": peer["skipped"]} if "skipped" in peer else {})},
+        "data": {"samples": args.samples, "shards": args.shards, "tokens": tokens,
+                 "shard_bytes": sum(s.bytes for s in manifest.shards)},
+        "loadavg_1m_before": load_before,
+    }
+    if not math.isfinite(result["ratio"]):
+        result["ratio"] = 0.0
+    return bc.emit(result)
+
+
+if __name__ == "__main__":
+    main()
