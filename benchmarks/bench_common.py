@@ -141,11 +141,12 @@ def make_text_shards(root: Path, samples: int, shards: int, min_len: int, max_le
              counts={"read": samples, "written": samples, "filtered": {}, "rejected": {}}).save(str(root))
 
 
-def make_image_shards(root: Path, samples: int, grid: int, caption: tuple[int, int], text_codes: int,
-                      image_codes: int = 16384, per_shard: int = 500, seed: int = 1,
-                      text_info: dict[str, Any] | None = None) -> None:
-    """Synthetic image-text shards + manifest: a ``grid`` x ``grid`` code image (MoVQGAN at 256 px
-    gives 32 x 32) and a caption of ``caption[0]``..``caption[1]`` random text ids; cached."""
+def make_paired_shards(root: Path, modality: str, samples: int, media: Callable[[Any], Any], caption: tuple[int, int],
+                       text_codes: int, media_info: dict[str, Any], per_shard: int = 500, seed: int = 1,
+                       text_info: dict[str, Any] | None = None) -> None:
+    """Synthetic paired shards + manifest: ``media(rng)`` gives each sample's code array (stored
+    under the modality's member name), with a caption of ``caption[0]``..``caption[1]`` random
+    text ids; cached: skipped when a manifest is there."""
     import numpy as np
 
     from trimodal.shards.manifest import Manifest
@@ -153,6 +154,7 @@ def make_image_shards(root: Path, samples: int, grid: int, caption: tuple[int, i
 
     if (root / "manifest.json").exists():
         return
+    member = {"image_text": "image", "audio_text": "audio"}[modality]
     rng = np.random.default_rng(seed)
     dtype = np.uint16 if text_codes <= 65536 else np.uint32
     n_shards = -(-samples // per_shard)
@@ -160,15 +162,36 @@ def make_image_shards(root: Path, samples: int, grid: int, caption: tuple[int, i
     for k in range(n_shards):
         items = []
         for j in range(k * per_shard, min(samples, (k + 1) * per_shard)):
-            arrays = {"image": rng.integers(0, image_codes, (grid, grid)).astype(np.uint16),
+            arrays = {member: media(rng),
                       "text": rng.integers(0, text_codes, int(rng.integers(caption[0], caption[1] + 1))).astype(dtype)}
-            items.append((f"{j:012d}", {"id": f"synthetic-image:{j}", "source": "synthetic", "modality": "image_text"},
+            items.append((f"{j:012d}", {"id": f"synthetic-{member}:{j}", "source": "synthetic", "modality": modality},
                           arrays))
         infos.append(write_shard(str(root), shard_name(k, n_shards), items))
     tok = {"text": text_info or {"kind": "synthetic", "vocab_size": text_codes, "fingerprint": "synthetic"},
-           "image": {"kind": "synthetic", "vocab_size": image_codes, "fingerprint": "synthetic", "grid": [grid, grid]}}
-    Manifest(kind="tokenized", modality="image_text", tokenizers=tok, shards=infos,
+           member: {"kind": "synthetic", "fingerprint": "synthetic", **media_info}}
+    Manifest(kind="tokenized", modality=modality, tokenizers=tok, shards=infos,
              counts={"read": samples, "written": samples, "filtered": {}, "rejected": {}}).save(str(root))
+
+
+def make_image_shards(root: Path, samples: int, grid: int, caption: tuple[int, int], text_codes: int,
+                      image_codes: int = 16384, **kw: Any) -> None:
+    """Image-text shards: a ``grid`` x ``grid`` code image (MoVQGAN at 256 px gives 32 x 32)."""
+    import numpy as np
+
+    make_paired_shards(root, "image_text", samples, lambda rng: rng.integers(0, image_codes, (grid, grid)).astype(np.uint16),
+                       caption, text_codes, {"vocab_size": image_codes, "grid": [grid, grid]}, **kw)
+
+
+def make_audio_shards(root: Path, samples: int, frames: tuple[int, int], caption: tuple[int, int], text_codes: int,
+                      audio_codes: int = 1024, levels: int = 4, **kw: Any) -> None:
+    """Audio-text shards: ``levels`` codebooks x ``frames[0]``..``frames[1]`` frames (DAC-like)."""
+    import numpy as np
+
+    def media(rng: Any) -> Any:
+        return rng.integers(0, audio_codes, (levels, int(rng.integers(frames[0], frames[1] + 1)))).astype(np.uint16)
+
+    make_paired_shards(root, "audio_text", samples, media, caption, text_codes,
+                       {"vocab_size": audio_codes, "levels": levels}, **kw)
 
 
 class torch_threads:

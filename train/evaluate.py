@@ -52,8 +52,10 @@ class EvalConfig:
     sources: list[SourceConfig] = option(default_factory=list,
                                          help="evaluation roots (default: the val split of the training sources)")
     split: str = option("val", help="split of the evaluation roots")
-    rows: int = option(64, help="fixed evaluation rows per source")
-    t_levels: int = option(8, help="K: stratified t levels, one Monte Carlo draw each")
+    # Defaults sized so that evaluating every 1,000 steps costs ~1 % of a demo-scale run
+    # (benchmarks/bench_eval_cost.py); raise both for tighter standard errors on real runs.
+    rows: int = option(32, help="fixed evaluation rows per source")
+    t_levels: int = option(4, help="K: stratified t levels, one Monte Carlo draw each")
     seed: int = option(0, help="seed of the evaluation rows, t-grid and masks")
     batch_size: int = option(8, help="rows per forward pass")
 
@@ -137,9 +139,11 @@ def elbo_sums(model, rows: dict[str, torch.Tensor], index: list[int], layout: Vo
         idx = chunk or [0]
         tokens, modality, valid = (rows[k][idx].to(device) for k in ("tokens", "modality", "valid"))
         extra = [rows[k][idx].to(device) for k in ("segments", "positions")] if "segments" in rows else []
+        times = torch.stack([t_grid(K, objective.eps, cfg.seed, i) for i in idx]).float()  # [n, K]
+        uniforms = torch.stack([level_uniforms(cfg.seed, i, K, tokens.shape[1]) for i in idx])  # [n, K, L]
         for k in range(K):
-            t = torch.stack([t_grid(K, objective.eps, cfg.seed, i)[k] for i in idx]).float().to(device)
-            u = torch.stack([level_uniforms(cfg.seed, i, K, tokens.shape[1])[k] for i in idx])
+            t = times[:, k].to(device)
+            u = uniforms[:, k]
             noisy, is_masked = apply_mask(tokens, modality, valid, schedule.mask_prob(t), layout, uniforms=u)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 hidden = model(noisy, valid, *extra)
