@@ -1,6 +1,6 @@
-"""The paper's fits as pure functions (PAPER eq. 5.1 scaling law, §5.2 drift–horizon fit).
+"""The paper's fits as pure functions (paper eq. 5.1 scaling law, §5.2 drift–horizon fit).
 
-Both fits share one recipe (PAPER §5): a robust loss on log residuals, minimised by basin hopping
+Both fits share one recipe (paper §5): a robust loss on log residuals, minimised by basin hopping
 with an L-BFGS-B local minimiser, and percentile intervals from a bootstrap over the points.
 
 * Robust loss: the Huber loss on ``r = log L_pred − log L_obs`` with δ = 1e-3 (the Chinchilla

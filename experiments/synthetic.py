@@ -48,7 +48,7 @@ class SyntheticConfig:
     out: str = option("", help="folder to write text/, image_text/ and audio_text/ under")
     seed: int = option(0, help="seed of the samples")
     world_seed: int = option(1234, help="seed of the structure (chains, lexicon, shapes)")
-    text_docs: int = option(6000, help="text documents")
+    text_docs: int = option(12000, help="text documents")
     image_samples: int = option(6000, help="image-caption samples")
     audio_samples: int = option(6000, help="audio-transcript samples")
     val_fraction: float = option(0.05, help="share of record ids in the val split")

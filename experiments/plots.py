@@ -1,0 +1,172 @@
+"""The paper's plot for each experiment kind, from the per-point aggregates (matplotlib, PNG).
+
+Every plot shows the mean over seeds with the seed standard deviation as error bars and the
+single seeds as faint dots, so the spread is visible next to the effect.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+MODALITIES = ("text", "image", "audio")
+DPI = 90
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean(g: dict[str, Any], metric: str) -> float:
+    v = g.get(metric)
+    return float(v[0]) if isinstance(v, tuple) else math.nan
+
+
+def _sd(g: dict[str, Any], metric: str) -> float:
+    v = g.get(metric)
+    return float(v[1]) if isinstance(v, tuple) else math.nan
+
+
+def _seeds(ax, x: float, g: dict[str, Any], metric: str, color: str) -> None:
+    ys = [m.get(metric) for m in g.get("_members", []) if m.get(metric) is not None]
+    ax.scatter([x] * len(ys), ys, s=10, color=color, alpha=0.35, linewidths=0)
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    _plt().close(fig)
+    return path
+
+
+def batch_size(groups: list[dict[str, Any]], path: str) -> str:
+    """Final val ELBO against B (log scale), one curve per rule; right: per modality, as the
+    excess over that modality's best point (the modalities' ELBOs differ by nats)."""
+    plt = _plt()
+    best = {m: min((_mean(g, f"val_elbo_{m}") for g in groups if math.isfinite(_mean(g, f"val_elbo_{m}"))),
+                   default=0.0) for m in MODALITIES}
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colors = {"sde": "tab:blue", "none": "tab:red"}
+    labels = {"sde": "SDE rule (reparam.tokens = D)", "none": "no rule (base HPs, S = D/(B·L))"}
+    for rule in dict.fromkeys(g["rule"] for g in groups):
+        gs = sorted((g for g in groups if g["rule"] == rule), key=lambda g: g["batch_size"])
+        bs = [g["batch_size"] for g in gs]
+        c = colors.get(rule, "gray")
+        ax.errorbar(bs, [_mean(g, "val_elbo") for g in gs], yerr=[_sd(g, "val_elbo") for g in gs], color=c,
+                    marker="o", capsize=3, label=labels.get(rule, rule))
+        for g in gs:
+            _seeds(ax, g["batch_size"], g, "val_elbo", c)
+        for m, ls in zip(MODALITIES, ("-", "--", ":")):
+            ax2.plot(bs, [_mean(g, f"val_elbo_{m}") - best[m] for g in gs], color=c, ls=ls, marker=".",
+                     label=f"{m} ({rule})")
+    ticks = sorted({g["batch_size"] for g in groups})
+    for a in (ax, ax2):
+        a.set_xscale("log", base=2)
+        a.set_xticks(ticks, [str(t) for t in ticks])
+        a.minorticks_off()
+        a.set_xlabel("physical batch B (rows)")
+        a.grid(alpha=0.3)
+    ax.set_ylabel("final val ELBO (nats/token)")
+    ax.set_title("fixed token horizon D")
+    ax.legend(fontsize=8)
+    ax2.set_title("per modality: ELBO − its best point")
+    ax2.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def mixing(groups: list[dict[str, Any]], tasks: list[str], path: str) -> str:
+    """Each task's own val ELBO against its own weight (paper Fig. 16); colour: the weight of
+    the first other task, so a cross-modal effect would show as a colour gradient."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.6))
+    for ax, m in zip(axes, tasks):
+        metric = f"task_elbo_{m}"
+        other = [t for t in tasks if t != m][0]
+        gs = [g for g in groups if math.isfinite(_mean(g, metric))]
+        ws = sorted({g[f"weight_{m}"] for g in gs})
+        means = [sum(_mean(g, metric) for g in gs if g[f"weight_{m}"] == w) /
+                 max(1, sum(g[f"weight_{m}"] == w for g in gs)) for w in ws]
+        ax.plot(ws, means, color="black", lw=1, alpha=0.6, label="mean at this weight")
+        sc = None
+        ow = [g[f"weight_{other}"] for g in gs] or [0.0, 1.0]
+        lo, hi = min(ow), max(max(ow), min(ow) + 1e-6)
+        for g in gs:
+            x = g[f"weight_{m}"]
+            ax.errorbar([x], [_mean(g, metric)], yerr=[_sd(g, metric)], fmt="none", ecolor="gray", capsize=2)
+            sc = ax.scatter([x], [_mean(g, metric)], c=[g[f"weight_{other}"]], cmap="viridis", vmin=lo, vmax=hi, s=30,
+                            zorder=3)
+        ax.set_xlabel(f"weight of {m}")
+        ax.set_ylabel(f"val ELBO of {m}'s own modality")
+        ax.grid(alpha=0.3)
+        ax.set_title(m)
+        if sc is not None:
+            fig.colorbar(sc, ax=ax, label=f"weight of {other}", fraction=0.05)
+    return _save(fig, path)
+
+
+def schedule(groups: list[dict[str, Any]], path: str) -> str:
+    """Final val ELBO per schedule, overall and per modality (grouped bars with seed sd)."""
+    plt = _plt()
+    metrics = ["val_elbo"] + [f"val_elbo_{m}" for m in MODALITIES]
+    names = [g["schedule"] for g in groups]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 3.4))
+    for ax, metric in zip(axes, metrics):
+        ms = [_mean(g, metric) for g in groups]
+        ax.bar(range(len(groups)), ms, yerr=[_sd(g, metric) for g in groups], capsize=3, color="tab:blue", alpha=0.7)
+        for i, g in enumerate(groups):
+            _seeds(ax, i, g, metric, "black")
+        finite = [x for x in ms if math.isfinite(x)]
+        if finite:
+            span = max(finite) - min(finite)
+            ax.set_ylim(min(finite) - max(span, 0.02), max(finite) + max(span, 0.02))
+        ax.set_xticks(range(len(groups)), names, rotation=30, fontsize=8)
+        ax.set_title(metric.replace("val_elbo", "val ELBO").replace("_", " "), fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def scaling(groups: list[dict[str, Any]], path: str) -> str:
+    """Final val ELBO against non-embedding parameters N, one curve per token horizon."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for tokens in sorted({g["tokens_target"] for g in groups}):
+        gs = sorted((g for g in groups if g["tokens_target"] == tokens), key=lambda g: g["N"] or 0)
+        ax.errorbar([g["N"] for g in gs], [_mean(g, "val_elbo") for g in gs], yerr=[_sd(g, "val_elbo") for g in gs],
+                    marker="o", capsize=3, label=f"D = {tokens:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("final val ELBO (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def curves(groups: list[dict[str, Any]], label_keys: list[str], path: str) -> str:
+    """Val ELBO against positions trained on (step·B·L), per point, averaged over seeds at the
+    eval steps they share."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for g in groups:
+        members = g.get("_members", [])
+        if not members:
+            continue
+        per = [dict((s, r.get("elbo")) for s, r in m.get("_curve", [])) for m in members]
+        steps = sorted(set.intersection(*(set(p) for p in per))) if per else []
+        if not steps:
+            continue
+        scale = (members[0].get("B") or 1) * (members[0].get("seq_len") or 1)
+        ys = [sum(p[s] for p in per) / len(per) for s in steps]
+        ax.plot([s * scale for s in steps], ys, marker=".", lw=1,
+                label=" ".join(f"{g[k]:g}" if isinstance(g[k], float) else str(g[k]) for k in label_keys))
+    ax.set_xlabel("positions trained on (step·B·L)")
+    ax.set_ylabel("val ELBO (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)

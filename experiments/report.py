@@ -1,0 +1,114 @@
+"""An experiment's write-up: ``results.csv`` (one row per run), ``report.md`` (a table per grid
+point with mean ± sd over seeds, and what the plots show) and the kind's PNG plots.
+
+The markdown is rebuilt from the run folders every time (``experiment run --collect-only``), so
+it always matches the CSV next to it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from trimodal.experiments import analysis, plots
+from trimodal.experiments import results as R
+from trimodal.experiments.spec import ExperimentSpec, grid_of
+
+INTRO = {
+    "batch-size": "Physical batch B at a fixed token horizon D, with the SDE rule (B̃ = B_base·(D/D_base)^γ, "
+                  "κ = B/B̃, lr·√κ, β^κ, ε/√κ, S = D/(B·L)) and without it (the base AdamW values held fixed, "
+                  "S = D/(B·L)). Paper §5.1: with the rule the loss is flat in B below a critical batch.",
+    "mixing": "The mixing weights of the three tasks (data.task_weights). Paper §7.2, Fig. 16: each modality's "
+              "loss falls as its own weight rises, with no cross-modal synergy.",
+    "schedule": "The masking schedule α(t) trained with (objective.schedule.name); every run is evaluated with the "
+                "same linear-schedule ELBO estimator, so the numbers compare. the paper's App. F.",
+    "scaling": "Model sizes on the ladder (width ∝ depth, heads = depth) × token horizons. Paper §5.3; "
+               "fit eq. 5.1 with `trimodal experiment fit scaling results.csv`.",
+}
+
+
+def pm(v: Any, digits: int = 4) -> str:
+    """``mean ± sd`` of an aggregate cell."""
+    if not isinstance(v, tuple) or not math.isfinite(v[0]):
+        return "–"
+    return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _point_table(kind: str, groups: list[dict[str, Any]], keys: list[str], tasks: list[str]) -> str:
+    if kind == "mixing":
+        heads = [f"w {t}" for t in tasks] + ["n"] + [f"{t} own ELBO" for t in tasks] + ["val ELBO (all)"]
+        body = [[_num(g[f"weight_{t}"]) for t in tasks] + [str(g["n"])] +
+                [pm(g.get(f"task_elbo_{t}")) for t in tasks] + [pm(g.get("val_elbo"))] for g in groups]
+        return table(heads, body)
+    heads = keys + ["n", "val ELBO", "text", "image", "audio", "steps", "B", "B̃", "κ", "lr", "N"]
+    body = [[_num(g[k]) for k in keys] + [str(g["n"]), pm(g.get("val_elbo"))] +
+            [pm(g.get(f"val_elbo_{m}")) for m in R.MODALITIES] +
+            [_num(g.get(f)) for f in ("steps", "B", "logical_batch", "kappa", "lr", "N")] for g in groups]
+    return table(heads, body)
+
+
+def write_report(spec: ExperimentSpec, rows: list[dict[str, Any]], folder: str, point_columns: tuple[str, ...],
+                 spec_path: str | None = None) -> list[str]:
+    """Write results.csv, report.md and the plots into ``folder``; returns the paths."""
+    os.makedirs(folder, exist_ok=True)
+    paths = [R.write_csv(rows, os.path.join(folder, "results.csv"), point_columns)]
+    keys = list(point_columns)
+    tasks = list(grid_of(spec).tasks) if spec.kind == "mixing" else []
+    if spec.kind == "mixing":
+        keys = [f"weight_{t}" for t in tasks]
+    groups = R.aggregate(rows, keys, R.METRICS)
+    ok = sum(r["status"] == "ok" for r in rows)
+    failed = [r for r in rows if r["status"] == "failed"]
+    pending = len(rows) - ok - len(failed)
+    md = [f"# {spec.name} ({spec.kind})", "", INTRO[spec.kind], ""]
+    if spec_path:
+        md += [f"Rerun: `trimodal experiment run {spec_path}` (finished runs are skipped).", ""]
+    md += [f"Seeds {spec.seeds}; runs: {ok} ok, {len(failed)} failed, {pending} pending. Numbers are the final "
+           "held-out ELBO (nats per non-PAD token; fixed val rows, t-levels and masks), mean ± sample sd over "
+           "the finished seeds (n).", ""]
+    plot_files: list[str] = []
+    lines: list[str] = []
+    if groups:
+        md += ["## Results", "", _point_table(spec.kind, groups, keys, tasks), ""]
+        try:
+            if spec.kind == "batch-size":
+                plot_files.append(plots.batch_size(groups, os.path.join(folder, "batch_size.png")))
+                lines, _ = analysis.batch_size(groups)
+            elif spec.kind == "mixing":
+                plot_files.append(plots.mixing(groups, tasks, os.path.join(folder, "mixing.png")))
+                lines, _ = analysis.mixing(groups, tasks)
+            elif spec.kind == "schedule":
+                plot_files.append(plots.schedule(groups, os.path.join(folder, "schedule.png")))
+                lines, _ = analysis.schedule(groups)
+            else:
+                plot_files.append(plots.scaling(groups, os.path.join(folder, "scaling.png")))
+                lines, _ = analysis.scaling(groups)
+            plot_files.append(plots.curves(groups, keys, os.path.join(folder, "curves.png")))
+        except ImportError as e:  # matplotlib missing: the tables still stand
+            md += [f"(plots skipped: {e})", ""]
+        md += ["## What the plots show", ""]
+        md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plot_files] + [""]
+        md += [f"- {ln}" for ln in lines] + [""]
+        if os.path.join(folder, "curves.png") in plot_files:
+            md += ["`curves.png`: val ELBO at every evaluation against the positions trained on, mean over seeds.", ""]
+    if failed:
+        md += ["## Failed runs", ""] + [f"- `{r['name']}`: {r['reason']}" for r in failed] + [""]
+    path = os.path.join(folder, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(md))
+    return paths + [path] + plot_files
