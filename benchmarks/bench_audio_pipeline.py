@@ -2,16 +2,19 @@
 against the same codec in a plain batched loop over the same clips, on the same cores.
 
 Both sides do the same work per clip: read the file, decode + resample (``load_audio``),
-length-bucketed batched DAC encoding (``encode_clips``, same bucket width and batch size); the
+length-bucketed batched codec encoding (DAC or Higgs) (``encode_clips``, same bucket width and batch size); the
 pipeline additionally tokenizes transcripts, counts outcomes and writes shards + manifest. The
 plain loop also loads the codec, as the pipeline must. Each side runs ``--repeats`` times,
 alternating, after one warm-up encode; the best run of each is compared (the machine may be
 shared). Prints one JSON line; ``ratio`` = pipeline throughput / loop throughput (goal >= 0.8).
 
-    python benchmarks/bench_audio_pipeline.py [--seconds 60] [--codec tiny|small|16khz] [--device cpu]
+    python benchmarks/bench_audio_pipeline.py [--seconds 60] [--codec tiny|small|16khz|higgs_tiny|higgs] [--device cpu]
 
-``tiny`` is the tests' codec (encoder_dim 16), ``small`` encoder_dim 32, ``16khz`` the released
-16 kHz architecture (random weights; ~3 s of CPU per second of audio on 2 cores).
+DAC codecs: ``tiny`` is the tests' codec (encoder_dim 16), ``small`` encoder_dim 32, ``16khz`` the
+released 16 kHz architecture (random weights; ~3 s of CPU per second of audio on 2 cores).
+Higgs Audio v2 folders: ``higgs_tiny`` is the tests' golden folder
+(``tests/data/reference/higgs/higgs_tiny_hf``), ``higgs`` the released architecture (HuBERT-base +
+the 24 kHz acoustic encoder, 200 M parameters) with random weights written to a local folder.
 Run from any folder; nothing downloads.
 """
 
@@ -36,6 +39,31 @@ CODECS = {
     "small": dict(encoder_dim=32, decoder_dim=64),
     "16khz": dict(encoder_dim=64, decoder_dim=1536),
 }
+HIGGS = ("higgs_tiny", "higgs")
+HIGGS_REF = Path(__file__).resolve().parents[1] / "tests" / "data" / "reference" / "higgs"
+
+
+def make_codec(name: str, work: Path) -> str:
+    """A local codec path of the named kind (DAC weight file or Higgs folder), random weights."""
+    if name == "higgs_tiny":
+        return str(HIGGS_REF / "higgs_tiny_hf")
+    if name == "higgs":
+        from trimodal.tokenizers.higgs import build_higgs_model, save_higgs
+
+        folder = work / "higgs_random"
+        if not (folder / "model.safetensors").exists():
+            torch.manual_seed(0)
+            config = json.loads((HIGGS_REF / "higgs_released_state_dict.json").read_text())["config"]
+            save_higgs(build_higgs_model(config), folder, config)
+        return str(folder)
+    from trimodal.tokenizers.dac import DAC, DACConfig, save_dac
+
+    torch.manual_seed(0)
+    cfg = DACConfig(encoder_rates=[2, 4, 5, 8], decoder_rates=[8, 5, 4, 2], n_codebooks=12, codebook_size=1024,
+                    codebook_dim=8, sample_rate=16000, **CODECS[name])
+    path = work / f"dac_{name}.pth"
+    save_dac(DAC(cfg), str(path))
+    return str(path)
 
 
 def make_corpus(folder: Path, total_seconds: float, seed: int = 0) -> tuple[Path, list[Path], float]:
@@ -66,10 +94,10 @@ def plain_loop(paths: list[Path], codec: str, device: str, batch_size: int, mult
     Returns (wall seconds, of which model encode seconds, frames)."""
     from trimodal.pipelines.audio_text import bucket_end, encode_clips
     from trimodal.tokenizers.audio_io import load_audio
-    from trimodal.tokenizers.dac import DACTokenizer
+    from trimodal.tokenizers.registry import load_audio_tokenizer
 
     t0 = time.perf_counter()
-    tok = DACTokenizer.from_path(codec, n_keep=4, device=device)
+    tok = load_audio_tokenizer(codec, n_keep=4, device=device)
     buckets: dict[int, list[np.ndarray]] = defaultdict(list)
     encode_s, frames = 0.0, 0
 
@@ -99,7 +127,7 @@ def beam_pipeline(manifest: Path, text_model: str, codec: str, out: Path, device
     from trimodal.pipelines import common
     from trimodal.pipelines.audio_text import AudioTextPipelineConfig, build_audio_text_pipeline
     from trimodal.shards.manifest import Manifest
-    from trimodal.tokenizers.dac import DACTokenizer
+    from trimodal.tokenizers.registry import load_audio_tokenizer
     from trimodal.tokenizers.text import TextTokenizer
 
     t0 = time.perf_counter()
@@ -108,7 +136,7 @@ def beam_pipeline(manifest: Path, text_model: str, codec: str, out: Path, device
                                   target_shard_bytes=8 * 2**20)
     inputs = common.storage.expand_inputs(cfg.inputs)
     text_tok = TextTokenizer.from_path(text_model)
-    audio_tok = DACTokenizer.from_path(codec, n_keep=cfg.n_keep)
+    audio_tok = load_audio_tokenizer(codec, n_keep=cfg.n_keep)
     common.prepare_output(cfg.out)
     with beam.Pipeline(options=common.pipeline_options(["--runner=DirectRunner"])) as p:
         build_audio_text_pipeline(p, cfg, inputs, text_tok, audio_tok)
@@ -122,7 +150,7 @@ def beam_pipeline(manifest: Path, text_model: str, codec: str, out: Path, device
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="total audio in the corpus")
-    ap.add_argument("--codec", choices=sorted(CODECS), default="tiny")
+    ap.add_argument("--codec", choices=[*CODECS, *HIGGS], default="tiny")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--bucket-seconds", type=float, default=1.0)
@@ -131,23 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from trimodal.pipelines.audio_text import pad_multiple
-    from trimodal.tokenizers.dac import DAC, DACConfig, DACTokenizer, save_dac
+    from trimodal.tokenizers.registry import load_audio_tokenizer
     from trimodal.tokenizers.text import train_text_tokenizer
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_audio_"))
     manifest, paths, audio_seconds = make_corpus(work / "corpus", args.seconds)
-    torch.manual_seed(0)
-    cfg = DACConfig(encoder_rates=[2, 4, 5, 8], decoder_rates=[8, 5, 4, 2], n_codebooks=12, codebook_size=1024,
-                    codebook_dim=8, sample_rate=16000, **CODECS[args.codec])
-    codec = str(work / f"dac_{args.codec}.pth")
-    save_dac(DAC(cfg), codec)
+    codec = make_codec(args.codec, work)
+    probe = load_audio_tokenizer(codec, n_keep=4, device=args.device)
     texts = [json.loads(l)["text"] for l in manifest.read_text().splitlines()]
     text_model = str(work / "text.model")
     train_text_tokenizer(texts * 5, 300, text_model)
-    multiple = pad_multiple(args.bucket_seconds, cfg.sample_rate, cfg.hop_length)
+    multiple = pad_multiple(args.bucket_seconds, probe.sample_rate, probe.hop_length)
 
     # warm-up: first-call costs (thread pools, allocator) are paid by neither side
-    DACTokenizer.from_path(codec, n_keep=4, device=args.device).encode([np.zeros(multiple, np.float32)])
+    probe.encode([np.zeros(multiple, np.float32)])
+    del probe
 
     loops, pipes = [], []
     for r in range(args.repeats):
