@@ -63,6 +63,8 @@ class RunConfig:
     ckpt_final: bool = option(True, help="checkpoint the last step")
     keep_last: int = option(3, help="complete checkpoints of this run kept (0: all)")
     resume: bool = option(False, help="continue from the newest usable checkpoint")
+    auto_resume: bool = option(False, help="continue the run this folder holds, else start it (launchers: the same "
+                                           "command on every start and restart)")
     overwrite: bool = option(False, help="start afresh in a non-empty run folder, deleting it first")
     progress: bool = option(True, help="progress bar on rank 0")
     stop_at_step: int = option(0, help="stop early (with a checkpoint) at this step; schedules still span steps")
@@ -79,8 +81,8 @@ class RunConfig:
             self.activation_checkpointing = "full" if self.activation_checkpointing else "none"
         if self.activation_checkpointing not in ("none", "full", "selective"):
             raise ValueError(f"run.activation_checkpointing must be none, full or selective, got {self.activation_checkpointing!r}")
-        if self.resume and self.overwrite:
-            raise ValueError("run.resume and run.overwrite exclude each other")
+        if (self.resume or self.auto_resume) and self.overwrite:
+            raise ValueError("run.resume / run.auto_resume and run.overwrite exclude each other")
 
 
 @dataclass
@@ -148,16 +150,19 @@ def _occupied(out: str) -> list[str]:
     return [n for n in (RUN_FILE, "log.jsonl", "checkpoints", "config.json") if fs.exists(f"{path}/{n}")]
 
 
-def prepare_run_dir(cfg: RunConfig, is_main: bool) -> str:
-    """The run id: read back on resume; new on a fresh start, which refuses a folder that holds
-    an earlier run unless ``overwrite`` (then the folder is emptied first)."""
+def prepare_run_dir(cfg: RunConfig, is_main: bool) -> tuple[str, bool]:
+    """``(run id, resuming)``: the id is read back on resume; new on a fresh start, which refuses
+    a folder that holds an earlier run unless ``overwrite`` (then the folder is emptied first).
+    ``auto_resume`` resumes when the folder holds a run (``run.json``), else starts one."""
     out = cfg.out_dir
     run_file = storage.join(out, RUN_FILE)
-    if cfg.resume:
+    if cfg.resume or cfg.auto_resume:
         try:
-            return json.loads(storage.read_bytes(run_file))["run_id"]
+            return json.loads(storage.read_bytes(run_file))["run_id"], True
         except FileNotFoundError:
-            raise ConfigError(f"--resume: {out} holds no run ({RUN_FILE} missing); start it without --resume") from None
+            if cfg.resume:
+                raise ConfigError(f"--resume: {out} holds no run ({RUN_FILE} missing); start it without --resume, "
+                                  f"or pass --auto-resume") from None
     found = _occupied(out)
     if found and not cfg.overwrite:
         raise ConfigError(f"{out} already holds a run ({', '.join(found)}): pass --resume to continue it, or "
@@ -169,7 +174,7 @@ def prepare_run_dir(cfg: RunConfig, is_main: bool) -> str:
             for n in found:
                 fs.rm(f"{path}/{n}", recursive=True)
         storage.write_atomic(run_file, json.dumps({"run_id": run_id}).encode())
-    return run_id
+    return run_id, False
 
 
 @dataclass
@@ -187,7 +192,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, info: D.DistInfo) -> None:
         self.cfg, self.info = cfg, info
         run = cfg.run
-        self.run_id = D.on_main(lambda: prepare_run_dir(run, True))
+        self.run_id, self.resuming = D.on_main(lambda: prepare_run_dir(run, True))
         self._rows_log = None
         self.manifests = load_manifests(cfg.data)
         self.tokenizers = tokenizers_of(self.manifests)
@@ -238,10 +243,15 @@ class Trainer:
         return out
 
     # ---- resume -------------------------------------------------------------------------------
-    def resume(self) -> None:
+    def resume(self) -> bool:
         """Load the newest checkpoint that verifies; a damaged one is named and the previous one
-        tried. No usable checkpoint is an error (never a silent restart)."""
+        tried. No usable checkpoint is an error (never a silent restart), except under
+        ``auto_resume`` when the run has no complete checkpoint yet: it starts again at step 0
+        (returns False)."""
         candidates = ckpt.complete_checkpoints(self.ckpt_root)
+        if not candidates and self.cfg.run.auto_resume and not self.cfg.run.resume:
+            self._say(f"no complete checkpoint under {self.ckpt_root} yet: starting the run again at step 0")
+            return False
         if not candidates:
             raise ConfigError(f"--resume: no complete checkpoint under {self.ckpt_root}")
         errors = []
@@ -258,7 +268,7 @@ class Trainer:
             n = loaded.state["world_size"]
             self._say(f"resumed from {path} at step {self.start_step} (saved by {n} rank{'s' if n != 1 else ''}; "
                       f"data position: {how})")
-            return
+            return True
         raise ConfigError(f"--resume: no usable checkpoint under {self.ckpt_root}: " + "; ".join(errors))
 
     def _say(self, msg: str) -> None:
@@ -362,9 +372,8 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg, info = self.cfg, self.info
-        if cfg.run.resume:
-            self.resume()
-        metrics = Metrics(cfg.run.out_dir, cfg.log, info.is_main, self.start_step if cfg.run.resume else None,
+        resumed = self.resuming and self.resume()
+        metrics = Metrics(cfg.run.out_dir, cfg.log, info.is_main, self.start_step if resumed else None,
                           self.run_id, cfg.to_dict())
         if info.is_main:
             storage.write_atomic(storage.join(cfg.run.out_dir, "config.json"),

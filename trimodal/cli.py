@@ -402,6 +402,8 @@ def build_parser(chosen: Command | None = None) -> tuple[argparse.ArgumentParser
         p.set_defaults(_dests=add_flags(p, cls, skip=names))
         if c.name == "train":
             p.add_argument("--resume", action="store_true", help="continue from the newest usable checkpoint")
+            p.add_argument("--auto-resume", action="store_true",
+                           help="continue the run the folder holds, else start it (what launchers pass)")
             p.add_argument("--overwrite", action="store_true", help="start afresh, deleting the run folder's contents")
         leaf = p
     return parser, leaf
@@ -431,6 +433,7 @@ def parse(argv: list[str]) -> tuple[Command, Any, list[str]]:
     overrides = list(args.set)
     if c.name == "train":
         overrides += ["run.resume=true"] if args.resume else []
+        overrides += ["run.auto_resume=true"] if args.auto_resume else []
         overrides += ["run.overwrite=true"] if args.overwrite else []
     return c, build(args._config_cls, args.config, values, overrides), beam_args
 

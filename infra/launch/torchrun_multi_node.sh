@@ -58,4 +58,4 @@ exec torchrun \
   --rdzv_id="${RUN_ID:-trimodal}" \
   --max_restarts="${MAX_RESTARTS:-3}" \
   --no-python \
-  trimodal train --config "$CONFIG_PATH" --resume "$@"
+  trimodal train --config "$CONFIG_PATH" --auto-resume "$@"

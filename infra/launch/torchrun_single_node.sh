@@ -8,7 +8,7 @@
 #   infra/launch/torchrun_single_node.sh 1b_h100 --set run.out_dir=/shared/runs/1b-a
 #   NPROC_PER_NODE=2 infra/launch/torchrun_single_node.sh tiny_cpu --set run.steps=50
 #
-# --resume is always passed: the run continues from the latest complete checkpoint in
+# --auto-resume is always passed: the run continues from the latest complete checkpoint in
 # <run.out_dir>/checkpoints, or starts from step 0 when there is none. So the same command
 # starts a run and restarts it after a crash or a preemption.
 #
@@ -55,4 +55,4 @@ exec torchrun \
   --nproc_per_node="$NPROC_PER_NODE" \
   --max_restarts="${MAX_RESTARTS:-0}" \
   --no-python \
-  trimodal train --config "$CONFIG_PATH" --resume "$@"
+  trimodal train --config "$CONFIG_PATH" --auto-resume "$@"

@@ -60,6 +60,32 @@ def test_resume_without_a_usable_checkpoint_is_refused(text_dataset, tmp_path):
     assert _steps(out) == [1]  # the log was not truncated
 
 
+def test_auto_resume_starts_continues_and_restarts_before_the_first_checkpoint(text_dataset, tmp_path):
+    """What launchers pass on every start: a fresh folder starts the run, a folder with a
+    checkpointed run continues it (the same losses as one uninterrupted run), and a run stopped
+    before its first checkpoint starts again at step 0 with a clean log; damage is still an error."""
+    full = train(_cfg(text_dataset, tmp_path / "full"))
+    out = tmp_path / "auto"
+    first = train(_cfg(text_dataset, out, **{"run.auto_resume": "true", "run.stop_at_step": 2}))
+    assert first["start_step"] == 0
+    second = train(_cfg(text_dataset, out, **{"run.auto_resume": "true"}))
+    assert second["start_step"] == 2 and second["run_id"] == first["run_id"]
+    assert first["losses"] + second["losses"] == pytest.approx(full["losses"], abs=0, rel=0)
+    assert _steps(out) == [1, 2, 3, 4]
+
+    early = tmp_path / "early"
+    train(_cfg(text_dataset, early, steps=1, **{"run.auto_resume": "true", "run.ckpt_every": 0,
+                                                  "run.ckpt_final": "false"}))
+    again = train(_cfg(text_dataset, early, **{"run.auto_resume": "true"}))
+    assert again["start_step"] == 0 and _steps(early) == [1, 2, 3, 4]
+    assert again["losses"] == pytest.approx(full["losses"], abs=0, rel=0)
+
+    _damage(out / "checkpoints" / "step-0000004" / "__0_0.distcp", "truncate")
+    _damage(out / "checkpoints" / "step-0000002" / "__0_0.distcp", "truncate")
+    with pytest.raises(ConfigError, match="no usable checkpoint"):
+        train(_cfg(text_dataset, out, steps=6, **{"run.auto_resume": "true"}))
+
+
 @pytest.mark.parametrize("key,value", [("run.steps", -5), ("run.ckpt_every", -1), ("run.batch_size", 0),
                                        ("run.keep_last", -2), ("run.log_every", 0)])
 def test_bad_run_values_are_refused(key, value):
