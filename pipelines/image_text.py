@@ -41,6 +41,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.utils import shared
 
+from trimodal import storage
 from trimodal.config import option
 from trimodal.pipelines import common
 from trimodal.pipelines.image_readers import FORMATS, FetchError, ImageTextReader, expand_image_inputs, fetch_image
@@ -216,14 +217,12 @@ def image_tokenizer_info(tok: MoVQGANTokenizer, path: str, image_size: int,
                          cfg: ImageTextPipelineConfig | None = None) -> TokenizerInfo:
     """What the manifest records about the image tokenizer (the layout reads ``vocab_size``,
     the sampler ``path`` and ``grid``)."""
-    import os
-
     h, w = tok.model.latent_grid(image_size, image_size)
     extra: dict[str, Any] = {"downsample_factor": tok.config.downsample_factor}
     if cfg is not None:
         extra["preprocess"] = {"p_crop": cfg.p_crop, "crop_scale": list(cfg.crop_scale), "seed": cfg.seed}
     return TokenizerInfo(modality="image", kind="movqgan", fingerprint=tok.fingerprint, vocab_size=tok.vocab_size,
-                         path=path if "://" in path else os.path.abspath(path), grid=(h, w), image_size=image_size,
+                         path=storage.absolute(path), grid=(h, w), image_size=image_size,
                          extra=extra)
 
 

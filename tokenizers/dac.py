@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trimodal import storage
 from trimodal.tokenizers.base import TokenizerInfo, state_dict_fingerprint
 from trimodal.tokenizers.runtime import WeightsMismatch, check_weights, inference, resolve_device
 
@@ -576,8 +577,8 @@ class DACTokenizer:
 
     def info(self, path: str | None = None) -> TokenizerInfo:
         """The manifest's record of this codec (see :class:`~trimodal.tokenizers.base.TokenizerInfo`)."""
-        if path is not None and "://" not in path:
-            path = os.path.abspath(path)
+        if path is not None:
+            path = storage.absolute(path)
         return TokenizerInfo(modality="audio", kind="dac", fingerprint=self.fingerprint, vocab_size=self.vocab_size,
                              path=path, levels=self.n_keep, codebooks=self.config.n_codebooks,
                              sample_rate=self.sample_rate, hop_length=self.hop_length)

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trimodal import storage
 from trimodal.tokenizers.audio_io import resample_sinc
 from trimodal.tokenizers.base import TokenizerInfo, state_dict_fingerprint
 from trimodal.tokenizers.dac import Snake1d
@@ -86,9 +87,9 @@ class AcousticConfig:
     """The DAC-style branch (``acoustic_model_config``); defaults are Higgs' released ones."""
 
     encoder_hidden_size: int = 64
-    downsampling_ratios: tuple[int, ...] = (8, 5, 4, 2)
+    downsampling_ratios: tuple[int, ...] = (8, 5, 4, 2, 3)
     decoder_hidden_size: int = 1024
-    upsampling_ratios: tuple[int, ...] = (8, 5, 4, 2)
+    upsampling_ratios: tuple[int, ...] = (8, 5, 4, 2, 3)
     hidden_size: int = 256  # channels of the acoustic latent
 
     def __post_init__(self) -> None:
@@ -962,6 +963,7 @@ class HiggsTokenizer:
         """What a manifest records of this tokenizer (``path``: where to load it again; default
         the folder it was loaded from)."""
         where = os.fspath(path) if path is not None else self.path
+        where = storage.absolute(where) if where else where
         return TokenizerInfo(
             modality="audio",
             kind="higgs",

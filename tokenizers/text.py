@@ -18,12 +18,6 @@ from trimodal import storage
 from trimodal.tokenizers.base import TokenizerInfo, fingerprint_of
 
 
-def _abspath(path: str) -> str:
-    import os
-
-    return path if "://" in path else os.path.abspath(path)
-
-
 class TextTokenizer:
     """``encode(list[str]) -> list[np.ndarray]`` of local ids; ``decode(ids) -> str``."""
 
@@ -75,7 +69,7 @@ class TextTokenizer:
 
     def info(self) -> TokenizerInfo:
         return TokenizerInfo(modality="text", kind="sentencepiece", fingerprint=self.fingerprint,
-                             vocab_size=self.vocab_size, path=_abspath(self.path) if self.path else None)
+                             vocab_size=self.vocab_size, path=storage.absolute(self.path) if self.path else None)
 
 
 def train_text_tokenizer(

@@ -270,7 +270,8 @@ class TiktokenTokenizer:
                 hint = f"; download it from {KNOWN_ENCODINGS[name].url} (nothing is downloaded at run time)"
             raise FileNotFoundError(f"tiktoken rank file not found: {target}{hint}") from None
         name = _stem(target)
-        return cls._build(data, name, KNOWN_ENCODINGS.get(name), pat_str, special_tokens, target, num_threads)
+        return cls._build(data, name, KNOWN_ENCODINGS.get(name), pat_str, special_tokens, storage.absolute(target),
+                          num_threads)
 
     @classmethod
     def _read_cached(cls, name: str, known: KnownEncoding) -> tuple[bytes, str]:

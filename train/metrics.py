@@ -24,7 +24,6 @@ from trimodal.config import option
 
 @dataclass
 class LogConfig:
-    every: int = option(10, help="steps between step records")
     tensorboard: bool = option(True, help="write TensorBoard event files")
     tensorboard_dir: str | None = option(None, help="TensorBoard folder (default <run>/tensorboard)")
     wandb: bool = option(False, help="also log to Weights & Biases")
@@ -32,8 +31,6 @@ class LogConfig:
     wandb_mode: str = option("offline", help="W&B mode: offline (default, sync later) or online")
 
     def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError(f"log.every must be >= 1, got {self.every}")
         if self.wandb_mode not in ("offline", "online", "disabled"):
             raise ValueError(f"log.wandb_mode must be offline, online or disabled, got {self.wandb_mode!r}")
 

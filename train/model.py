@@ -10,8 +10,9 @@ positions it scores, and only over their block's predictable ids (``logits_for``
 100k-id text block next to a 16k image block, that is where most of the logit compute and
 memory goes.
 
-For FSDP2, shard each of ``model.layers``, each of ``model.heads`` (they are called outside
-``forward``, so they need their own hooks), then the root. Build on the meta device and call
+For FSDP2, shard each of ``model.layers``, then the root, which holds the embeddings, the final
+norm and the heads (``train/distributed.py``): the root is not resharded after forward, so the
+objective can call the heads outside ``forward``. Build on the meta device and call
 ``init_weights()`` after ``to_empty`` to recompute the RoPE tables.
 """
 

@@ -14,7 +14,7 @@ Not scaled by default, as the paper says nothing of them: the cosine floor ``min
 ``scale_min_lr`` scales it by √κ like the peak lr, keeping the schedule's shape) and the gradient
 clipping threshold (option ``grad_clip_rule=inv_sqrt_kappa``: at a fixed signal the gradient
 noise norm falls like 1/√B, so the threshold follows it to keep clipping as frequent).
-``docs/objective.md`` has the derivation and the run's view of these numbers.
+``docs/reparam.md`` has the derivation and the run's view of these numbers.
 """
 
 from __future__ import annotations

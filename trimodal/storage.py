@@ -42,6 +42,12 @@ def is_local(url: str) -> bool:
     return "file" in protocols or "local" in protocols
 
 
+def absolute(url: str) -> str:
+    """``url`` with a local path made absolute (URLs unchanged): what a manifest records, so that
+    it still resolves from another working directory."""
+    return url if "://" in url else os.path.abspath(url)
+
+
 def local_path(url: str) -> str:
     """The OS path of a local ``url``; raises for object storage."""
     if not is_local(url):

@@ -372,3 +372,13 @@ def test_decode_length_and_validation(tok: HiggsTokenizer) -> None:
     with pytest.raises(ValueError, match="1-D"):
         tok.encode([np.zeros((2, 100), np.float32)])
     assert tok.encode([]) == []
+
+
+def test_a_relative_folder_is_recorded_absolute(tmp_path, monkeypatch):
+    """The manifest must resolve from any working directory (sample, show, export run elsewhere)."""
+    shutil.copytree(TINY, tmp_path / "codec")
+    monkeypatch.chdir(tmp_path)
+    info = HiggsTokenizer.from_path("codec", n_keep=4).info()
+    assert info.path == str(tmp_path / "codec")
+    monkeypatch.chdir("/")
+    assert HiggsTokenizer.from_path(info.path, n_keep=4).fingerprint == info.fingerprint

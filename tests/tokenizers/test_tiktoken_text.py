@@ -323,3 +323,15 @@ def test_spec_dispatch():
         assert is_tiktoken_spec(spec), spec
     for spec in ("/models/text.model", "s3://b/tok.model", "cl100k"):
         assert not is_tiktoken_spec(spec), spec
+
+
+def test_a_relative_rank_file_is_recorded_absolute(rank_file, tmp_path, monkeypatch):
+    """The manifest must resolve from any working directory (sample, show, export run elsewhere)."""
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    shutil.copy(rank_file, folder / "mine.tiktoken")
+    monkeypatch.chdir(tmp_path)
+    info = TiktokenTokenizer.from_path("tok/mine.tiktoken").info()
+    assert info.path == str(folder / "mine.tiktoken")
+    monkeypatch.chdir("/")
+    assert TiktokenTokenizer.from_path(info.path).fingerprint == info.fingerprint
