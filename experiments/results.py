@@ -101,11 +101,11 @@ def read_run(run_dir: str, source_tasks: dict[str, str] | None = None) -> dict[s
         row["val_elbo"] = row["loss"] = ev.get("elbo")
         row["val_elbo_se"] = ev.get("elbo_se")
         for k, v in ev.items():
-            if k.startswith("elbo/") and isinstance(v, (int, float)):
+            if (k.startswith("elbo/") or (k.startswith("source/") and "/elbo" in k)) and isinstance(v, (int, float)):
                 row[f"val_{_key(k)}"] = v
         by_task: dict[str, list[float]] = {}
         for src, task in (source_tasks or {}).items():
-            v = ev.get(f"elbo/{src}/{TASK_MODALITY.get(task, '')}")
+            v = ev.get(f"source/{src}/elbo/{TASK_MODALITY.get(task, '')}")
             if isinstance(v, (int, float)):
                 by_task.setdefault(task, []).append(float(v))
         for task, vs in by_task.items():

@@ -53,14 +53,18 @@ def run_eval(cfg: EvalJobConfig) -> dict[str, Any]:
 
         ecfg = EvalConfig(every=1, rows=cfg.rows, t_levels=cfg.samples, seed=cfg.seed, batch_size=cfg.batch_size,
                           split=cfg.split)
+        from trimodal.config import from_dict
+
+        # score as the run's own evaluation did: its row length, objective and attention settings
         seq_len = m.seq_len or m.model.cfg.max_seq_len
-        data = LoaderConfig(sources=[SourceConfig(root=r) for r in cfg.data], seq_len=seq_len)
+        data = LoaderConfig(sources=[SourceConfig(root=r) for r in cfg.data], seq_len=seq_len,
+                            document_attention=bool(m.scoring.get("document_attention")))
         sources = []
         for sc in data.sources:
             manifest = Manifest.load(sc.root)
             check_tokenizers(m.layout, manifest, f"evaluation source {sc.root}")
             sources.append(eval_rows(sc, m.layout, ecfg, data, manifest))
-        objective = ObjectiveConfig()
+        objective = from_dict(ObjectiveConfig, m.scoring.get("objective") or {})
         ev = Evaluator(ecfg, m.layout, sources, objective, DistInfo(device=m.device))
         result["elbo"] = {k: v for k, v in ev.run(m.model).items() if k not in ("event", "step")}
     if cfg.choices:
@@ -75,10 +79,13 @@ def format_result(result: dict[str, Any]) -> str:
     elbo = result.get("elbo")
     if elbo:
         lines.append("ELBO, nats per non-PAD token (± standard error over the Monte Carlo draws):")
-        for key in sorted(k for k in elbo if k.startswith("elbo/") or k == "elbo"):
-            se = elbo.get(key.replace("elbo", "elbo_se", 1), math.nan)
+        keys = [k for k in elbo if k == "elbo" or k.startswith("elbo/")]
+        keys += sorted(k for k in elbo if k.startswith("source/") and "/elbo" in k and "/elbo_se" not in k)
+        for key in keys:
+            se = elbo.get(key.replace("/elbo", "/elbo_se", 1) if key.startswith("source/") else
+                          key.replace("elbo", "elbo_se", 1), math.nan)
             lines.append(f"  {key:<32} {elbo[key]:.4f} ± {se:.4f}")
-        for key in sorted(k for k in elbo if k.startswith("bits_per_byte")):
+        for key in sorted(k for k in elbo if "bits_per_byte" in k):
             lines.append(f"  {key:<32} {elbo[key]:.4f}")
     ch = result.get("choices")
     if ch:

@@ -200,12 +200,14 @@ class Evaluator:
         return (self.cfg.every > 0 and step % self.cfg.every == 0) or (last and self.cfg.at_end)
 
     def run(self, model, step: int | None = None, autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
-        """``{"event": "eval", "step", "elbo/<source>", "elbo/<source>/<modality>", … }``."""
+        """``{"event": "eval", "step", "elbo", "elbo/<modality>", "bits_per_byte/text", …,
+        "source/<name>/elbo", "source/<name>/elbo/<modality>", …}``: over all sources, then per
+        source (under ``source/`` so that a source named like a modality cannot collide)."""
         model.eval()
         rec: dict[str, Any] = {"event": "eval", "step": step}
         W, r = self.info.world_size, self.info.rank
         totals = torch.zeros(self.cfg.t_levels, 2, len(MODALITIES), dtype=torch.float64)
-        per_modality_bytes = None
+        text_tokens, text_bytes = 0.0, 0.0  # of the evaluated rows, for the overall bits per byte
         for src in self.sources:
             n = src.rows["tokens"].shape[0]
             mine = [i for i in range(n) if i % W == r]
@@ -218,10 +220,13 @@ class Evaluator:
             sums = D.all_reduce_sum(sums.to(self.info.device)).cpu()
             totals += sums
             for k, v in summarise(sums, src.bytes_per_token).items():
-                rec[f"{k.split('/')[0]}/{src.name}" + (f"/{k.split('/', 1)[1]}" if "/" in k else "")] = v
-            per_modality_bytes = per_modality_bytes or src.bytes_per_token
-        for k, v in summarise(totals, None).items():
-            rec[k] = v
+                rec[f"source/{src.name}/{k}"] = v
+            n_text = float(sums[0, 1, TEXT])
+            if n_text:
+                text_tokens += n_text
+                text_bytes += n_text * (src.bytes_per_token or math.nan)  # unknown anywhere: no overall figure
+        bytes_per_token = text_bytes / text_tokens if text_tokens and math.isfinite(text_bytes) else None
+        rec.update(summarise(totals, bytes_per_token))
         return rec
 
 

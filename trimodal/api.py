@@ -66,6 +66,8 @@ class Model:
     run_id: str | None = None
     seq_len: int | None = None  # the trained row length
     param: dict[str, Any] = field(default_factory=dict)  # the run's parametrization section
+    # what scoring must match in the run: its objective section and data.document_attention
+    scoring: dict[str, Any] = field(default_factory=dict)
     _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -195,6 +197,12 @@ def _state_dict_from_checkpoint(path: str, model: Transformer) -> None:
     ckpt.load_checkpoint(path, model, None)
 
 
+def scoring_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run's config that an ELBO of its model depends on."""
+    data = config.get("data") or {}
+    return {"objective": config.get("objective") or {}, "document_attention": bool(data.get("document_attention"))}
+
+
 def load(path: str, device: str = "auto") -> Model:
     """A model from a run, checkpoint or export folder (see the module docstring)."""
     from trimodal.tokenizers.runtime import resolve_device
@@ -220,7 +228,7 @@ def load(path: str, device: str = "auto") -> Model:
                 info = replace(info, path=storage.join(path, info.path))  # files shipped inside the export
             tokenizers[k] = info
         out = Model(model.to(dev).eval(), layout, tokenizers, path, meta.get("step"), meta.get("run_id"), meta.get("seq_len"),
-                    meta.get("param") or {})
+                    meta.get("param") or {}, meta.get("scoring") or {})
     else:
         from trimodal.train import checkpoint as ckpt
 
@@ -232,8 +240,9 @@ def load(path: str, device: str = "auto") -> Model:
         _state_dict_from_checkpoint(found, model)
         tokenizers = {k: TokenizerInfo.from_dict(v, k) for k, v in (state.get("tokenizers") or {}).items()}
         seq_len = ((state.get("config") or {}).get("data") or {}).get("seq_len")
+        config = state.get("config") or {}
         out = Model(model.to(dev).eval(), layout, tokenizers, found, int(state["step"]), state.get("run_id"), seq_len,
-                    (state.get("config") or {}).get("param") or {})
+                    config.get("param") or {}, scoring_of(config))
     return out
 
 
@@ -264,7 +273,8 @@ def export(checkpoint: str, out: str) -> list[str]:
     from dataclasses import asdict
 
     meta = {"format": EXPORT_FORMAT, "model": asdict(m.model.cfg), "layout": m.layout.to_dict(), "tokenizers": tokenizers,
-            "step": m.step, "run_id": m.run_id, "seq_len": m.seq_len, "source": m.source, "param": m.param}
+            "step": m.step, "run_id": m.run_id, "seq_len": m.seq_len, "source": m.source, "param": m.param,
+            "scoring": m.scoring}
     storage.write_atomic(storage.join(out, EXPORT_CONFIG), json.dumps(meta, indent=1, sort_keys=True).encode())
     written.append(storage.join(out, EXPORT_CONFIG))
     return written

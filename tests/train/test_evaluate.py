@@ -83,8 +83,8 @@ def test_validation_during_training_is_identical_across_runs_and_resumes(split_d
     assert sorted(ea) == [3, 6]
     for r in ea.values():
         assert math.isfinite(r["elbo"]) and r["elbo/text"] == pytest.approx(r["elbo"]) and r["elbo_se"] >= 0
-        assert r[f"elbo/{Path(split_dataset).name}/text"] == r["elbo/text"]
-        assert r[f"bits_per_byte/{Path(split_dataset).name}/text"] > 0
+        assert r[f"source/{Path(split_dataset).name}/elbo/text"] == r["elbo/text"]
+        assert r[f"source/{Path(split_dataset).name}/bits_per_byte/text"] == r["bits_per_byte/text"] > 0
     b = tmp_path / "b"
     train(TrainConfig.load(None, _sets(split_dataset, b, 6, "eval.every=3", "run.ckpt_every=3", "run.stop_at_step=3")))
     train(TrainConfig.load(None, _sets(split_dataset, b, 6, "eval.every=3", "run.ckpt_every=3", "run.resume=true")))
@@ -207,6 +207,25 @@ def test_eval_command_and_its_refusals(split_dataset, text_dataset, tmp_path, ca
     bad.write_text(json.dumps({"prompt": "a", "choices": ["b", "c"], "answer": 0}) + "\n{not json\n")
     assert main(["eval", "--checkpoint", str(out), "--choices", str(bad), "--device", "cpu"]) == 1
     assert f"{bad}:2" in capsys.readouterr().err
+
+
+def test_eval_command_scores_as_the_run_did(split_dataset, tmp_path, capsys):
+    """``trimodal eval`` on a checkpoint and on its export gives the number the run's own last
+    evaluation logged, also when the run's objective and attention differ from the defaults."""
+    from trimodal.api import export
+
+    out = tmp_path / "run"
+    train(TrainConfig.load(None, _sets(split_dataset, out, 2, "eval.every=2", "objective.eps=0.05",
+                                       "data.document_attention=true", "run.ckpt_final=true")))
+    logged = _evals(out)[2]
+    exported = tmp_path / "exported"
+    export(str(out), str(exported))
+    for ckpt in (out, exported):
+        capsys.readouterr()
+        assert main(["eval", "--checkpoint", str(ckpt), "--data", split_dataset, "--samples", "4", "--rows", "16",
+                     "--device", "cpu", "--json"]) == 0
+        res = json.loads(capsys.readouterr().out)["elbo"]
+        assert res["elbo"] == pytest.approx(logged["elbo"], rel=1e-6) and res["elbo/text"] == pytest.approx(logged["elbo/text"], rel=1e-6)
 
 
 def test_an_evaluation_source_of_another_tokenizer_is_refused(split_dataset, tmp_path, sp_model):
