@@ -60,7 +60,7 @@ class RunConfig:
     activation_checkpointing: str = option("none", help="none, full (every block) or selective (every other block)")
     log_every: int = option(10, help="steps between step records")
     ckpt_every: int = option(500, help="steps between checkpoints (0: only at the end if ckpt_final)")
-    ckpt_final: bool = option(True, help="checkpoint the last step")
+    ckpt_final: bool = option(True, help="checkpoint the last step (a stop at run.stop_at_step always is)")
     keep_last: int = option(3, help="complete checkpoints of this run kept (0: all)")
     resume: bool = option(False, help="continue from the newest usable checkpoint")
     auto_resume: bool = option(False, help="continue the run this folder holds, else start it (launchers: the same "
@@ -422,7 +422,9 @@ class Trainer:
                 rec["seconds"] = time.perf_counter() - e0
                 metrics.log(rec)
                 self.model.train()
-            if (cfg.run.ckpt_every > 0 and (step + 1) % cfg.run.ckpt_every == 0) or (last and (cfg.run.ckpt_final or cfg.run.ckpt_every > 0)):
+            stopping_early = last and end < self.total_steps  # run.stop_at_step: a segment ends with a checkpoint
+            if (cfg.run.ckpt_every > 0 and (step + 1) % cfg.run.ckpt_every == 0) or (last and cfg.run.ckpt_final) \
+                    or stopping_early:
                 path = self.save(step + 1)
                 metrics.log({"event": "checkpoint", "step": step + 1, "path": path})
         if bar is not None:
