@@ -192,8 +192,9 @@ class TextPacker:
     **Documents that do not fit continue in the next row**: that row starts with ``TASK_text``
     and then the document's remaining tokens (no second BOS_text; the document's EOS_text comes
     where the document really ends). Nothing is dropped or padded, so every document token is
-    seen exactly once, in order. Attention is *not* masked per document (the paper leaves it
-    open): a row attends across document boundaries, which BOS/EOS mark.
+    seen exactly once, in order. By default attention is *not* masked per document (the paper
+    leaves it open): a row attends across document boundaries, which BOS/EOS mark;
+    ``data.document_attention`` restricts it to each document (segments from the BOS/EOS marks).
 
     The state is the pending (already framed, global-id) tokens not yet emitted, at most one
     row plus the last document fed: ``state_dict() == {"pending": [int, ...]}``.

@@ -432,7 +432,7 @@ def _mixed_shard(data: bytes, where: str, split: str, manifest: Manifest, groups
         if src is None and isinstance(meta.get("sources"), list) and meta["sources"]:
             src = "+".join(sorted({str(x) for x in meta["sources"]}))
         mod = None
-        if layout is not None and tok.size:  # rows open with their task token (SPEC §3)
+        if layout is not None and tok.size:  # rows open with their task token (docs/vocabulary.md)
             t0 = int(tok.reshape(-1)[0]) - layout.task_offset
             if 0 <= t0 < len(TASKS):
                 mod = TASKS[t0]

@@ -190,7 +190,10 @@ class TiktokenTokenizer:
     """``encode(list[str]) -> list[np.ndarray]`` of local ids; ``decode(ids) -> str``.
 
     Same interface as :class:`~trimodal.tokenizers.text.TextTokenizer`; pickles as the rank file
-    bytes + pattern + specials so Beam workers rebuild the Encoding without any file or network.
+    bytes + pattern + specials, so a pickled tokenizer needs no file or network. The pipelines
+    pass workers the *path* instead (as for every tokenizer): each worker must reach the file, so
+    on Dataflow give a ``gs://`` path to the ``.tiktoken`` file (or, for a named encoding, set
+    ``TIKTOKEN_CACHE_DIR`` in the worker image).
     """
 
     kind = "tiktoken"
