@@ -147,8 +147,6 @@ def write_plots(stats: dict[str, Any], out_dir: str) -> list[str]:
             ax.grid(axis="y", alpha=0.3)
             fig.tight_layout()
             target = storage.join(out_dir, f"{name}.png")
-            import io
-
             buf = io.BytesIO()
             fig.savefig(buf, format="png")
             storage.write_atomic(target, buf.getvalue())

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trimodal.config import option
+
 if TYPE_CHECKING:
     from trimodal.tokenizers.base import TokenizerInfo
 
@@ -87,10 +89,10 @@ class BlockDefaults:
     """Block sizes for modalities that no dataset of a run brings a tokenizer for (a text-only
     run still has image and audio blocks, so its checkpoint can be trained on later)."""
 
-    image_codes: int = 16384
-    audio_codes: int = 1024
-    audio_levels: int = 4
-    audio_shared_block: bool = True
+    image_codes: int = option(16384, help="image block size when no dataset brings an image tokenizer")
+    audio_codes: int = option(1024, help="audio codebook size when no dataset brings an audio tokenizer")
+    audio_levels: int = option(4, help="audio codebooks kept per frame, when no dataset says")
+    audio_shared_block: bool = option(True, help="all audio levels share one id block (else one block per level)")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trimodal.config import option
 from trimodal.tokenizers.vocab import MODALITIES, TASKS, VocabLayout
 
 
@@ -49,18 +50,18 @@ def ffn_hidden(dim: int, ratio: float, multiple_of: int = 64, rule: str = "ratio
 class ModelConfig:
     """Transformer shape. The paper's ladder keeps width = 128 × depth (``from_depth``)."""
 
-    dim: int = 1024
-    n_layers: int = 8
-    n_heads: int = 8
-    mlp_ratio: float = 2.75
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    init_std: float = 0.02
-    qk_norm: bool = True
-    max_seq_len: int = 3256
-    ffn_multiple_of: int = 64
-    ffn_rule: str = "two_thirds"  # see ffn_hidden: the rule that reproduces the paper's counts
-    attention: str = "sdpa"  # packed rows: sdpa (dense segment mask) or flex (FlexAttention block mask, CUDA)
+    dim: int = option(1024, help="width d (divisible by n_heads, even head dim)")
+    n_layers: int = option(8, help="depth: transformer blocks")
+    n_heads: int = option(8, help="attention heads")
+    mlp_ratio: float = option(2.75, help="SwiGLU factor (the paper's)")
+    norm_eps: float = option(1e-5, help="RMSNorm epsilon")
+    rope_theta: float = option(10000.0, help="RoPE base")
+    init_std: float = option(0.02, help="std of the truncated-normal init")
+    qk_norm: bool = option(True, help="RMSNorm on queries and keys")
+    max_seq_len: int = option(3256, help="RoPE table length; data.seq_len must not exceed it")
+    ffn_multiple_of: int = option(64, help="MLP hidden width rounded up to a multiple of this")
+    ffn_rule: str = option("two_thirds", help="two_thirds: hidden = 2/3 * mlp_ratio * dim (reproduces the paper's counts); ratio: mlp_ratio * dim")
+    attention: str = option("sdpa", help="kernel for segmented (packed) rows: sdpa (dense mask, CPU/GPU) or flex (FlexAttention block mask, CUDA)")
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_layers", "n_heads", "max_seq_len", "ffn_multiple_of"):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from trimodal.config import option
 from trimodal.tokenizers.vocab import MODALITIES, TASK, VocabLayout
 from trimodal.train.cross_entropy import linear_cross_entropy, resolve_impl
 from trimodal.train.schedules import ScheduleConfig, Schedule, make_schedule, sample_t
@@ -44,13 +45,13 @@ class ObjectiveConfig:
     """Training-objective options. ``time_sampling``: uniform | antithetic | stratified."""
 
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    eps: float = 1e-3
-    time_sampling: str = "uniform"
-    z_loss: float = 1e-5
-    full_vocab: bool = False
-    anti_mask: bool = False
-    subsample: float = 0.0  # [paper Table 5: 0.05 for text] share of text rows cut to a random length
-    loss_impl: str = "auto"  # cross-entropy head: auto | reference | chunked | cce (see train/cross_entropy.py)
+    eps: float = option(1e-3, help="t is drawn from [eps, 1]")
+    time_sampling: str = option("uniform", help="t of a global batch: uniform (i.i.d.), antithetic (pairs u, 1-u) or stratified (B strata)")
+    z_loss: float = option(1e-5, help="weight of the z-loss on the log-partition of masked logits")
+    full_vocab: bool = option(False, help="score masked positions over the whole vocabulary (default: their modality's block)")
+    anti_mask: bool = option(False, help="also train every row on the complement of its mask (doubles compute per row)")
+    subsample: float = option(0.0, help="share of text rows cut to a random length (paper Table 5: 0.05)")
+    loss_impl: str = option("auto", help="cross-entropy head: auto, reference (exact fp32), chunked (no full logits) or cce (cut-cross-entropy, CUDA)")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.subsample <= 1.0:

@@ -10,21 +10,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from trimodal.config import option
+
 
 @dataclass
 class OptimConfig:
     """Base AdamW values [paper Table 5]. With ``reparam`` enabled in the train config these are
     overridden by the SDE-derived lr/β/ε/wd (see :mod:`trimodal.train.reparam`)."""
 
-    lr: float = 9e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    warmup_steps: int = 2000
-    warmup_max_fraction: float = 0.25
-    min_lr: float = 1e-6
-    grad_clip: float = 1.0
+    lr: float = option(9e-4, help="peak learning rate (replaced by the SDE value when reparam.tokens > 0)")
+    beta1: float = option(0.9, help="AdamW beta1")
+    beta2: float = option(0.95, help="AdamW beta2")
+    eps: float = option(1e-8, help="AdamW epsilon")
+    weight_decay: float = option(0.1, help="AdamW decoupled weight decay")
+    warmup_steps: int = option(2000, help="linear warmup steps (capped by warmup_max_fraction of the run)")
+    warmup_max_fraction: float = option(0.25, help="warmup is at most this share of the run's steps")
+    min_lr: float = option(1e-6, help="learning rate at the end of the cosine decay")
+    grad_clip: float = option(1.0, help="global gradient-norm clip (0: off)")
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -33,6 +35,8 @@ class OptimConfig:
             raise ValueError(f"optim.beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
         if self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"optim.grad_clip must be >= 0 (0: off), got {self.grad_clip}")
 
 
 def lr_at(step: int, total_steps: int, lr: float, warmup_steps: int, min_lr: float, warmup_max_fraction: float = 0.25) -> float:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+
+from trimodal.config import option
 
 WEIGHT_DECAY_RULES = ("none", "sqrt_kappa")
 GRAD_CLIP_RULES = ("none", "inv_sqrt_kappa")
@@ -47,13 +49,13 @@ class ReparamConfig:
     the ``optim`` values are used as given. The base AdamW values are the ``optim`` section's;
     ``base`` overrides them (for direct calls)."""
 
-    tokens: float = 0.0
-    gamma: float = 0.44
-    weight_decay_rule: str = "none"
-    base_batch: int = 256
-    base_tokens: float = 13e9
-    scale_min_lr: bool = False
-    grad_clip_rule: str = "none"
+    tokens: float = option(0.0, help="token horizon D in positions, padding included (0: reparameterisation off)")
+    gamma: float = option(0.44, help="exponent of the logical batch: B~ = base_batch * (D / base_tokens)^gamma")
+    weight_decay_rule: str = option("none", help="none, or sqrt_kappa (weight decay times sqrt(kappa))")
+    base_batch: int = option(256, help="batch size the optim values were tuned at")
+    base_tokens: float = option(13e9, help="token horizon the optim values were tuned at")
+    scale_min_lr: bool = option(False, help="also scale optim.min_lr by sqrt(kappa)")
+    grad_clip_rule: str = option("none", help="none, or inv_sqrt_kappa (grad clip times 1/sqrt(kappa))")
     base: BaseRun | None = None
 
     def __post_init__(self) -> None:

@@ -35,6 +35,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from trimodal.config import option
+
 SCHEDULES = ("linear", "cosine", "polynomial", "geometric")
 TIME_SAMPLING = ("uniform", "antithetic", "stratified")
 
@@ -43,10 +45,10 @@ TIME_SAMPLING = ("uniform", "antithetic", "stratified")
 class ScheduleConfig:
     """Which α(t) to train with. ``exponent`` is used by ``polynomial``, the σ's by ``geometric``."""
 
-    name: str = "linear"
-    exponent: float = 2.0
-    sigma_min: float = 1e-4
-    sigma_max: float = 20.0
+    name: str = option("linear", help="masking schedule: linear, cosine, polynomial or geometric")
+    exponent: float = option(2.0, help="polynomial schedule: alpha(t) = 1 - t^exponent")
+    sigma_min: float = option(1e-4, help="geometric schedule: sigma at t = 0")
+    sigma_max: float = option(20.0, help="geometric schedule: sigma at t = 1")
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:

@@ -34,7 +34,7 @@ from trimodal.train import checkpoint as ckpt
 from trimodal.train import distributed as D
 from trimodal.train.evaluate import EvalConfig, Evaluator
 from trimodal.train.metrics import LogConfig, Metrics
-from trimodal.train.model import ModelConfig, Transformer, param_counts
+from trimodal.train.model import ModelConfig, param_counts
 from trimodal.train.objective import (
     ObjectiveConfig, corrupt, row_uniforms, score, seed_of, segment_times, subsample_rows,
 )
@@ -320,7 +320,8 @@ class Trainer:
             (res.loss * info.world_size).backward()  # FSDP averages gradients; the loss is a global mean
             loss_sum += res.loss.detach()
             stats += torch.stack([res.weighted_sum, res.ce_sum, res.masked, res.tokens])
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.sched["grad_clip"])
+        # grad_clip 0: off (the norm is still measured and logged)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.sched["grad_clip"] or math.inf)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         D.all_reduce_sum(loss_sum)
