@@ -162,8 +162,9 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     beam_args = ["--runner=DirectRunner"]
     datasets = {}
     text_root = str(root / "data" / "text")
+    # 5 % of the documents (by a hash of their id) go to the val split: the held-out ELBO below
     m = run_text_pipeline(TextPipelineConfig(inputs=text_files, text_tokenizer=str(text_model), out=text_root,
-                                             target_shard_bytes=64_000), beam_args)
+                                             target_shard_bytes=64_000, val_fraction=0.05), beam_args)
     _say("pipeline text:\n" + summary(m, text_root))
     datasets["text"] = text_root
     if "image" in modalities:
@@ -202,10 +203,12 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
         f"data.seq_len={SEQ_LEN}", "data.num_streams=2",
         "model.dim=128", "model.n_layers=4", "model.n_heads=4", f"model.max_seq_len={SEQ_LEN}",
         "optim.lr=3e-3", "optim.warmup_steps=20", "optim.min_lr=3e-4", "optim.weight_decay=0.0",
+        f"eval.every={max(1, n_steps // 2)}", "eval.rows=16", "eval.t_levels=4",
     ])
     from trimodal.shards.loader import SourceConfig
 
     tcfg.data.sources = [SourceConfig(root=r) for r in datasets.values()]
+    tcfg.eval.sources = [SourceConfig(root=text_root)]  # its val split (the sample's media are too few to split)
     _say(f"training a {tcfg.model.n_layers}x{tcfg.model.dim} model for {n_steps} steps on CPU ...")
     result = train(tcfg)
 
@@ -236,6 +239,12 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     fell = last < first
     _say(f"first loss {first:.4f} -> last loss {last:.4f} (means of the first/last {k} steps; "
          f"{'fell' if fell else 'DID NOT FALL'}) over {n_steps} steps")
+    from trimodal.train.metrics import read_log
+
+    for rec in (r for r in read_log(result["log"]) if r.get("event") == "eval"):
+        bpb = rec.get("bits_per_byte/text")
+        _say(f"held-out text ELBO at step {rec['step']}: {rec['elbo']:.4f} ± {rec['elbo_se']:.4f} nats/token"
+             + (f", {bpb:.3f} bits/byte" if bpb is not None else ""))
     _say("outputs:")
     for label, path in [("tokenizers", root / "tokenizers"), *[(f"dataset {k}", v) for k, v in datasets.items()],
                         ("stats", root / "stats" / "stats.json"), *[("plot", p) for p in plots],
