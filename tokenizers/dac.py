@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trimodal import storage
-from trimodal.tokenizers.base import TokenizerInfo, state_dict_fingerprint
-from trimodal.tokenizers.runtime import WeightsMismatch, check_weights, inference, resolve_device
+from trimodal.tokenizers.codec import CodecTokenizer
+from trimodal.tokenizers.runtime import WeightsMismatch, check_weights
 
 __all__ = [
     "DACConfig",
@@ -506,34 +505,20 @@ def save_dac(model: DAC, path: str | os.PathLike[str]) -> None:
 
 # ----------------------------------------------------------------------------- tokenizer
 
-class DACTokenizer:
-    """The project's audio tokenizer: mono waveforms at the codec rate <-> (k, frames) uint16 codes.
+class DACTokenizer(CodecTokenizer):
+    """The Descript Audio Codec as a tokenizer: mono waveforms at the codec rate <-> (k, frames)
+    uint16 codes (:class:`~trimodal.tokenizers.codec.CodecTokenizer`).
 
     Keeps the first ``n_keep`` residual levels (default 4, as the paper kept 4 of 8 codebooks):
     coarser audio, far fewer tokens per second. On CUDA, TF32 is off during calls unless
     ``allow_tf32`` (faster, but codes may then differ from CPU-made shards).
     """
 
-    def __init__(
-        self,
-        model: DAC,
-        n_keep: int = 4,
-        device: str | torch.device = "cpu",
-        allow_tf32: bool = False,
-    ) -> None:
-        cfg = model.config
-        if not 1 <= n_keep <= cfg.n_codebooks:
-            raise ValueError(f"n_keep must be in [1, {cfg.n_codebooks}], got {n_keep}")
-        if cfg.codebook_size > 65536:
-            raise ValueError("codebook_size does not fit uint16 codes")
-        self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        self.n_keep = n_keep
-        self.allow_tf32 = allow_tf32
-        self._fingerprint: str | None = None
+    kind = "dac"
 
-    def _inference(self):
-        return inference(self.device, self.allow_tf32)
+    @staticmethod
+    def codebooks_of(model: DAC) -> int:
+        return model.config.n_codebooks
 
     @classmethod
     def from_path(
@@ -544,48 +529,7 @@ class DACTokenizer:
         allow_tf32: bool = False,
     ) -> DACTokenizer:
         """Load an official-format weight file (see :func:`load_dac`)."""
-        return cls(load_dac(path), n_keep=n_keep, device=device, allow_tf32=allow_tf32)
-
-    @property
-    def config(self) -> DACConfig:
-        return self.model.config
-
-    @property
-    def vocab_size(self) -> int:
-        """Ids per level; levels share this block unless the vocab layout splits them."""
-        return self.config.codebook_size
-
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def hop_length(self) -> int:
-        return self.config.hop_length
-
-    @property
-    def frames_per_second(self) -> float:
-        return self.config.sample_rate / self.config.hop_length
-
-    @property
-    def fingerprint(self) -> str:
-        """Hash of the weights + config + n_keep (codes from different k must not mix)."""
-        if self._fingerprint is None:
-            config = {"codec": "dac", **self.config.to_dict(), "n_keep": self.n_keep}
-            self._fingerprint = state_dict_fingerprint(self.model.state_dict(), config)
-        return self._fingerprint
-
-    def info(self, path: str | None = None) -> TokenizerInfo:
-        """The manifest's record of this codec (see :class:`~trimodal.tokenizers.base.TokenizerInfo`)."""
-        if path is not None:
-            path = storage.absolute(path)
-        return TokenizerInfo(modality="audio", kind="dac", fingerprint=self.fingerprint, vocab_size=self.vocab_size,
-                             path=path, levels=self.n_keep, codebooks=self.config.n_codebooks,
-                             sample_rate=self.sample_rate, hop_length=self.hop_length)
-
-    def n_frames(self, n_samples: int) -> int:
-        """Code frames for a waveform of ``n_samples``: ceil(n / hop)."""
-        return -(-n_samples // self.hop_length)
+        return cls(load_dac(path), n_keep=n_keep, device=device, allow_tf32=allow_tf32, path=path)
 
     def encode(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
         """1-D float32 waveforms at ``sample_rate`` -> one uint16 array (n_keep, frames) each.
@@ -597,37 +541,8 @@ class DACTokenizer:
         """
         if len(batch) == 0:
             return []
-        wavs = [np.asarray(w, dtype=np.float32) for w in batch]
-        for i, w in enumerate(wavs):
-            if w.ndim != 1 or w.shape[0] == 0:
-                raise ValueError(f"item {i}: expected a non-empty 1-D waveform, got {w.shape}")
-        longest = max(w.shape[0] for w in wavs)
-        x = np.zeros((len(wavs), 1, longest), dtype=np.float32)
-        for i, w in enumerate(wavs):
-            x[i, 0, : w.shape[0]] = w
-        with self._inference():
-            codes = self.model.encode(torch.from_numpy(x).to(self.device), n_quantizers=self.n_keep)
-            codes_np = codes.to("cpu", torch.int32).numpy().astype(np.uint16)
-        return [
-            np.ascontiguousarray(codes_np[i, :, : self.n_frames(w.shape[0])])
-            for i, w in enumerate(wavs)
-        ]
+        wavs = self._waveforms(batch)
+        return self._encode_padded(wavs, max(w.shape[0] for w in wavs))
 
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Codes (k, frames), k <= n_codebooks -> float32 waveform of exactly frames * hop samples.
-
-        The decoder itself returns a few samples fewer than frames * hop; those are zero-filled so
-        that the length is predictable from the token count.
-        """
-        c = np.asarray(codes)
-        if c.ndim != 2 or c.shape[1] == 0:
-            raise ValueError(f"expected codes of shape (k, frames), got {c.shape}")
-        if c.size and (c.min() < 0 or c.max() >= self.vocab_size):
-            raise ValueError(f"code ids must be in [0, {self.vocab_size})")
-        with self._inference():
-            t = torch.from_numpy(c.astype(np.int64)).to(self.device)[None]
-            wav = self.model.decode_codes(t)[0, 0].float().cpu().numpy()
-        n = c.shape[1] * self.hop_length
-        out = np.zeros(n, dtype=np.float32)
-        out[: min(n, wav.shape[0])] = wav[:n]
-        return out
+    def _decode_model(self, codes: Tensor) -> Tensor:
+        return self.model.decode_codes(codes)

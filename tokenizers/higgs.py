@@ -34,7 +34,6 @@ import json
 import math
 import os
 from collections import defaultdict
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,11 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trimodal import storage
 from trimodal.tokenizers.audio_io import resample_sinc
-from trimodal.tokenizers.base import TokenizerInfo, state_dict_fingerprint
+from trimodal.tokenizers.codec import CodecTokenizer
 from trimodal.tokenizers.dac import Snake1d
-from trimodal.tokenizers.runtime import WeightsMismatch, check_weights, inference, resolve_device
+from trimodal.tokenizers.runtime import WeightsMismatch, check_weights
 
 __all__ = [
     "AcousticConfig",
@@ -890,34 +888,19 @@ def save_higgs(model: HiggsAudioTokenizerModel, folder: str | os.PathLike[str], 
 # ----------------------------------------------------------------------------- tokenizer
 
 
-class HiggsTokenizer:
-    """The project's audio tokenizer: 24 kHz mono waveforms <-> (k, frames) uint16 codes.
+class HiggsTokenizer(CodecTokenizer):
+    """Higgs Audio v2 as a tokenizer: 24 kHz mono waveforms <-> (k, frames) uint16 codes
+    (:class:`~trimodal.tokenizers.codec.CodecTokenizer`).
 
-    Same interface as :class:`~trimodal.tokenizers.dac.DACTokenizer`. Keeps the first
-    ``n_keep`` residual levels (default 4 of 8, as the paper; equal to transformers'
-    ``bandwidth=1``). On CUDA, TF32 is off during calls unless ``allow_tf32``.
+    Keeps the first ``n_keep`` residual levels (default 4 of 8, as the paper; equal to
+    transformers' ``bandwidth=1``). On CUDA, TF32 is off during calls unless ``allow_tf32``.
     """
 
-    def __init__(
-        self,
-        model: HiggsAudioTokenizerModel,
-        n_keep: int = 4,
-        device: str | torch.device = "cpu",
-        allow_tf32: bool = False,
-        path: str | os.PathLike[str] | None = None,
-    ) -> None:
-        n = model.config.num_quantizers
-        if not 1 <= n_keep <= n:
-            raise ValueError(f"n_keep must be in [1, {n}], got {n_keep}")
-        self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        self.n_keep = n_keep
-        self.allow_tf32 = allow_tf32
-        self.path = None if path is None else os.fspath(path)
-        self._fingerprint: str | None = None
+    kind = "higgs"
 
-    def _inference(self) -> AbstractContextManager[None]:
-        return inference(self.device, self.allow_tf32)
+    @staticmethod
+    def codebooks_of(model: HiggsAudioTokenizerModel) -> int:
+        return model.config.num_quantizers
 
     @classmethod
     def from_path(
@@ -929,56 +912,6 @@ class HiggsTokenizer:
     ) -> HiggsTokenizer:
         """Load a ``save_pretrained`` folder (see :func:`load_higgs`)."""
         return cls(load_higgs(path), n_keep=n_keep, device=device, allow_tf32=allow_tf32, path=path)
-
-    @property
-    def config(self) -> HiggsConfig:
-        return self.model.config
-
-    @property
-    def vocab_size(self) -> int:
-        """Ids per level; levels share this block unless the vocab layout splits them."""
-        return self.config.codebook_size
-
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def hop_length(self) -> int:
-        return self.config.hop_length
-
-    @property
-    def frames_per_second(self) -> float:
-        return self.config.sample_rate / self.config.hop_length
-
-    @property
-    def fingerprint(self) -> str:
-        """Hash of the weights + config + n_keep (codes from different k must not mix)."""
-        if self._fingerprint is None:
-            config = {"codec": "higgs", **self.config.to_dict(), "n_keep": self.n_keep}
-            self._fingerprint = state_dict_fingerprint(self.model.state_dict(), config)
-        return self._fingerprint
-
-    def info(self, path: str | os.PathLike[str] | None = None) -> TokenizerInfo:
-        """What a manifest records of this tokenizer (``path``: where to load it again; default
-        the folder it was loaded from)."""
-        where = os.fspath(path) if path is not None else self.path
-        where = storage.absolute(where) if where else where
-        return TokenizerInfo(
-            modality="audio",
-            kind="higgs",
-            fingerprint=self.fingerprint,
-            vocab_size=self.vocab_size,
-            path=where,
-            levels=self.n_keep,
-            codebooks=self.config.num_quantizers,
-            sample_rate=self.sample_rate,
-            hop_length=self.hop_length,
-        )
-
-    def n_frames(self, n_samples: int) -> int:
-        """Code frames for a waveform of ``n_samples``: ceil(n / hop)."""
-        return -(-n_samples // self.hop_length)
 
     def encode(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
         """1-D float32 waveforms at ``sample_rate`` -> one uint16 array (n_keep, frames) each.
@@ -996,35 +929,15 @@ class HiggsTokenizer:
         """
         if len(batch) == 0:
             return []
-        wavs = [np.asarray(w, dtype=np.float32) for w in batch]
+        wavs = self._waveforms(batch)
         groups: dict[int, list[int]] = defaultdict(list)
         for i, w in enumerate(wavs):
-            if w.ndim != 1 or w.shape[0] == 0:
-                raise ValueError(f"item {i}: expected a non-empty 1-D waveform, got {w.shape}")
             groups[self.n_frames(w.shape[0]) * self.hop_length].append(i)
         out: list[np.ndarray | None] = [None] * len(wavs)
         for length, idx in groups.items():
-            x = np.zeros((len(idx), 1, length), dtype=np.float32)
-            for row, i in enumerate(idx):
-                x[row, 0, : wavs[i].shape[0]] = wavs[i]
-            with self._inference():
-                codes = self.model.encode(torch.from_numpy(x).to(self.device), n_quantizers=self.n_keep)
-                codes_np = codes.to("cpu", torch.int32).numpy().astype(np.uint16)
-            for row, i in enumerate(idx):
-                out[i] = np.ascontiguousarray(codes_np[row, :, : self.n_frames(wavs[i].shape[0])])
+            for i, codes in zip(idx, self._encode_padded([wavs[i] for i in idx], length)):
+                out[i] = codes
         return out  # type: ignore[return-value]
 
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Codes (k, frames), k <= levels -> float32 waveform of frames * hop samples."""
-        c = np.asarray(codes)
-        if c.ndim != 2 or c.shape[1] == 0:
-            raise ValueError(f"expected codes of shape (k, frames), got {c.shape}")
-        if c.size and (c.min() < 0 or c.max() >= self.vocab_size):
-            raise ValueError(f"code ids must be in [0, {self.vocab_size})")
-        with self._inference():
-            t = torch.from_numpy(c.astype(np.int64)).to(self.device)[None]
-            wav = self.model.decode(t)[0, 0].float().cpu().numpy()
-        n = c.shape[1] * self.hop_length
-        out = np.zeros(n, dtype=np.float32)
-        out[: min(n, wav.shape[0])] = wav[:n]
-        return out
+    def _decode_model(self, codes: Tensor) -> Tensor:
+        return self.model.decode(codes)
