@@ -45,6 +45,17 @@ class CodecTokenizer:
         """Residual levels the model has."""
         raise NotImplementedError
 
+    @staticmethod
+    def load_model(path: str | os.PathLike[str]) -> Any:
+        """The codec model stored at ``path`` (strict weight checks)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str], n_keep: int = 4, device: str | torch.device = "cpu",
+                  allow_tf32: bool = False) -> Any:
+        """Load the codec at ``path`` (see the subclass's ``load_model``)."""
+        return cls(cls.load_model(path), n_keep=n_keep, device=device, allow_tf32=allow_tf32, path=path)
+
     def _inference(self) -> AbstractContextManager[None]:
         return inference(self.device, self.allow_tf32)
 

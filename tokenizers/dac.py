@@ -520,16 +520,10 @@ class DACTokenizer(CodecTokenizer):
     def codebooks_of(model: DAC) -> int:
         return model.config.n_codebooks
 
-    @classmethod
-    def from_path(
-        cls,
-        path: str | os.PathLike[str],
-        n_keep: int = 4,
-        device: str | torch.device = "cpu",
-        allow_tf32: bool = False,
-    ) -> DACTokenizer:
+    @staticmethod
+    def load_model(path: str | os.PathLike[str]) -> Any:
         """Load an official-format weight file (see :func:`load_dac`)."""
-        return cls(load_dac(path), n_keep=n_keep, device=device, allow_tf32=allow_tf32, path=path)
+        return load_dac(path)
 
     def encode(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
         """1-D float32 waveforms at ``sample_rate`` -> one uint16 array (n_keep, frames) each.

@@ -902,16 +902,10 @@ class HiggsTokenizer(CodecTokenizer):
     def codebooks_of(model: HiggsAudioTokenizerModel) -> int:
         return model.config.num_quantizers
 
-    @classmethod
-    def from_path(
-        cls,
-        path: str | os.PathLike[str],
-        n_keep: int = 4,
-        device: str | torch.device = "cpu",
-        allow_tf32: bool = False,
-    ) -> HiggsTokenizer:
+    @staticmethod
+    def load_model(path: str | os.PathLike[str]) -> Any:
         """Load a ``save_pretrained`` folder (see :func:`load_higgs`)."""
-        return cls(load_higgs(path), n_keep=n_keep, device=device, allow_tf32=allow_tf32, path=path)
+        return load_higgs(path)
 
     def encode(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
         """1-D float32 waveforms at ``sample_rate`` -> one uint16 array (n_keep, frames) each.
