@@ -147,13 +147,3 @@ def stitch(item, seq_len: int, task_text: int):
     row[1:] = np.concatenate([f[1] for f in frags])
     keys = tuple(dict.fromkeys(k for f in frags for k in f[2]))
     yield src, None, r, (row, keys, max(f[3] for f in frags), 0)
-
-
-def _assign(item, plan: Plan):
-    """Candidate → ``(output shard, (output row, source, payload))`` when the plan uses it."""
-    src, group, k, payload = item
-    if group is not None:
-        k += plan.paired_offsets[(src, group)]
-    rows = plan.out_rows[src]
-    if k < rows.size:
-        out = int(rows[k])
