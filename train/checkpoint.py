@@ -155,15 +155,18 @@ def prune(root: str, keep_last: int, run_id: str | None) -> list[str]:
     return removed
 
 
-def read_files(path: str) -> dict[str, Any]:
-    path = os.fspath(path)
-    url = storage.join(path, FILES)
+def _read_json(url: str, missing: str) -> dict[str, Any]:
     try:
         return json.loads(storage.read_bytes(url))
     except FileNotFoundError:
-        raise CheckpointError(f"{path} is not a complete checkpoint (no {FILES})") from None
+        raise CheckpointError(missing) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{url}: damaged ({e})") from None
+
+
+def read_files(path: str) -> dict[str, Any]:
+    path = os.fspath(path)
+    return _read_json(storage.join(path, FILES), f"{path} is not a complete checkpoint (no {FILES})")
 
 
 def verify(path: str, rank: int = 0, world_size: int = 1) -> None:
@@ -191,12 +194,7 @@ def read_state(path: str) -> dict[str, Any]:
     path = os.fspath(path)
     read_files(path)
     url = storage.join(path, STATE)
-    try:
-        return json.loads(storage.read_bytes(url))
-    except FileNotFoundError:
-        raise CheckpointError(f"{url}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{url}: damaged ({e})") from None
+    return _read_json(url, f"{url}: missing")
 
 
 @dataclass
