@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2. mix: that text dataset + a synthetic image-text one, packed to seq_len
     images = work / f"images-{args.images}"
     if not (images / "manifest.json").exists():
-        bc.make_image_shards(images, samples=args.images, grid=32, caption=(5, 60), text_codes=tok.info()["vocab_size"],
+        bc.make_image_shards(images, samples=args.images, grid=32, caption=(5, 60), text_codes=tok.info().vocab_size,
                              text_info=tok.info())
 
     def mix_run(label: str, beam_args: list[str]):

@@ -4,25 +4,35 @@ A modality pipeline supplies a reader (file URL → records and dead letters) an
 steps; :func:`build` wires them with the counting and the shard sink, and :func:`run` executes
 on whatever runner the Beam options name (DirectRunner by default): it takes the dataset's
 writer lock first, shows a live count on local runs, and returns the new manifest.
+
+:func:`build_batched` is the leaner frame for a pipeline whose work is one
+:class:`~trimodal.pipelines.outcomes.BatchStep` (text): batches, not records, are Beam's
+elements, and on a local runner the whole job is four steps (files in, dealt to the workers,
+read + process + spill, assemble) with memory bounded by the spill sink
+(:mod:`trimodal.pipelines.sink`); elsewhere it is the plain Beam graph. Both write the same bytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindows
 
 from trimodal import storage
 from trimodal.config import option
 from trimodal.pipelines import progress
-from trimodal.pipelines.outcomes import FILTERED, REJECTED, Step, run_step
+from trimodal.pipelines.outcomes import FILTERED, REJECTED, BatchStep, Step, Tally, run_step
+from trimodal.pipelines.readers import Reader
 from trimodal.pipelines.records import DeadLetter, Record
-from trimodal.pipelines.sink import SinkConfig, WriteDataset
+from trimodal.pipelines.sink import (AssembleDataset, SinkConfig, SpillWriter, WriteDataset, remove_spill, spill_folder,
+                                     sweep_spills)
 from trimodal.shards.lock import DatasetLock
 from trimodal.shards.manifest import MANIFEST_NAME, Manifest
 
@@ -116,6 +126,144 @@ def build(p: beam.Pipeline, inputs: list[str], read_file: Callable[[str], Iterat
     return (good, all_dead, n_read) | "WriteDataset" >> WriteDataset(sink)
 
 
+N_READ = "n_read"
+
+
+def _url(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+class _ReadBatches(beam.DoFn):
+    """One input file → batches of records (main output), its dead letters (``read_errors``) and
+    how many items it held (``n_read``)."""
+
+    def __init__(self, reader: Reader, batch_size: int):
+        self.reader, self.batch_size = reader, batch_size
+
+    def process(self, url: bytes):
+        n = 0
+        for records, dead in self.reader.batches(_url(url), self.batch_size):
+            n += len(records) + len(dead)
+            for d in dead:
+                yield beam.pvalue.TaggedOutput(READ_ERRORS, d)
+            if records:
+                yield records
+        yield beam.pvalue.TaggedOutput(N_READ, n)
+
+
+class _SpillFiles(beam.DoFn):
+    """Local runners: read the input files dealt to this element, run the batch step on them and
+    spill the results to disk, batch by batch (nothing of the corpus stays in memory); emits the
+    closed spill parts, keyed for the one group the assembly reads. Each batch is begun before the
+    previous one is finished (:meth:`~trimodal.pipelines.outcomes.BatchStep.begin`), so a step's
+    background work overlaps the reading and serialising around it."""
+
+    def __init__(self, reader: Reader, step: BatchStep, batch_size: int, folder: str, val_fraction: float):
+        self.reader, self.step, self.batch_size = reader, step, batch_size
+        self.folder, self.val_fraction = folder, val_fraction
+        self.writer: SpillWriter | None = None
+
+    def setup(self) -> None:
+        self.step.setup()
+
+    def start_bundle(self) -> None:
+        self.writer = None
+
+    def process(self, dealt: tuple[int, list[bytes]]):
+        if self.writer is None:
+            self.writer = SpillWriter(self.folder, self.val_fraction)
+        for url in dealt[1]:
+            pending = None  # the batch begun before this one: finished while this one encodes
+            for records, dead in self.reader.batches(_url(url), self.batch_size):
+                tally = Tally()
+                state = self.step.begin(records, tally) if records else None
+                if pending is not None:
+                    self._finish(*pending)
+                pending = (state, dead, tally, len(records) + len(dead))
+            if pending is not None:
+                self._finish(*pending)
+            for part in self.writer.take():
+                yield None, part
+
+    def _finish(self, state: Any, dead: list[DeadLetter], tally: Tally, n_read: int) -> None:
+        samples, dropped = self.step.end(state, tally) if state is not None else ([], [])
+        tally.flush()  # in the DoFn's thread: Beam's counters live there
+        self.writer.add(samples, dead + dropped, n_read)
+
+    def finish_bundle(self):
+        if self.writer is not None:
+            for part in self.writer.close():
+                yield GlobalWindows.windowed_value((None, part))
+            self.writer = None
+
+    def teardown(self) -> None:
+        self.step.teardown()
+
+
+def _largest_first(inputs: list[str]) -> list[str]:
+    """Local files by size, largest first (dealt round-robin, that balances the workers)."""
+    def size(url: str) -> int:
+        try:
+            return os.path.getsize(storage.local_path(url)) if storage.is_local(url) else 0
+        except OSError:
+            return 0
+
+    return sorted(inputs, key=size, reverse=True)
+
+
+class _Inputs(beam.PTransform):
+    """The input files keyed by their position, from one Impulse (a ``Create`` adds two steps)."""
+
+    def __init__(self, keyed: list[tuple[int, bytes]]):
+        super().__init__()
+        self.keyed = keyed
+
+    def expand(self, pbegin):
+        keyed = self.keyed
+        return pbegin | "Impulse" >> beam.Impulse() | "Files" >> beam.FlatMap(lambda _: keyed)
+
+
+def build_batched(p: beam.Pipeline, inputs: list[str], reader: Reader, step: BatchStep, sink: SinkConfig,
+                  batch_size: int, label: str = "Tokenize", graph: Literal["auto", "local", "beam"] = "auto"
+                  ) -> beam.PCollection:
+    """read → batch step → shards + dead-letter + manifest, with batches (not records) as elements.
+
+    On a local runner the job is ``Inputs → SpreadFiles → <label> → WriteDataset``: ``<label>``
+    reads, processes and spills whole files (:class:`~trimodal.pipelines.sink.SpillWriter`) and
+    ``WriteDataset`` assembles the spill (:func:`~trimodal.pipelines.sink.assemble`), so memory stays
+    bounded whatever the corpus size and the per-element work of Beam is paid per file. Elsewhere
+    (Dataflow) it is the plain Beam graph: ``Read`` (batches) → ``Rebalance`` → ``<label>`` (the
+    step, one sample per output element) → :class:`~trimodal.pipelines.sink.WriteDataset`. Both
+    write the same bytes; ``graph`` forces one (tests compare them on the local runner)."""
+    if graph == "local" or (graph == "auto" and is_local_runner(p.options)):
+        folder = spill_folder(sink.run_id)
+        # files dealt to the workers in turn: grouped by position, the local runner hands the
+        # groups out round-robin (a Reshuffle's random keys split unevenly), largest files first
+        dealt = [(i, u.encode("utf-8", "surrogateescape")) for i, u in enumerate(_largest_first(inputs))]
+        parts = (
+            p
+            | "Inputs" >> _Inputs(dealt)
+            | "SpreadFiles" >> beam.GroupByKey()
+            | label >> beam.ParDo(_SpillFiles(reader, step, batch_size, folder, sink.val_fraction))
+        )
+        return parts | "WriteDataset" >> AssembleDataset(sink, folder)
+    urls = [u.encode("utf-8", "surrogateescape") for u in inputs]
+    read = (
+        p
+        | "Inputs" >> beam.Create(urls, reshuffle=False)
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "Read" >> beam.ParDo(_ReadBatches(reader, batch_size)).with_outputs(READ_ERRORS, N_READ, main="ok")
+    )
+    n_read = read[N_READ] | "CountRead" >> beam.CombineGlobally(sum)
+    res = (
+        read.ok
+        | "Rebalance" >> beam.Reshuffle()
+        | label >> beam.ParDo(step).with_outputs(FILTERED, REJECTED, main="ok")
+    )
+    dead = (read[READ_ERRORS], res[FILTERED], res[REJECTED]) | "AllDeadLetter" >> beam.Flatten()
+    return (res.ok, dead, n_read) | "WriteDataset" >> WriteDataset(sink)
+
+
 def prepare_output(root: str) -> None:
     """A re-run first removes the old manifest: until the new one is written the root is
     incomplete, so no reader can pair an old manifest with new shards."""
@@ -123,6 +271,39 @@ def prepare_output(root: str) -> None:
     fs, path = storage.fs_and_path(url)
     if fs.exists(path):
         fs.rm(path)
+
+
+def direct_runner(options: PipelineOptions) -> beam.runners.runner.PipelineRunner | None:
+    """For ``--runner=DirectRunner``: the FnApiRunner, built as the DirectRunner builds it for a
+    batch job, else None (Beam picks the runner from the options).
+
+    Why not let the DirectRunner pick: Beam's DirectRunner first tries the Prism runner, which
+    downloads its binary from the network on every job (a failed attempt costs ~0.1 s and a
+    network access; a successful one runs the job on an engine that ignores
+    ``--direct_running_mode`` and ``--direct_num_workers``), and only then falls back to this."""
+    runner = str(options.get_all_options().get("runner") or "DirectRunner").split(".")[-1]
+    if runner not in ("DirectRunner", "SwitchingDirectRunner"):
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
+def local_workers(options: PipelineOptions) -> int | None:
+    """How many workers a local run shares the machine between (processes or threads of the
+    FnApiRunner: ``--direct_num_workers``, 0 meaning one per core), or None off the local runners."""
+    if not is_local_runner(options):
+        return None
+    opts = options.get_all_options()
+    if (opts.get("direct_running_mode") or "in_memory") == "in_memory":
+        return 1
+    n = opts.get("direct_num_workers")
+    n = 1 if n is None else int(n)
+    return n if n > 0 else (os.cpu_count() or 1)
 
 
 def is_local_runner(options: PipelineOptions) -> bool:
@@ -147,15 +328,21 @@ def run(build_fn: Callable[[beam.Pipeline, str], Any], root: str, beam_args: Seq
             build_fn(p, "dry-run")
         return None
     lock = DatasetLock.acquire(root)
+    local = is_local_runner(options)
     try:
         prepare_output(root)
-        with progress.report(show_progress and is_local_runner(options)):
-            with beam.Pipeline(options=options) as p:
+        if local:
+            sweep_spills()
+        with progress.report(show_progress and local):
+            with beam.Pipeline(runner=direct_runner(options), options=options) as p:
                 build_fn(p, lock.run_id)
     except BaseException:
-        if is_local_runner(options):
+        if local:
             lock.release()  # the local job is over: nothing else writes under this lock
         raise
+    finally:
+        if local:
+            remove_spill(spill_folder(lock.run_id))  # normally removed by the job's last step already
     lock.release()  # normally released by the job's last step already; idempotent
     return Manifest.load(root)
 

@@ -4,7 +4,8 @@ A :class:`Reader` turns one input file into :class:`~trimodal.pipelines.records.
 :class:`~trimodal.pipelines.records.DeadLetter`\\ s (datatrove's shape: one small unit, with
 counters). The base counts both, names the source (default: the file's stem) and wraps a file
 that cannot be read at all into one ``unreadable_file`` dead letter, so a bad file never stops a
-job and is never silently lost. Subclasses implement :meth:`Reader.records`.
+job and is never silently lost. Subclasses implement :meth:`Reader.records`;
+:meth:`Reader.batches` hands the same items out in batches, counted once per batch.
 
 Building blocks, each yielding parsed items or dead letters:
 
@@ -19,6 +20,7 @@ Building blocks, each yielding parsed items or dead letters:
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import tarfile
@@ -27,11 +29,12 @@ from typing import Any
 
 import fsspec
 
-from trimodal.pipelines.outcomes import count
+from trimodal.pipelines.outcomes import Tally, count
 from trimodal.pipelines.records import REJECTED, DeadLetter, Record
 
 STAGE = "read"
 MAX_RECORD_BYTES = 256 * 2**20  # one JSON line or tar member; larger ones are rejected unread
+BATCH_BYTES = 16 * 2**20  # text in one batch of :meth:`Reader.batches`, past its first record
 
 # webdataset's rule: key = the path up to the first dot of the file name, extension = the rest.
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
@@ -66,13 +69,44 @@ class Reader:
         except self.wrapped as e:
             yield self.reject(url, source, "unreadable_file", f"{type(e).__name__}: {e}")
 
+    def batches(self, url: str, size: int, max_bytes: int = BATCH_BYTES) -> Iterator[tuple[list[Record], list[DeadLetter]]]:
+        """The same records and dead letters in batches: at most ``size`` items, and at most
+        ``max_bytes`` of text past the first record (a batch is one element in Beam and one
+        tokenizer call). Counters are bumped once per batch, with the same totals."""
+        reader = copy.copy(self)  # its own tally: an instance may serve several threads
+        reader._tally = tally = Tally()
+        records: list[Record] = []
+        dead: list[DeadLetter] = []
+        nbytes = 0
+        for x in reader(url):
+            if isinstance(x, DeadLetter):
+                dead.append(x)
+            else:
+                records.append(x)
+                nbytes += len(x.text)
+            if len(records) + len(dead) >= size or nbytes >= max_bytes:
+                tally.flush()
+                yield records, dead
+                records, dead, nbytes = [], [], 0
+        tally.flush()
+        if records or dead:
+            yield records, dead
+
     # what subclasses emit
+    _tally: Tally | None = None
+
     def record(self, rid: str, source: str, **fields: Any) -> Record:
-        count(self.stage, "read")
+        if self._tally is None:
+            count(self.stage, "read")
+        else:
+            self._tally.add(self.stage, "read")
         return Record(id=rid, source=source, **fields)
 
     def reject(self, rid: str, source: str, reason: str, detail: str = "") -> DeadLetter:
-        count(self.stage, REJECTED, reason)
+        if self._tally is None:
+            count(self.stage, REJECTED, reason)
+        else:
+            self._tally.add(self.stage, REJECTED, reason)
         return DeadLetter(rid, source, REJECTED, reason, self.stage, detail)
 
 

@@ -27,8 +27,14 @@ def load(name: str):
 CASES = {
     "bench_text_pipeline": ["--mb", "0.03", "--files", "2", "--vocab-size", "320", "--min-words", "20",
                             "--max-words", "200", "--repeats", "1", "--no-warmup", "--no-one-doc"],
+    # each size in a fresh process: the peak RSS of a tiny run (the ratio says nothing here)
+    "bench_pipeline_memory": ["--mb", "0.05", "0.1", "--base-mb", "0.05", "--vocab-size", "320", "--min-words", "20",
+                              "--max-words", "200"],
     "bench_loader": ["--samples", "200", "--shards", "4", "--min-len", "20", "--max-len", "300",
                      "--seq-len", "256", "--repeats", "1"],
+    # the peers (LitData, webdataset, Mosaic) run when .bench-venv exists, else are reported skipped
+    "bench_reader": ["--samples", "200", "--shards", "4", "--min-len", "20", "--max-len", "300",
+                     "--repeats", "1", "--mds-repeats", "1"],
     "bench_trainer_step": ["--dim", "32", "--layers", "1", "--heads", "2", "--seq-len", "64", "--batch", "4",
                            "--text-codes", "256", "--samples", "64", "--steps", "2", "--warmup", "1", "--repeats", "1"],
     "bench_restricted_logits": ["--dim", "16", "--rows", "4", "--seq-len", "64", "--text-codes", "500",

@@ -155,12 +155,12 @@ def test_text_script_builds_a_dataflow_job(text_tok, tmp_path):
     inputs = [f"{BUCKET}/raw/c4/part-{i:03d}.jsonl.gz" for i in range(3)]  # what expand_inputs would list
     job = _dry_run(beam_args, lambda p: build_text_pipeline(p, cfg, inputs, text_tok))
     names = _names(job)
-    for expected in ("Inputs", "SpreadFiles", "Read", "Normalize", "Tokenize/Batch", "Tokenize/Encode",
+    for expected in ("Inputs", "SpreadFiles", "Read", "Rebalance", "Tokenize",
                      "WriteDataset/GroupShards", "WriteDataset/WriteShards", "WriteDataset/WriteDead",
                      "WriteDataset/WriteManifest"):
         assert any(n == expected or n.startswith(expected + "/") for n in names), expected
     # what the workers unpickle: the tokenizer's bucket URL and the output root
-    assert _dofn(job, "Tokenize/Encode").tokenizer_path == f"{BUCKET}/tokenizers/text.model"
+    assert _dofn(job, "Tokenize").tokenizer_path == f"{BUCKET}/tokenizers/text.model"
     assert _dofn(job, "WriteDataset/WriteShards").cfg.root == f"{BUCKET}/datasets/c4"
     _check_docker_env(job)
     _check_worker_pool(job, "n2-standard-8", gpu=False)

@@ -51,6 +51,16 @@ def test_deep_json_and_oversized_lines_are_dead_letters_not_crashes(tmp_path, sp
     assert sorted(_dead(out).values()) == ["bad_json", "too_large"]
 
 
+def test_a_lone_surrogate_is_a_dead_letter_not_a_failed_job(tmp_path, sp_model):
+    """JSON can spell a lone surrogate (no Unicode text; the tokenizer fails on it)."""
+    corpus = tmp_path / "surrogate.jsonl"
+    corpus.write_text('{"text": "a good document"}\n{"text": "bad \\ud800 here"}\n{"text": "another good one"}\n')
+    out = tmp_path / "out"
+    m = run_text_pipeline(TextPipelineConfig(inputs=[str(corpus)], text_tokenizer=sp_model, out=str(out)), BEAM)
+    assert m.counts["written"] == 2 and m.counts["rejected"] == {"invalid_unicode": 1}
+    assert list(_dead(out).values()) == ["invalid_unicode"]
+
+
 def _wav_with_rate(rate: int, frames: int = 100) -> bytes:
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
