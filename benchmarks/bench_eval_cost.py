@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--rows", type=int, default=EvalConfig.rows, help="eval.rows")
     ap.add_argument("--t-levels", type=int, default=EvalConfig.t_levels, help="eval.t_levels")
+    ap.add_argument("--samples", type=int, default=1000, help="samples per task and root")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (0: torch's default; on a loaded 2-core machine 2 threads mostly wait)")
     ap.add_argument("--work", default=None)
@@ -78,15 +79,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from trimodal.train.trainer import train
 
-    work = bc.work_dir("eval_cost", args.work)
+    work = bc.work_dir(f"eval_cost_{args.samples}", args.work)
     roots = {name: work / name for t in TASKS for name in (t, f"{t}_eval")}
     for name, seed in (("text", 0), ("text_eval", 10)):
-        bc.make_text_shards(roots[name], samples=2000, shards=2, min_len=50, max_len=400, text_codes=1024, seed=seed)
+        bc.make_text_shards(roots[name], samples=2 * args.samples, shards=2, min_len=50, max_len=400, text_codes=1024, seed=seed)
     for name, seed in (("image", 1), ("image_eval", 11)):  # 64 px images: 8 x 8 codes
-        bc.make_image_shards(roots[name], samples=1000, grid=8, caption=(5, 30), text_codes=1024, image_codes=1024,
+        bc.make_image_shards(roots[name], samples=args.samples, grid=8, caption=(5, 30), text_codes=1024, image_codes=1024,
                              seed=seed)
     for name, seed in (("audio", 2), ("audio_eval", 12)):  # ~0.5 s of 4-codebook codes + a transcript
-        bc.make_audio_shards(roots[name], samples=1000, frames=(20, 40), caption=(5, 20), text_codes=1024, seed=seed)
+        bc.make_audio_shards(roots[name], samples=args.samples, frames=(20, 40), caption=(5, 20), text_codes=1024, seed=seed)
     out = work / "run"
     shutil.rmtree(out, ignore_errors=True)
     with bc.torch_threads(args.threads):

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--grid", type=int, default=8, help="image code grid side (8: the demo's 64 px images)")
     ap.add_argument("--image-codes", type=int, default=1024, help="image codebook size of the synthetic shards")
     ap.add_argument("--text-codes", type=int, default=1024, help="text vocabulary of the synthetic shards")
+    ap.add_argument("--samples", type=int, default=8000, help="image-text samples (text: half as many documents)")
     ap.add_argument("--steps", type=int, default=15, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3, help="alternating rounds (padded run, packed run)")
@@ -76,10 +77,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--work", default=None)
     args = ap.parse_args(argv)
 
-    work = bc.work_dir("packing", args.work)
+    work = bc.work_dir(f"packing_{args.samples}_{args.grid}", args.work)
     text, images = work / "text", work / "images"
-    bc.make_text_shards(text, samples=4000, shards=4, min_len=100, max_len=400, text_codes=args.text_codes)
-    bc.make_image_shards(images, samples=8000, grid=args.grid, caption=(5, 30), text_codes=args.text_codes,
+    bc.make_text_shards(text, samples=args.samples // 2, shards=4, min_len=100, max_len=400, text_codes=args.text_codes)
+    bc.make_image_shards(images, samples=args.samples, grid=args.grid, caption=(5, 30), text_codes=args.text_codes,
                          image_codes=args.image_codes)
     runs: dict[str, dict[str, list[float]]] = {"padded": {"step_s": [], "padding": []},
                                                "packed": {"step_s": [], "padding": []}}

@@ -25,6 +25,11 @@ def load(name: str):
 
 
 CASES = {
+    "bench_packing": ["--samples", "200", "--seq-len", "128", "--batch", "2", "--dim", "16", "--layers", "1",
+                      "--heads", "2", "--steps", "1", "--warmup", "1", "--repeats", "1"],
+    "bench_pad_share": ["--samples", "60", "--steps", "1", "--batch", "2"],
+    "bench_eval_cost": ["--samples", "60", "--steps", "2", "--every", "1", "--rows", "2", "--t-levels", "2",
+                        "--seq-len", "128"],
     "bench_text_pipeline": ["--mb", "0.03", "--files", "2", "--vocab-size", "320", "--min-words", "20",
                             "--max-words", "200", "--repeats", "1", "--no-warmup", "--no-one-doc"],
     # each size in a fresh process: the peak RSS of a tiny run (the ratio says nothing here)
