@@ -1,6 +1,6 @@
 """Audio-transcript corpus readers: JSON-lines manifests and WebDataset tars, through fsspec.
 
-Each input file becomes :class:`~trimodal.pipelines.records.Record`\ s (``text`` = the
+Each input file becomes :class:`~trimodal.pipelines.records.Record` records (``text`` = the
 transcript, ``media`` = the audio bytes) or dead letters. Record
 ids are stable across runs (``<manifest>:<line>``, ``<tar>:<sample key>``), so shard contents
 are deterministic. A file that cannot be opened at all becomes one rejected record with reason

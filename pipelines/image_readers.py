@@ -1,6 +1,6 @@
 """Image-caption corpus readers: WebDataset tars, Parquet, a folder + captions file, via fsspec.
 
-Each input becomes :class:`~trimodal.pipelines.records.Record`\ s (``text`` = the caption,
+Each input becomes :class:`~trimodal.pipelines.records.Record` records (``text`` = the caption,
 ``media`` = the image bytes, or ``media_url`` for lazily read images) or dead letters (stage
 ``read``). Record ids are stable across runs, so shard contents (and the per-record
 preprocessing seed, :func:`trimodal.tokenizers.image_preprocess.record_seed`) are deterministic.
