@@ -6,8 +6,10 @@ last and atomically: a dataset without a manifest is an incomplete dataset. The 
 described in ``docs/shards.md``.
 
 Version 2 records each tokenizer as a :class:`~trimodal.tokenizers.base.TokenizerInfo`, each
-shard's split (``train``/``val``) and the id of the run that wrote the dataset (each of its shards
-was written by that run: a shard from another writer is refused). Version 1 manifests still load.
+shard's split (``train``/``val``) and the id of the run that wrote the dataset: readers refuse a
+dataset whose writer lock is held by another run (it is being rewritten), and check every shard
+against its recorded size or sha256 (a shard replaced since is refused). Version 1 manifests
+still load.
 """
 
 from __future__ import annotations
