@@ -28,7 +28,6 @@ dot of the file name), one audio member (flac, wav, mp3, ogg, opus) plus a trans
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 from collections.abc import Iterator

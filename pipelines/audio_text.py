@@ -46,7 +46,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -284,16 +284,7 @@ def run_audio_text_pipeline(cfg: AudioTextPipelineConfig, beam_args: list[str] |
 
 
 __all__ = [
-    "AudioTextPipelineConfig",
-    "run_audio_text_pipeline",
-    "build_audio_text_pipeline",
-    "PrepareTranscript",
-    "DecodeAudio",
-    "EncodeAudio",
-    "encode_clips",
-    "bucket_end",
-    "pad_multiple",
-    "audio_tokenizer_info",
-    "load_codec_shared",
-    "resolve_device",
+    "AudioTextPipelineConfig", "run_audio_text_pipeline", "build_audio_text_pipeline", "PrepareTranscript",
+    "DecodeAudio", "EncodeAudio", "encode_clips", "bucket_end", "pad_multiple", "audio_tokenizer_info",
+    "load_codec_shared", "resolve_device"
 ]

@@ -40,7 +40,6 @@ have been spread over the workers: a folder of a million images is not read by o
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections.abc import Iterator
 from typing import Any

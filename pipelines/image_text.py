@@ -257,17 +257,7 @@ def run_image_text_pipeline(cfg: ImageTextPipelineConfig, beam_args: list[str] |
 
 
 __all__ = [
-    "ImageTextPipelineConfig",
-    "run_image_text_pipeline",
-    "build_image_text_pipeline",
-    "PrepareCaption",
-    "DecodeImage",
-    "EncodeImages",
-    "FILTERED_IMAGE_REASONS",
-    "image_tokenizer_info",
-    "load_image_tokenizer_shared",
-    "resolve_device",
-    "preprocess_record",
-    "to_model_input",
-    "to_uint8",
+    "ImageTextPipelineConfig", "run_image_text_pipeline", "build_image_text_pipeline", "PrepareCaption",
+    "DecodeImage", "EncodeImages", "FILTERED_IMAGE_REASONS", "image_tokenizer_info",
+    "load_image_tokenizer_shared", "resolve_device", "preprocess_record", "to_model_input", "to_uint8"
 ]

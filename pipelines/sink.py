@@ -59,7 +59,7 @@ from trimodal import storage
 from trimodal.pipelines.outcomes import Tally, count
 from trimodal.pipelines.records import FILTERED, REJECTED, DeadLetter, Record, safe_json
 from trimodal.shards.format import ARRAY_NAMES, key_from_id
-from trimodal.shards.lock import DatasetLock
+from trimodal.shards.lock import DatasetLock, pid_alive
 from trimodal.shards.manifest import Manifest, ShardInfo
 from trimodal.shards.writer import fast_encode_sample, frame_sample, sample_tokens, shard_name, write_framed
 from trimodal.tokenizers.base import TokenizerInfo
@@ -323,19 +323,12 @@ def sweep_spills() -> list[str]:
         if not name.startswith(SPILL_PREFIX):
             continue
         pid = name[len(SPILL_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             remove_spill(os.path.join(root, name))
             removed.append(name)
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

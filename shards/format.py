@@ -27,7 +27,7 @@ import math
 import mmap
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -65,15 +65,17 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_sample(key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[tuple[str, bytes]]:
-    """Tar members of one sample, in a fixed order (json first, then arrays by name)."""
+def encode_sample(key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray],
+                  npy: Callable[[np.ndarray], bytes] = npy_bytes) -> list[tuple[str, bytes]]:
+    """Tar members of one sample, in a fixed order (json first, then arrays by name); ``npy``
+    serialises an array (the writer passes a faster one with the same bytes)."""
     if "." in key or "/" in key:
         raise ValueError(f"sample key must not contain '.' or '/': {key!r}")
     members = [(f"{key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())]
     for name in sorted(arrays):
         if name not in ARRAY_NAMES:
             raise ValueError(f"unknown array name {name!r}; expected one of {ARRAY_NAMES}")
-        members.append((f"{key}.{name}.npy", npy_bytes(arrays[name])))
+        members.append((f"{key}.{name}.npy", npy(arrays[name])))
     return members
 
 

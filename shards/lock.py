@@ -27,7 +27,8 @@ class DatasetLocked(RuntimeError):
     """Another run is writing this dataset."""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -64,7 +65,7 @@ class DatasetLock:
             if storage.create_exclusive(lock.url, body):
                 return lock
             held = read_lock(root) or {}
-            if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int) and not _alive(held["pid"]):
+            if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int) and not pid_alive(held["pid"]):
                 fs, path = storage.fs_and_path(lock.url)
                 fs.rm(path)  # its process is gone: a crashed local run
                 continue

@@ -118,6 +118,17 @@ class Manifest:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(data, where=path)
 
+    def dead_letters(self, root: str) -> list[dict[str, Any]]:
+        """Every dead-letter record of the dataset at ``root`` (one dict per filtered or rejected
+        record: ``id``, ``outcome``, ``reason``, ``stage``, …), in file order."""
+        if not self.dead_letter:
+            return []
+        fs, folder = storage.fs_and_path(storage.join(root, self.dead_letter))
+        out: list[dict[str, Any]] = []
+        for path in sorted(fs.glob(f"{folder}/*.jsonl")):
+            out += [json.loads(line) for line in fs.cat_file(path).decode("utf-8").splitlines() if line]
+        return out
+
 
 def merged_tokenizers(manifests: dict[str, Manifest]) -> dict[str, TokenizerInfo]:
     """The tokenizers of several datasets, refusing two datasets whose tokenizer of the same

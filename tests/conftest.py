@@ -67,6 +67,19 @@ def sp_model(tmp_path_factory, corpus) -> str:
 
 
 @pytest.fixture(scope="session")
+def movq_ckpt(tmp_path_factory) -> str:
+    """The tiny random MoVQGAN (``MoVQGANConfig.tiny()``: 64 px, 8 x 8 codes) saved as a checkpoint."""
+    import torch
+
+    from trimodal.tokenizers.movqgan import MoVQGAN, MoVQGANConfig, save_movqgan
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("movq") / "movqgan_tiny.ckpt"
+    save_movqgan(MoVQGAN(MoVQGANConfig.tiny()), path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def text_dataset(tmp_path_factory, corpus, sp_model) -> str:
     from trimodal.pipelines.text import TextPipelineConfig, run_text_pipeline
 

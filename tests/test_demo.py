@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import wave
-from pathlib import Path
 
 from PIL import Image
 

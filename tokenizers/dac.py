@@ -106,37 +106,14 @@ class DACConfig:
 
 # The released configurations (embedded: the tests' reference data does not ship with the
 # package). Keys/shapes checked against tests/data/reference/dac/dac_state_dicts.json.
+_COMMON = {"encoder_dim": 64, "decoder_dim": 1536, "codebook_size": 1024, "codebook_dim": 8}
 PUBLIC_CONFIGS: dict[str, dict[str, Any]] = {
-    "16khz": {
-        "encoder_dim": 64,
-        "encoder_rates": [2, 4, 5, 8],
-        "decoder_dim": 1536,
-        "decoder_rates": [8, 5, 4, 2],
-        "n_codebooks": 12,
-        "codebook_size": 1024,
-        "codebook_dim": 8,
-        "sample_rate": 16000,
-    },
-    "24khz": {
-        "encoder_dim": 64,
-        "encoder_rates": [2, 4, 5, 8],
-        "decoder_dim": 1536,
-        "decoder_rates": [8, 5, 4, 2],
-        "n_codebooks": 32,
-        "codebook_size": 1024,
-        "codebook_dim": 8,
-        "sample_rate": 24000,
-    },
-    "44khz_8kbps": {
-        "encoder_dim": 64,
-        "encoder_rates": [2, 4, 8, 8],
-        "decoder_dim": 1536,
-        "decoder_rates": [8, 8, 4, 2],
-        "n_codebooks": 9,
-        "codebook_size": 1024,
-        "codebook_dim": 8,
-        "sample_rate": 44100,
-    },
+    "16khz": {**_COMMON, "encoder_rates": [2, 4, 5, 8], "decoder_rates": [8, 5, 4, 2], "n_codebooks": 12,
+              "sample_rate": 16000},
+    "24khz": {**_COMMON, "encoder_rates": [2, 4, 5, 8], "decoder_rates": [8, 5, 4, 2], "n_codebooks": 32,
+              "sample_rate": 24000},
+    "44khz_8kbps": {**_COMMON, "encoder_rates": [2, 4, 8, 8], "decoder_rates": [8, 8, 4, 2], "n_codebooks": 9,
+                    "sample_rate": 44100},
 }
 
 

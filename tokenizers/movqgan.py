@@ -99,6 +99,16 @@ class MoVQGANConfig:
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
 
     @classmethod
+    def tiny(cls) -> "MoVQGANConfig":
+        """A small architecture (64 px → 8 × 8 codes of 512) for the demo and tests, with random
+        weights: it exercises every code path of the real model in milliseconds."""
+        return cls.from_dict({
+            "ddconfig": {"double_z": False, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+                         "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [8], "dropout": 0.0},
+            "embed_dim": 4, "n_embed": 512,
+        })
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MoVQGANConfig":
         """Accept the upstream nested form (``{"ddconfig": {...}, "embed_dim", "n_embed"}``) or flat."""
         flat = dict(d.get("ddconfig", {}))

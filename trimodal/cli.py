@@ -42,12 +42,8 @@ class TextTokenizerConfig:
 
 
 @dataclass
-class StatsConfig:
+class VerifyConfig:
     roots: list[str] = option(default_factory=list, flag="root", help="dataset roots")
-    json: bool = option(False, help="print one JSON object")
-    plots: str | None = option(None, help="write PNG histograms to this folder")
-    seq_len: int = option(3256, help="row length L for the padding and audio-overflow figures")
-    packed: bool = option(False, help="padding as data.pack_paired would pack the paired samples")
 
     def __post_init__(self) -> None:
         if not self.roots:
@@ -55,12 +51,11 @@ class StatsConfig:
 
 
 @dataclass
-class VerifyConfig:
-    roots: list[str] = option(default_factory=list, flag="root", help="dataset roots")
-
-    def __post_init__(self) -> None:
-        if not self.roots:
-            raise ValueError("give at least one dataset root")
+class StatsConfig(VerifyConfig):
+    json: bool = option(False, help="print one JSON object")
+    plots: str | None = option(None, help="write PNG histograms to this folder")
+    seq_len: int = option(3256, help="row length L for the padding and audio-overflow figures")
+    packed: bool = option(False, help="padding as data.pack_paired would pack the paired samples")
 
 
 @dataclass

@@ -55,12 +55,7 @@ def _write_tiny_image_tokenizer(path: Path) -> None:
     from trimodal.tokenizers.movqgan import MoVQGAN, MoVQGANConfig, save_movqgan
 
     torch.manual_seed(0)
-    cfg = MoVQGANConfig.from_dict({
-        "ddconfig": {"double_z": False, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
-                     "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [8], "dropout": 0.0},
-        "embed_dim": 4, "n_embed": 512,
-    })
-    save_movqgan(MoVQGAN(cfg), str(path))
+    save_movqgan(MoVQGAN(MoVQGANConfig.tiny()), str(path))
 
 
 def _write_tiny_audio_tokenizer(path: Path) -> None:

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Audio-transcript corpus (JSON-lines manifests with audio paths + text, or WebDataset tars
-# with flac/wav/mp3 + txt) → tokenized shards; DAC encodes on one NVIDIA L4 per worker.
+# with flac/wav/mp3 + txt) → tokenized shards; the codec encodes on one NVIDIA L4 per worker.
 #
 #   PROJECT=my-proj BUCKET=gs://my-bucket IMAGE=...:cu infra/dataflow/audio_text.sh \
 #       'gs://my-bucket/raw/librispeech/*.jsonl' librispeech
 #
-# Same image and weight notes as image_text.sh (the DAC weight file is a local path).
+# Same image and weight notes as image_text.sh (the codec is read from a local path).
 source "$(dirname "$0")/common.sh"
 INPUT="${1:?input glob}"
 NAME="${2:?dataset name}"
 TEXT_TOKENIZER="${TEXT_TOKENIZER:-${BUCKET}/tokenizers/text.model}"
-AUDIO_TOKENIZER="${AUDIO_TOKENIZER:-/opt/trimodal/weights/weights_44khz_8kbps_0.0.1.pth}"
+# The paper's codec, Higgs Audio v2 (25 frames/s: 30 s clips fit the paper's rows of 3,256); a DAC
+# weight file works too (weights_16khz.pth: 16 s per row at 4 codebooks; docs/vocabulary.md).
+AUDIO_TOKENIZER="${AUDIO_TOKENIZER:-/opt/trimodal/weights/higgs-audio-v2-tokenizer}"
 
 run pipeline audio-text \
   --input "${INPUT}" \
@@ -24,7 +26,5 @@ run pipeline audio-text \
   --batch-size "${BATCH_SIZE:-8}" \
   --shard-mb 128 \
   "${DATAFLOW_OPTS[@]}" \
-  --machine_type="${GPU_MACHINE_TYPE}" \
-  "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver" \
-  --disk_size_gb=100 \
+  "${GPU_OPTS[@]}" \
   --job_name="trimodal-audio-text-${NAME//_/-}"

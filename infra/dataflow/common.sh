@@ -28,12 +28,17 @@ DATAFLOW_OPTS=(
   --max_num_workers="${MAX_WORKERS}"
 )
 
-# GPU workers (image_text.sh, audio_text.sh spell their accelerator options out in full).
+# GPU workers (image_text.sh, audio_text.sh): GPU_OPTS below.
 # g2-standard-8 = 8 vCPUs + 32 GB RAM + one NVIDIA L4 (24 GB). Dataflow starts one SDK process
 # per vCPU; each loads the tokenizer model once (apache_beam.utils.shared), so 8 copies share
 # the GPU: pick a smaller g2 machine for a bigger model, or append ";use_nvidia_mps" to the
 # worker_accelerator option so that the processes share the GPU through NVIDIA MPS.
 GPU_MACHINE_TYPE="${GPU_MACHINE_TYPE:-g2-standard-8}"
+GPU_OPTS=(
+  --machine_type="${GPU_MACHINE_TYPE}"
+  "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+  --disk_size_gb=100
+)
 
 # CPU workers for text tokenization and mixing.
 CPU_MACHINE_TYPE="${CPU_MACHINE_TYPE:-n2-standard-8}"

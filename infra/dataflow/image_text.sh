@@ -24,7 +24,5 @@ run pipeline image-text \
   --batch-size "${BATCH_SIZE:-32}" \
   --shard-mb 128 \
   "${DATAFLOW_OPTS[@]}" \
-  --machine_type="${GPU_MACHINE_TYPE}" \
-  "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver" \
-  --disk_size_gb=100 \
+  "${GPU_OPTS[@]}" \
   --job_name="trimodal-image-text-${NAME//_/-}"

@@ -160,11 +160,9 @@ def dataset(tmp_path_factory, speech, sp_model, dac_path) -> str:
     return out
 
 
+
 def _dead_letter(root: str) -> list[dict]:
-    recs = []
-    for f in sorted(Path(root, "deadletter").glob("*.jsonl")):
-        recs += [json.loads(l) for l in f.read_text().splitlines()]
-    return recs
+    return Manifest.load(root).dead_letters(root)
 
 
 def _samples(root: str) -> list[dict]:

@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from apache_beam.portability import common_urns  # noqa: E402
 from apache_beam.portability.api import beam_runner_api_pb2  # noqa: E402
 
-from trimodal.pipelines.mix import MixPipelineConfig, build_mix_pipeline, prepare_mix  # noqa: E402
+from trimodal.pipelines.mix import build_mix_pipeline, prepare_mix  # noqa: E402
 from trimodal.pipelines.text import TextPipelineConfig, build_text_pipeline  # noqa: E402
 from trimodal.shards.format import key_from_id  # noqa: E402
 from trimodal.shards.manifest import Manifest  # noqa: E402

@@ -25,13 +25,9 @@ from trimodal.tokenizers.audio_io import AudioRejected, load_audio
 BEAM = ["--runner=DirectRunner"]
 
 
+
 def _dead(root: Path) -> dict[str, str]:
-    out = {}
-    for f in sorted((root / "deadletter").glob("*.jsonl")):
-        for line in f.read_text().splitlines():
-            r = json.loads(line)
-            out[r["id"]] = r["reason"]
-    return out
+    return {r["id"]: r["reason"] for r in Manifest.load(str(root)).dead_letters(str(root))}
 
 
 def test_deep_json_and_oversized_lines_are_dead_letters_not_crashes(tmp_path, sp_model):

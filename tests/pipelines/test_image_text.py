@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
 from trimodal.pipelines.image_readers import ImageTextReader, expand_image_inputs, read_image_text_file
@@ -30,14 +29,9 @@ from trimodal.pipelines.image_text import ImageTextPipelineConfig, run_image_tex
 from trimodal.shards.manifest import Manifest
 from trimodal.shards.reader import iter_samples
 from trimodal.tokenizers.image_preprocess import load_image, preprocess, record_seed
-from trimodal.tokenizers.movqgan import MoVQGAN, MoVQGANConfig, MoVQGANTokenizer, save_movqgan
+from trimodal.tokenizers.movqgan import MoVQGANTokenizer
 from trimodal.tokenizers.text import TextTokenizer
 
-TINY = {
-    "ddconfig": {"double_z": False, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
-                 "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [8], "dropout": 0.0},
-    "embed_dim": 4, "n_embed": 512,
-}
 SIZE = 64
 MAX_PIXELS = 200_000  # the planted bomb claims 2000x2000; every good image is far below
 BEAM = ["--runner=DirectRunner"]
@@ -211,12 +205,6 @@ def make_corpus(root: Path) -> dict:
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def movq_ckpt(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("movq") / "movqgan_tiny.ckpt"
-    save_movqgan(MoVQGAN(MoVQGANConfig.from_dict(TINY)), path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -242,11 +230,9 @@ def _samples(root: str) -> list[dict]:
     return [s for _, s in iter_samples(root, m.shards, verify="sha256")]
 
 
+
 def _dead_letter(root: str) -> list[dict]:
-    recs = []
-    for f in sorted(Path(root, "deadletter").glob("*.jsonl")):
-        recs += [json.loads(l) for l in f.read_text().splitlines()]
-    return recs
+    return Manifest.load(root).dead_letters(root)
 
 
 # ----------------------------------------------------------------------------- pipeline

@@ -10,7 +10,6 @@ process, which imported fsspec before the fixture ran).
 from __future__ import annotations
 
 import hashlib
-import json
 
 import numpy as np
 import pytest

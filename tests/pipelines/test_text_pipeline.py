@@ -13,11 +13,9 @@ from trimodal.shards.reader import iter_samples
 from trimodal.tokenizers.text import TextTokenizer
 
 
+
 def _dead_letter(root: str) -> list[dict]:
-    recs = []
-    for f in sorted(Path(root, "deadletter").glob("*.jsonl")):
-        recs += [json.loads(l) for l in f.read_text().splitlines()]
-    return recs
+    return Manifest.load(root).dead_letters(root)
 
 
 def test_accounting_and_dead_letter(text_dataset, corpus):

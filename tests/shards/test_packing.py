@@ -17,7 +17,7 @@ from trimodal.shards.manifest import Manifest
 from trimodal.shards.packing import MIN_FILL, RowPacker, pad_share_packed, segment_ids
 from trimodal.shards.rows import layout_ids, paired_row
 from trimodal.shards.writer import shard_name, write_shard
-from trimodal.tokenizers.vocab import IMAGE, TASK, VocabLayout
+from trimodal.tokenizers.vocab import IMAGE, VocabLayout
 from trimodal.train.model import ModelConfig, Transformer
 from trimodal.train.objective import ObjectiveConfig, corrupt, score
 

@@ -32,7 +32,6 @@ from pathlib import Path
 import pytest
 
 from trimodal.shards.loader import LoaderConfig, TrimodalDataset
-from trimodal.shards.manifest import Manifest
 from trimodal.train import checkpoint as ckpt
 from trimodal.shards.loader import load_manifests, stream_states_from_loader_state, tokenizers_of
 from trimodal.tokenizers.vocab import VocabLayout

@@ -14,29 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from trimodal.pipelines.image_text import ImageTextPipelineConfig, run_image_text_pipeline
 from trimodal.shards.loader import SourceConfig
-from trimodal.tokenizers.movqgan import MoVQGAN, MoVQGANConfig, MoVQGANTokenizer, save_movqgan
+from trimodal.tokenizers.movqgan import MoVQGANTokenizer
 from trimodal.train.generate import SampleConfig, run_sample
 from trimodal.train.trainer import TrainConfig, train
 
-TINY = {
-    "ddconfig": {"double_z": False, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
-                 "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [8], "dropout": 0.0},
-    "embed_dim": 4, "n_embed": 512,
-}
 IMAGES = resources.files("trimodal") / "data" / "images"
 
 
-@pytest.fixture(scope="module")
-def movq_ckpt(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("movq") / "movqgan_tiny.ckpt"
-    save_movqgan(MoVQGAN(MoVQGANConfig.from_dict(TINY)), path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
