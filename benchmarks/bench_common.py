@@ -112,6 +112,40 @@ def goal_met(ratio: float, goal: float, higher_is_better: bool = True) -> bool:
     return bool(math.isfinite(ratio) and (ratio >= goal if higher_is_better else ratio <= goal))
 
 
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict[str, Any], Any, float]:
+    """Run ``cmd`` in a fresh process (cwd: the temp folder, away from the repository root, where
+    ``./tokenizers`` would shadow ``trimodal.tokenizers``): ``(its last stdout line as JSON, its
+    own rusage from os.wait4, wall seconds)``; a failure raises with the end of its stderr."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        w0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env, cwd=tempfile.gettempdir())
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage (Popen.wait would discard it)
+        wall = time.perf_counter() - w0
+        code = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        text, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
+    if code != 0:
+        raise RuntimeError(f"{cmd[0]} run failed (exit {code}):\n{err[-3000:]}")
+    return json.loads(text.strip().splitlines()[-1]), usage, wall
+
+
+def add_args(ap: Any, *, repeats: int | None = None, repeats_help: str = "interleaved rounds; medians reported",
+             threads: int | None = None, clock: bool = False, work: bool = False) -> None:
+    """The options most benchmarks share: ``--repeats``, ``--threads``, ``--clock``, ``--work``."""
+    if repeats is not None:
+        ap.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
+    if threads is not None:
+        ap.add_argument("--threads", type=int, default=threads, help="torch threads (0: torch's default)")
+    if clock:
+        ap.add_argument("--clock", default="process_time", choices=sorted(CLOCKS))
+    if work:
+        ap.add_argument("--work", default=None, help="cache folder (default $TRIMODAL_BENCH_DIR or /tmp/trimodal-bench)")
+
+
 def make_text_shards(root: Path, samples: int, shards: int, min_len: int, max_len: int, text_codes: int,
                      seed: int = 0, text_info: dict[str, Any] | None = None) -> None:
     """Synthetic tokenized text shards + manifest, as the text pipeline writes them (uniform

@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rows", type=int, default=EvalConfig.rows, help="eval.rows")
     ap.add_argument("--t-levels", type=int, default=EvalConfig.t_levels, help="eval.t_levels")
     ap.add_argument("--samples", type=int, default=1000, help="samples per task and root")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (0: torch's default; on a loaded 2-core machine 2 threads mostly wait)")
-    ap.add_argument("--work", default=None)
+    bc.add_args(ap, threads=1, work=True)
     args = ap.parse_args(argv)
 
     from trimodal.train.trainer import train

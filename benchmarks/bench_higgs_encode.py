@@ -111,10 +111,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--full-clips", type=int, default=4, help="clips for the full-size model")
     ap.add_argument("--full-seconds", type=float, default=2.0, help="clip length for the full-size model")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    ap.add_argument("--clock", default="process_time", choices=sorted(bc.CLOCKS))
     ap.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA use --clock perf_counter: process_time misses GPU work)")
+    bc.add_args(ap, repeats=5, threads=1, clock=True)
     args = ap.parse_args(argv)
     with bc.torch_threads(args.threads):
         import torch

@@ -29,9 +29,7 @@ the ``tarfile`` baseline.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -39,52 +37,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402  shared timing, machine description, synthetic shards
+from bench_reader import read_floor, read_ours, read_tarfile  # noqa: E402  the same readers
 
 GOAL_TOKENS_PER_S = 50e6
 TEXT_CODES = 32_000
 IMAGE_CODES = 16_384
-
-
-def read_baseline(paths: list[str]) -> int:
-    """Stock library reading: tarfile + numpy.load per .npy member."""
-    n = 0
-    for path in paths:
-        with tarfile.open(path) as tf:
-            for member in tf:
-                if member.name.endswith(".npy"):
-                    # (numpy 2.4's np.load cannot take tarfile's member object directly: it
-                    # probes fileno(), which that object lacks; a BytesIO is what works)
-                    n += np.load(io.BytesIO(tf.extractfile(member).read())).size
-    return n
-
-
-def read_reader(paths: list[str]) -> int:
-    """The shared reader layer: index a shard's members, decode every sample (its json, which
-    the loader never reads, stays unparsed)."""
-    from trimodal.shards.reader import decode_sample, index_shard
-
-    n = 0
-    for path in paths:
-        with open(path, "rb") as f:
-            buf = f.read()
-        for entry in index_shard(buf, path):
-            n += decode_sample(buf, entry, path)["text"].size
-    return n
-
-
-def read_floor(paths: list[str]) -> int:
-    """One Python step per tar member and ``numpy.frombuffer`` per .npy (shape from the payload
-    size; every header here is 128 bytes of uint16 data)."""
-    from trimodal.shards.format import iter_tar_offsets
-
-    n = 0
-    for path in paths:
-        with open(path, "rb") as f:
-            buf = f.read()
-        for name, start, end in iter_tar_offsets(buf, path):
-            if name.endswith(".npy"):
-                n += np.frombuffer(buf, np.uint16, (end - start - 128) // 2, start + 128).size
-    return n
 
 
 def read_loader(root: str, seq_len: int, num_streams: int, layout) -> tuple[int, dict[str, int]]:
@@ -136,10 +93,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-len", type=int, default=1500)
     ap.add_argument("--seq-len", type=int, default=3256)
     ap.add_argument("--num-streams", type=int, default=8, help="the loader's logical streams (LoaderConfig default 8)")
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-paired", action="store_true", help="skip the image-text rows")
-    ap.add_argument("--clock", default="process_time", choices=sorted(bc.CLOCKS))
-    ap.add_argument("--work", default=None)
+    bc.add_args(ap, repeats=5, clock=True, work=True)
     args = ap.parse_args(argv)
 
     from trimodal.shards.manifest import Manifest
@@ -154,9 +109,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          fingerprints={"text": "synthetic", "image": "synthetic-image"})
 
     fns = {
-        "baseline": lambda: read_baseline(paths),
+        "baseline": lambda: read_tarfile(paths),
         "loader_text": lambda: read_loader(str(root), args.seq_len, args.num_streams, layout),
-        "reader": lambda: read_reader(paths),
+        "reader": lambda: read_ours(paths),
         "floor": lambda: read_floor(paths),
     }
     if args.num_streams != args.shards:

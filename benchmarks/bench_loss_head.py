@@ -119,12 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--vocabs", default="32000,100281", help="comma list of V (100,281: the paper's text block)")
     ap.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="chunked: vocab columns per tile")
     ap.add_argument("--row-chunk-size", type=int, default=DEFAULT_ROW_CHUNK_SIZE, help="chunked: rows per tile")
-    ap.add_argument("--repeats", type=int, default=2, help="timed steps after the first (peak-memory) step")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    ap.add_argument("--clock", default="process_time", choices=sorted(bc.CLOCKS))
     ap.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--dim", type=int, default=512, help=argparse.SUPPRESS)
     ap.add_argument("--vocab", type=int, default=32000, help=argparse.SUPPRESS)
+    bc.add_args(ap, repeats=2, repeats_help="timed steps after the first (peak-memory) step", threads=1, clock=True)
     args = ap.parse_args(argv)
     if args.worker:
         result = worker(args)

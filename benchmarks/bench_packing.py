@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--samples", type=int, default=8000, help="image-text samples (text: half as many documents)")
     ap.add_argument("--steps", type=int, default=15, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=3, help="alternating rounds (padded run, packed run)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    ap.add_argument("--work", default=None)
+    bc.add_args(ap, repeats=3, repeats_help="alternating rounds (padded run, packed run)", threads=1, work=True)
     args = ap.parse_args(argv)
 
     work = bc.work_dir(f"packing_{args.samples}_{args.grid}", args.work)

@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=8, help="trainer steps per variant")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--samples", type=int, default=3000, help="samples per task")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--work", default=None)
+    bc.add_args(ap, threads=1, work=True)
     args = ap.parse_args(argv)
 
     from trimodal.shards.stats import compute_stats

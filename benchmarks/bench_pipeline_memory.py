@@ -103,18 +103,7 @@ def peak(inputs: list[str], model: str, out: Path, mode: str, workers: int, shar
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
     args = json.dumps([inputs, model, str(out), mode, workers, shard_bytes])
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-        # cwd away from the repository root: ./tokenizers there would shadow trimodal.tokenizers
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, args], stdout=stdout, stderr=stderr, env=env,
-                                cwd=tempfile.gettempdir())
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (Popen.wait would discard it)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        stdout.seek(0)
-        stderr.seek(0)
-        out_text, err_text = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"pipeline run failed (exit {proc.returncode}):\n{err_text[-3000:]}")
-    info = json.loads(out_text.strip().splitlines()[-1])
+    info, usage, _ = bc.run_child([sys.executable, "-c", CHILD, args], env=env)
     shutil.rmtree(out, ignore_errors=True)
     return {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
             "children_peak_rss_mb": round(info["children_maxrss_kb"] / 1024, 1),

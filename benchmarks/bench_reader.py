@@ -64,56 +64,33 @@ TEXT_CODES = 32_000
 PEER_VENV = Path(__file__).resolve().parents[1] / ".bench-venv"
 
 
-def read_ours(paths: list[str]) -> int:
-    from trimodal.shards.reader import decode_sample, index_shard
-
-    n = 0
-    for path in paths:
-        with open(path, "rb") as f:
-            buf = f.read()
-        for entry in index_shard(buf, path):
-            n += decode_sample(buf, entry, path)["text"].size
-    return n
-
-
-def read_ours_mmap(paths: list[str]) -> int:
-    """``ours`` on an ``mmap`` of each file instead of a ``bytes`` copy (LitData maps its chunks)."""
+def _buffers(paths: list[str], use_mmap: bool = False):
+    """``(buffer, path)`` of each shard file: a ``bytes`` copy, or a read-only ``mmap``."""
     import mmap
 
+    for path in paths:
+        with open(path, "rb") as f:
+            yield (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if use_mmap else f.read()), path
+
+
+def read_ours(paths: list[str], use_mmap: bool = False, with_json: bool = False) -> int:
+    """The shared reader layer: index each shard, decode every sample (its json stays unparsed
+    unless ``with_json``: the per-sample cost the loader never pays). ``use_mmap``: on an ``mmap``
+    of each file instead of a ``bytes`` copy (LitData maps its chunks)."""
     from trimodal.shards.reader import decode_sample, index_shard
 
     n = 0
-    for path in paths:
-        with open(path, "rb") as f:
-            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        for entry in index_shard(buf, path):
-            n += decode_sample(buf, entry, path)["text"].size
-    return n
-
-
-def read_ours_with_json(paths: list[str]) -> int:
-    from trimodal.shards.reader import decode_sample, index_shard
-
-    n = 0
-    for path in paths:
-        with open(path, "rb") as f:
-            buf = f.read()
+    for buf, path in _buffers(paths, use_mmap):
         for entry in index_shard(buf, path):
             s = decode_sample(buf, entry, path)
-            n += s["text"].size + 0 * len(s["json"])
+            n += s["text"].size + (0 * len(s["json"]) if with_json else 0)
     return n
 
 
 def read_ours_iter_arrays(paths: list[str]) -> int:
     from trimodal.shards.reader import iter_arrays
 
-    n = 0
-    for path in paths:
-        with open(path, "rb") as f:
-            buf = f.read()
-        for a in iter_arrays(buf, path, "text"):
-            n += a.size
-    return n
+    return sum(a.size for buf, path in _buffers(paths) for a in iter_arrays(buf, path, "text"))
 
 
 def read_floor(paths: list[str]) -> int:
@@ -122,9 +99,7 @@ def read_floor(paths: list[str]) -> int:
     from trimodal.shards.format import iter_tar_offsets
 
     n = 0
-    for path in paths:
-        with open(path, "rb") as f:
-            buf = f.read()
+    for buf, path in _buffers(paths):
         for name, start, end in iter_tar_offsets(buf, path):
             if name.endswith(".npy"):
                 n += np.frombuffer(buf, np.uint16, (end - start - 128) // 2, start + 128).size
@@ -132,11 +107,14 @@ def read_floor(paths: list[str]) -> int:
 
 
 def read_tarfile(paths: list[str]) -> int:
+    """Stock library reading: tarfile + numpy.load per .npy member."""
     n = 0
     for path in paths:
         with tarfile.open(path) as tf:
             for member in tf:
                 if member.name.endswith(".npy"):
+                    # (numpy 2.4's np.load cannot take tarfile's member object directly: it
+                    # probes fileno(), which that object lacks; a BytesIO is what works)
                     n += np.load(io.BytesIO(tf.extractfile(member).read())).size
     return n
 
@@ -293,13 +271,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--min-len", type=int, default=50)
     ap.add_argument("--max-len", type=int, default=1500)
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--mds-repeats", type=int, default=2,
                     help="repeats of Mosaic's iterating reader (slow: about a millisecond a sample)")
-    ap.add_argument("--clock", default="process_time", choices=sorted(bc.CLOCKS))
     ap.add_argument("--peer-python", default=str(PEER_VENV / "bin" / "python"),
                     help="python of the peers' venv; 'none' skips the peers")
-    ap.add_argument("--work", default=None)
+    bc.add_args(ap, repeats=5, clock=True, work=True)
     args = ap.parse_args(argv)
 
     from trimodal.shards.manifest import Manifest
@@ -311,9 +287,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokens = manifest.tokens()["text"]
     load_before = bc.machine().get("loadavg_1m")
 
-    fns = {"ours": lambda: read_ours(paths), "ours_mmap": lambda: read_ours_mmap(paths),
+    fns = {"ours": lambda: read_ours(paths), "ours_mmap": lambda: read_ours(paths, use_mmap=True),
            "ours_iter_arrays": lambda: read_ours_iter_arrays(paths),
-           "ours_with_json": lambda: read_ours_with_json(paths), "floor": lambda: read_floor(paths),
+           "ours_with_json": lambda: read_ours(paths, with_json=True), "floor": lambda: read_floor(paths),
            "tarfile": lambda: read_tarfile(paths)}
     for fn in fns.values():  # warm-up: page cache, imports, header caches
         fn()

@@ -97,10 +97,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--audio-frames", type=int, default=0, help="audio frames (0: 0.625·L/levels, 80 at L=512)")
     ap.add_argument("--caption", type=int, default=24, help="caption tokens of paired rows")
     ap.add_argument("--text-codes", type=int, default=100_277, help="100,277: the paper's 117,698-id vocabulary")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    ap.add_argument("--clock", default="process_time", choices=sorted(bc.CLOCKS))
     ap.add_argument("--no-naive", action="store_true", help="skip the all-positions reference")
+    bc.add_args(ap, repeats=3, threads=1, clock=True)
     args = ap.parse_args(argv)
     with bc.torch_threads(args.threads):
         return _run(args)

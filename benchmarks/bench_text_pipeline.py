@@ -45,12 +45,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -203,20 +200,7 @@ def fresh_process(python: str, script: str, payload: list[Any], out: str) -> dic
     """Run ``script`` in a fresh ``python`` process: its CPU seconds (user + system, from
     ``os.wait4``), wall seconds, and what it printed last (JSON: import_s, run_s, tokens)."""
     shutil.rmtree(out, ignore_errors=True)
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-        w0 = time.perf_counter()
-        # cwd away from the repository root: ./tokenizers there would shadow trimodal.tokenizers
-        proc = subprocess.Popen([python, "-c", script, json.dumps(payload)], stdout=stdout, stderr=stderr,
-                                cwd=tempfile.gettempdir())
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - w0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        stdout.seek(0)
-        stderr.seek(0)
-        text, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{python} run failed (exit {proc.returncode}):\n{err[-3000:]}")
-    info = json.loads(text.strip().splitlines()[-1])
+    info, usage, wall = bc.run_child([python, "-c", script, json.dumps(payload)])
     return {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall, **info}
 
 
@@ -276,15 +260,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workers-mb", type=float, default=None, help="corpus for 2 vs 1 workers (default 4 x --mb)")
     ap.add_argument("--workers-repeats", type=int, default=None, help="default: --repeats, at most 3")
     ap.add_argument("--batch-size", type=int, default=256, help="pipeline batch size (the baseline uses the same)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--clock", default="process_time", choices=sorted(bc.CLOCKS))
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed first run of each")
     ap.add_argument("--no-one-doc", action="store_true", help="skip the one-document runs (fixed-cost estimate)")
     ap.add_argument("--no-short", action="store_true", help="skip the short-document corpus")
     ap.add_argument("--no-peer", action="store_true", help="skip datatrove and the fresh-process runs")
     ap.add_argument("--no-workers", action="store_true", help="skip 2 vs 1 multi_processing workers")
     ap.add_argument("--peer-python", default=str(PEER_PYTHON), help="python of the virtualenv holding datatrove")
-    ap.add_argument("--work", default=None, help="cache folder (default $TRIMODAL_BENCH_DIR or /tmp/trimodal-bench)")
+    bc.add_args(ap, repeats=5, clock=True, work=True)
     args = ap.parse_args(argv)
     if args.workers_repeats is None:
         args.workers_repeats = min(args.repeats, 3)

@@ -134,10 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--samples", type=int, default=2000, help="documents in the synthetic shards")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (trainer run, plain run)")
-    ap.add_argument("--clock", default="process_time", choices=sorted(bc.CLOCKS))
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    ap.add_argument("--work", default=None)
+    bc.add_args(ap, repeats=3, repeats_help="interleaved rounds (trainer run, plain run)", threads=1, clock=True, work=True)
     args = ap.parse_args(argv)
     with bc.torch_threads(args.threads):
         return _run(args)
