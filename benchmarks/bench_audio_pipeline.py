@@ -34,6 +34,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402  shared benchmark helpers
+
 CODECS = {
     "tiny": dict(encoder_dim=16, decoder_dim=64),
     "small": dict(encoder_dim=32, decoder_dim=64),
@@ -181,10 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         pipes.append(beam_pipeline(manifest, text_model, codec, work / f"out{r}", args.device, args.batch_size,
                                    args.bucket_seconds))
         assert pipes[-1][1] == loops[-1][2], "pipeline and loop encoded different frame counts"
-    loop_s = min(x[0] for x in loops)
-    model_s = min(x[1] for x in loops)
-    best = min(range(len(pipes)), key=lambda i: pipes[i][0])
-    pipe_s, counters = pipes[best][0], pipes[best][2]
+    counters, figures = bc.pipeline_vs_loop(pipes, loops, audio_seconds, "audio_s")
     result = {
         "bench": "audio_pipeline",
         "codec": args.codec,
@@ -193,17 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         "audio_seconds": round(audio_seconds, 2),
         "batch_size": args.batch_size,
         "bucket_seconds": args.bucket_seconds,
-        "pipeline_s": round(pipe_s, 2),
-        "loop_s": round(loop_s, 2),
-        "loop_model_only_s": round(model_s, 2),
-        "pipeline_audio_s_per_s": round(audio_seconds / pipe_s, 3),
-        "loop_audio_s_per_s": round(audio_seconds / loop_s, 3),
-        "model_only_audio_s_per_s": round(audio_seconds / model_s, 3),
-        "ratio": round(loop_s / pipe_s, 3),
+        **figures,
+        "goal_met": bool(figures["ratio"] >= 0.8),
         "pipeline_codec_s": round(counters.get("encode/codec_ms", 0) / 1000, 2),
         "pipeline_batches": counters.get("encode/batches"),
-        "runs_pipeline_s": [round(x[0], 2) for x in pipes],
-        "runs_loop_s": [round(x[0], 2) for x in loops],
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

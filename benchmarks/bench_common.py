@@ -133,6 +133,22 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict[s
     return json.loads(text.strip().splitlines()[-1]), usage, wall
 
 
+def pipeline_vs_loop(pipes: list[tuple], loops: list[tuple], amount: float, unit: str) -> tuple[dict, dict[str, Any]]:
+    """The media pipelines' comparison: ``pipes`` = ``(seconds, ..., counters)`` per pipeline run,
+    ``loops`` = ``(seconds, model seconds, ...)`` per plain-loop run; the best run of each.
+    Returns ``(counters of the best pipeline run, figures)``; ``ratio`` = loop s / pipeline s."""
+    loop_s = min(x[0] for x in loops)
+    model_s = min(x[1] for x in loops)
+    best = min(range(len(pipes)), key=lambda i: pipes[i][0])
+    pipe_s = pipes[best][0]
+    return pipes[best][2], {
+        "pipeline_s": round(pipe_s, 2), "loop_s": round(loop_s, 2), "loop_model_only_s": round(model_s, 2),
+        f"pipeline_{unit}_per_s": round(amount / pipe_s, 3), f"loop_{unit}_per_s": round(amount / loop_s, 3),
+        f"model_only_{unit}_per_s": round(amount / model_s, 3), "ratio": round(loop_s / pipe_s, 3),
+        "runs_pipeline_s": [round(x[0], 2) for x in pipes], "runs_loop_s": [round(x[0], 2) for x in loops],
+    }
+
+
 def add_args(ap: Any, *, repeats: int | None = None, repeats_help: str = "interleaved rounds; medians reported",
              threads: int | None = None, clock: bool = False, work: bool = False) -> None:
     """The options most benchmarks share: ``--repeats``, ``--threads``, ``--clock``, ``--work``."""
@@ -173,6 +189,16 @@ def make_text_shards(root: Path, samples: int, shards: int, min_len: int, max_le
     tok = {"text": text_info or {"kind": "synthetic", "vocab_size": text_codes, "fingerprint": "synthetic"}}
     Manifest(kind="tokenized", modality="text", tokenizers=tok, shards=infos,
              counts={"read": samples, "written": samples, "filtered": {}, "rejected": {}}).save(str(root))
+
+
+def text_dataset(samples: int, shards: int, min_len: int, max_len: int, text_codes: int, work: str | None = None):
+    """A cached synthetic text dataset: ``(root, manifest, shard paths, text tokens)``."""
+    from trimodal.shards.manifest import Manifest
+
+    root = work_dir(f"loader-{samples}s-{shards}sh-{min_len}-{max_len}", work)
+    make_text_shards(root, samples, shards, min_len, max_len, text_codes)
+    manifest = Manifest.load(str(root))
+    return root, manifest, [str(root / s.name) for s in manifest.shards], manifest.tokens()["text"]
 
 
 def make_paired_shards(root: Path, modality: str, samples: int, media: Callable[[Any], Any], caption: tuple[int, int],

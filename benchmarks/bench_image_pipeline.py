@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402  shared benchmark helpers
+
 TINY = {
     "ddconfig": {"double_z": False, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
                  "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [8], "dropout": 0.0},
@@ -181,11 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     for _, codes, _ in pipes:
         assert codes.keys() == ref.keys(), "pipeline and loop tokenized different records"
         assert all(np.array_equal(codes[k], ref[k]) for k in ref), "pipeline codes differ from the plain loop's"
-    loop_s = min(x[0] for x in loops)
-    model_s = min(x[1] for x in loops)
-    best = min(range(len(pipes)), key=lambda i: pipes[i][0])
-    pipe_s, counters = pipes[best][0], pipes[best][2]
     n = len(images)
+    counters, figures = bc.pipeline_vs_loop(pipes, loops, n, "images")
     result = {
         "bench": "image_pipeline",
         "model": args.model,
@@ -193,20 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         "images": n,
         "image_size": args.image_size,
         "batch_size": args.batch_size,
-        "pipeline_s": round(pipe_s, 2),
-        "loop_s": round(loop_s, 2),
-        "loop_model_only_s": round(model_s, 2),
-        "pipeline_images_per_s": round(n / pipe_s, 3),
-        "loop_images_per_s": round(n / loop_s, 3),
-        "model_only_images_per_s": round(n / model_s, 3),
-        "ratio": round(loop_s / pipe_s, 3),
-        "goal_met": bool(loop_s / pipe_s >= 0.8),
+        **figures,
+        "goal_met": bool(figures["ratio"] >= 0.8),
         "codes_identical": True,
         "pipeline_fixed_s": round(fixed_s, 2),
         "pipeline_model_s": round(counters.get("encode/model_ms", 0) / 1000, 2),
         "pipeline_batches": counters.get("encode/batches"),
-        "runs_pipeline_s": [round(x[0], 2) for x in pipes],
-        "runs_loop_s": [round(x[0], 2) for x in loops],
         "beam_args": ["--runner=DirectRunner", *args.beam_arg],
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),

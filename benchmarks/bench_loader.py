@@ -33,7 +33,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402  shared timing, machine description, synthetic shards
@@ -58,32 +57,6 @@ def read_loader(root: str, seq_len: int, num_streams: int, layout) -> tuple[int,
     return rows, ds.counters()
 
 
-def make_paired_shards(root: Path, samples: int, shards: int, seed: int = 1) -> None:
-    """Synthetic image-text shards + manifest (cached: skipped when a manifest is there)."""
-    from trimodal.shards.manifest import Manifest
-    from trimodal.shards.writer import shard_name, write_shard
-
-    if (root / "manifest.json").exists():
-        return
-    rng = np.random.default_rng(seed)
-    infos = []
-    per = -(-samples // shards)
-    for s in range(shards):
-        items = []
-        for i in range(s * per, min(samples, (s + 1) * per)):
-            n = int(rng.integers(10, 201))
-            arrays = {"image": rng.integers(0, IMAGE_CODES, (32, 32), dtype=np.uint16),
-                      "text": rng.integers(0, TEXT_CODES, n, dtype=np.uint16)}
-            meta = {"id": f"paired:{i}", "source": "synthetic", "modality": "image_text",
-                    "lengths": {"image": 1024, "text": n}, "provenance": {"line": i}}
-            items.append((f"{i:012d}", meta, arrays))
-        infos.append(write_shard(str(root), shard_name(s, shards), items))
-    tok = {"text": {"kind": "synthetic", "vocab_size": TEXT_CODES, "fingerprint": "synthetic"},
-           "image": {"kind": "synthetic", "vocab_size": IMAGE_CODES, "fingerprint": "synthetic-image"}}
-    Manifest(kind="tokenized", modality="image_text", tokenizers=tok, shards=infos,
-             counts={"read": samples, "written": samples, "filtered": {}, "rejected": {}}).save(str(root))
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=20_000)
@@ -100,13 +73,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from trimodal.shards.manifest import Manifest
     from trimodal.tokenizers.vocab import VocabLayout
 
-    root = bc.work_dir(f"loader-{args.samples}s-{args.shards}sh-{args.min_len}-{args.max_len}", args.work)
-    bc.make_text_shards(root, args.samples, args.shards, args.min_len, args.max_len, TEXT_CODES)
-    manifest = Manifest.load(str(root))
-    paths = [str(root / s.name) for s in manifest.shards]
-    tokens = manifest.tokens()["text"]
+    root, manifest, paths, tokens = bc.text_dataset(args.samples, args.shards, args.min_len, args.max_len, TEXT_CODES,
+                                                    args.work)
     layout = VocabLayout(text_codes=TEXT_CODES, image_codes=IMAGE_CODES,
-                         fingerprints={"text": "synthetic", "image": "synthetic-image"})
+                         fingerprints={"text": "synthetic", "image": "synthetic"})
 
     fns = {
         "baseline": lambda: read_tarfile(paths),
@@ -120,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_paired:
         n_paired = args.paired_samples or args.samples
         proot = bc.work_dir(f"loader-paired-{n_paired}s-{args.shards}sh", args.work)
-        make_paired_shards(proot, n_paired, args.shards)
+        bc.make_image_shards(proot, n_paired, grid=32, caption=(10, 200), text_codes=TEXT_CODES,
+                             image_codes=IMAGE_CODES, per_shard=-(-n_paired // args.shards))
         pm = Manifest.load(str(proot))
         paired_tokens = sum(pm.tokens().values())
         fns["loader_paired"] = lambda: read_loader(str(proot), args.seq_len, args.num_streams, layout)

@@ -278,13 +278,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bc.add_args(ap, repeats=5, clock=True, work=True)
     args = ap.parse_args(argv)
 
-    from trimodal.shards.manifest import Manifest
-
-    root = bc.work_dir(f"loader-{args.samples}s-{args.shards}sh-{args.min_len}-{args.max_len}", args.work)
-    bc.make_text_shards(root, args.samples, args.shards, args.min_len, args.max_len, TEXT_CODES)
-    manifest = Manifest.load(str(root))
-    paths = [str(root / s.name) for s in manifest.shards]
-    tokens = manifest.tokens()["text"]
+    root, manifest, paths, tokens = bc.text_dataset(args.samples, args.shards, args.min_len, args.max_len, TEXT_CODES,
+                                                    args.work)
     load_before = bc.machine().get("loadavg_1m")
 
     fns = {"ours": lambda: read_ours(paths), "ours_mmap": lambda: read_ours(paths, use_mmap=True),

@@ -14,19 +14,21 @@ from typing import Any
 import numpy as np
 
 
-def _m(g: dict[str, Any], metric: str) -> float:
+def mean_of(g: dict[str, Any], metric: str) -> float:
+    """The mean of a (mean, sd) summary, NaN when missing."""
     v = g.get(metric)
     return float(v[0]) if isinstance(v, tuple) else math.nan
 
 
-def _sd(g: dict[str, Any], metric: str) -> float:
+def sd_of(g: dict[str, Any], metric: str) -> float:
+    """The sd of a (mean, sd) summary, NaN when missing."""
     v = g.get(metric)
     return float(v[1]) if isinstance(v, tuple) else math.nan
 
 
 def pooled_sd(groups: list[dict[str, Any]], metric: str) -> float:
     """sqrt of the mean seed variance over points with at least two seeds (NaN if none)."""
-    var = [_sd(g, metric) ** 2 for g in groups if g["n"] >= 2 and math.isfinite(_sd(g, metric))]
+    var = [sd_of(g, metric) ** 2 for g in groups if g["n"] >= 2 and math.isfinite(sd_of(g, metric))]
     return math.sqrt(sum(var) / len(var)) if var else math.nan
 
 
@@ -65,7 +67,7 @@ def batch_size(groups: list[dict[str, Any]], metric: str = "val_elbo") -> tuple[
     for rule in dict.fromkeys(g["rule"] for g in groups):
         gs = sorted((g for g in groups if g["rule"] == rule), key=lambda g: g["batch_size"])
         bs = [float(g["batch_size"]) for g in gs]
-        ms = [_m(g, metric) for g in gs]
+        ms = [mean_of(g, metric) for g in gs]
         if not gs:
             continue
         best = int(np.nanargmin(ms))
@@ -107,11 +109,11 @@ def mixing(groups: list[dict[str, Any]], tasks: list[str]) -> tuple[list[str], d
     lines, nums = [], {}
     for m in tasks:
         metric = f"task_elbo_{m}"
-        gs = [g for g in groups if math.isfinite(_m(g, metric))]
+        gs = [g for g in groups if math.isfinite(mean_of(g, metric))]
         if len(gs) < 2:
             continue
         w = [float(g[f"weight_{m}"]) for g in gs]
-        y = [_m(g, metric) for g in gs]
+        y = [mean_of(g, metric) for g in gs]
         levels = sorted(set(w))
         at = [float(np.mean([yy for ww, yy in zip(w, y) if ww == lv])) for lv in levels]
         monotone = all(b < a for a, b in zip(at, at[1:]))
@@ -154,18 +156,18 @@ def paired(g: dict[str, Any], ref: dict[str, Any], metric: str) -> tuple[float, 
 # ---- schedule ---------------------------------------------------------------------------------
 def schedule(groups: list[dict[str, Any]], metric: str = "val_elbo") -> tuple[list[str], dict[str, Any]]:
     """Schedules ranked by final held-out ELBO, each against linear (the evaluation estimator's)."""
-    gs = sorted(groups, key=lambda g: _m(g, metric))
+    gs = sorted(groups, key=lambda g: mean_of(g, metric))
     ref = next((g for g in groups if g["schedule"] == "linear"), gs[0] if gs else None)
     tol = 2 * pooled_sd(groups, metric)
     lines, nums = [], {"ranking": [g["schedule"] for g in gs], "tolerance": tol}
     if not gs or ref is None:
         return lines, nums
-    lines.append("ranking (best first): " + ", ".join(f"{g['schedule']} {_fmt(_m(g, metric))} ± {_fmt(_sd(g, metric))}"
+    lines.append("ranking (best first): " + ", ".join(f"{g['schedule']} {_fmt(mean_of(g, metric))} ± {_fmt(sd_of(g, metric))}"
                                                      for g in gs) + ".")
     for g in gs:
         if g is ref:
             continue
-        d = _m(g, metric) - _m(ref, metric)
+        d = mean_of(g, metric) - mean_of(ref, metric)
         verdict = "within" if abs(d) <= tol else ("worse than" if d > 0 else "better than")
         pm, psd, n = paired(g, ref, metric)
         text = f"{g['schedule']} − {ref['schedule']}: {d:+.4f} nats ({verdict} 2 seed sd = {_fmt(tol)})"
@@ -182,7 +184,7 @@ def scaling(groups: list[dict[str, Any]], metric: str = "val_elbo") -> tuple[lis
     lines, nums = [], {}
     for tokens in sorted({g["tokens_target"] for g in groups}):
         gs = sorted((g for g in groups if g["tokens_target"] == tokens), key=lambda g: g["N"] or 0)
-        ms = [_m(g, metric) for g in gs]
+        ms = [mean_of(g, metric) for g in gs]
         falls = all(b < a for a, b in zip(ms, ms[1:]))
         nums[f"D={tokens:g}"] = {"N": [g["N"] for g in gs], "mean": ms, "falls_with_N": falls}
         lines.append(f"D = {tokens:g}: loss {' → '.join(_fmt(x) for x in ms)} for N = "

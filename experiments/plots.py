@@ -10,6 +10,8 @@ import math
 import os
 from typing import Any
 
+from trimodal.experiments.analysis import mean_of, sd_of
+
 MODALITIES = ("text", "image", "audio")
 DPI = 90
 
@@ -21,16 +23,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _mean(g: dict[str, Any], metric: str) -> float:
-    v = g.get(metric)
-    return float(v[0]) if isinstance(v, tuple) else math.nan
-
-
-def _sd(g: dict[str, Any], metric: str) -> float:
-    v = g.get(metric)
-    return float(v[1]) if isinstance(v, tuple) else math.nan
 
 
 def _seeds(ax, x: float, g: dict[str, Any], metric: str, color: str) -> None:
@@ -50,7 +42,7 @@ def batch_size(groups: list[dict[str, Any]], path: str) -> str:
     """Final val ELBO against B (log scale), one curve per rule; right: per modality, as the
     excess over that modality's best point (the modalities' ELBOs differ by nats)."""
     plt = _plt()
-    best = {m: min((_mean(g, f"val_elbo_{m}") for g in groups if math.isfinite(_mean(g, f"val_elbo_{m}"))),
+    best = {m: min((mean_of(g, f"val_elbo_{m}") for g in groups if math.isfinite(mean_of(g, f"val_elbo_{m}"))),
                    default=0.0) for m in MODALITIES}
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     colors = {"sde": "tab:blue", "none": "tab:red"}
@@ -59,12 +51,12 @@ def batch_size(groups: list[dict[str, Any]], path: str) -> str:
         gs = sorted((g for g in groups if g["rule"] == rule), key=lambda g: g["batch_size"])
         bs = [g["batch_size"] for g in gs]
         c = colors.get(rule, "gray")
-        ax.errorbar(bs, [_mean(g, "val_elbo") for g in gs], yerr=[_sd(g, "val_elbo") for g in gs], color=c,
+        ax.errorbar(bs, [mean_of(g, "val_elbo") for g in gs], yerr=[sd_of(g, "val_elbo") for g in gs], color=c,
                     marker="o", capsize=3, label=labels.get(rule, rule))
         for g in gs:
             _seeds(ax, g["batch_size"], g, "val_elbo", c)
         for m, ls in zip(MODALITIES, ("-", "--", ":")):
-            ax2.plot(bs, [_mean(g, f"val_elbo_{m}") - best[m] for g in gs], color=c, ls=ls, marker=".",
+            ax2.plot(bs, [mean_of(g, f"val_elbo_{m}") - best[m] for g in gs], color=c, ls=ls, marker=".",
                      label=f"{m} ({rule})")
     ticks = sorted({g["batch_size"] for g in groups})
     for a in (ax, ax2):
@@ -89,9 +81,9 @@ def mixing(groups: list[dict[str, Any]], tasks: list[str], path: str) -> str:
     for ax, m in zip(axes, tasks):
         metric = f"task_elbo_{m}"
         other = [t for t in tasks if t != m][0]
-        gs = [g for g in groups if math.isfinite(_mean(g, metric))]
+        gs = [g for g in groups if math.isfinite(mean_of(g, metric))]
         ws = sorted({g[f"weight_{m}"] for g in gs})
-        means = [sum(_mean(g, metric) for g in gs if g[f"weight_{m}"] == w) /
+        means = [sum(mean_of(g, metric) for g in gs if g[f"weight_{m}"] == w) /
                  max(1, sum(g[f"weight_{m}"] == w for g in gs)) for w in ws]
         ax.plot(ws, means, color="black", lw=1, alpha=0.6, label="mean at this weight")
         sc = None
@@ -99,8 +91,8 @@ def mixing(groups: list[dict[str, Any]], tasks: list[str], path: str) -> str:
         lo, hi = min(ow), max(max(ow), min(ow) + 1e-6)
         for g in gs:
             x = g[f"weight_{m}"]
-            ax.errorbar([x], [_mean(g, metric)], yerr=[_sd(g, metric)], fmt="none", ecolor="gray", capsize=2)
-            sc = ax.scatter([x], [_mean(g, metric)], c=[g[f"weight_{other}"]], cmap="viridis", vmin=lo, vmax=hi, s=30,
+            ax.errorbar([x], [mean_of(g, metric)], yerr=[sd_of(g, metric)], fmt="none", ecolor="gray", capsize=2)
+            sc = ax.scatter([x], [mean_of(g, metric)], c=[g[f"weight_{other}"]], cmap="viridis", vmin=lo, vmax=hi, s=30,
                             zorder=3)
         ax.set_xlabel(f"weight of {m}")
         ax.set_ylabel(f"val ELBO of {m}'s own modality")
@@ -118,8 +110,8 @@ def schedule(groups: list[dict[str, Any]], path: str) -> str:
     names = [g["schedule"] for g in groups]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 3.4))
     for ax, metric in zip(axes, metrics):
-        ms = [_mean(g, metric) for g in groups]
-        ax.bar(range(len(groups)), ms, yerr=[_sd(g, metric) for g in groups], capsize=3, color="tab:blue", alpha=0.7)
+        ms = [mean_of(g, metric) for g in groups]
+        ax.bar(range(len(groups)), ms, yerr=[sd_of(g, metric) for g in groups], capsize=3, color="tab:blue", alpha=0.7)
         for i, g in enumerate(groups):
             _seeds(ax, i, g, metric, "black")
         finite = [x for x in ms if math.isfinite(x)]
@@ -138,7 +130,7 @@ def scaling(groups: list[dict[str, Any]], path: str) -> str:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for tokens in sorted({g["tokens_target"] for g in groups}):
         gs = sorted((g for g in groups if g["tokens_target"] == tokens), key=lambda g: g["N"] or 0)
-        ax.errorbar([g["N"] for g in gs], [_mean(g, "val_elbo") for g in gs], yerr=[_sd(g, "val_elbo") for g in gs],
+        ax.errorbar([g["N"] for g in gs], [mean_of(g, "val_elbo") for g in gs], yerr=[sd_of(g, "val_elbo") for g in gs],
                     marker="o", capsize=3, label=f"D = {tokens:g}")
     ax.set_xscale("log")
     ax.set_xlabel("non-embedding parameters N")

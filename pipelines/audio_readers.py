@@ -36,6 +36,7 @@ from typing import Any
 import fsspec
 import soundfile as sf
 
+from trimodal import storage
 from trimodal.pipelines.readers import Reader, json_objects, parse_json, split_key, tar_groups
 from trimodal.pipelines.records import DeadLetter, Record
 from trimodal.tokenizers.audio_io import AudioRejected
@@ -56,17 +57,8 @@ def detect_format(url: str) -> str:
 
 
 def resolve_audio_path(manifest_url: str, path: str) -> str:
-    """``audio_filepath`` → URL: URLs and absolute paths as they are (an absolute path stays on
-    the manifest's filesystem), anything else relative to the manifest's folder."""
-    if "://" in path:
-        return path
-    if path.startswith("/"):
-        if "://" in manifest_url:
-            protocol = manifest_url.split("://", 1)[0]
-            return f"{protocol}://{path.lstrip('/')}" if protocol not in ("file", "local") else path
-        return path
-    folder = manifest_url.rsplit("/", 1)[0] if "/" in manifest_url else "."
-    return f"{folder}/{path}"
+    """``audio_filepath`` → URL, relative to the manifest's folder (see :func:`storage.resolve`)."""
+    return storage.resolve(manifest_url.rsplit("/", 1)[0] if "/" in manifest_url else ".", path)
 
 
 def _time_field(obj: dict[str, Any], name: str) -> float | None:

@@ -46,6 +46,7 @@ from typing import Any
 
 import fsspec
 
+from trimodal import storage
 from trimodal.pipelines.readers import Reader, json_objects, parse_json, split_key, tar_groups
 from trimodal.pipelines.records import DeadLetter, Record
 
@@ -95,17 +96,7 @@ def parent_url(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[0] if "/" in url.rstrip("/") else "."
 
 
-def resolve_path(base_folder: str, path: str) -> str:
-    """A file named by a captions line or a Parquet ``path``: URLs and absolute paths as they are
-    (an absolute path stays on the base's filesystem), anything else relative to the folder."""
-    if "://" in path:
-        return path
-    if path.startswith("/"):
-        if "://" in base_folder:
-            protocol = base_folder.split("://", 1)[0]
-            return f"{protocol}://{path.lstrip('/')}" if protocol not in ("file", "local") else path
-        return path
-    return f"{base_folder.rstrip('/')}/{path}"
+resolve_path = storage.resolve  # a captions line or a Parquet ``path``: see storage.resolve
 
 
 def fetch_image(url: str) -> bytes:

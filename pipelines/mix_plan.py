@@ -18,7 +18,6 @@ See :mod:`trimodal.pipelines.mix` for the whole job.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -26,9 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from trimodal import storage
 from trimodal.shards.format import ShardError
-from trimodal.shards.manifest import MANIFEST_NAME, Manifest, ShardInfo, merged_tokenizers
+from trimodal.shards.manifest import Manifest, ShardInfo, merged_tokenizers
 from trimodal.shards.rows import ROW_OPENER, framed_tokens
 from trimodal.tokenizers.base import TokenizerInfo
 from trimodal.tokenizers.vocab import TASKS
@@ -110,15 +108,7 @@ def load_sources(inputs: list[str], weights: list[float]) -> list[Source]:
         if name in names:
             raise ValueError(f"two inputs are named {name!r}: name them with NAME=ROOT")
         names.add(name)
-        url = storage.join(root, MANIFEST_NAME)
-        try:
-            raw = storage.read_bytes(url)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no manifest at {url}: not a dataset root, or its pipeline did not finish") from None
-        try:
-            m = Manifest.from_dict(json.loads(raw), where=url)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{url}: not valid JSON ({e})") from None
+        m, raw = Manifest.load_raw(root)
         if m.kind != "tokenized":
             raise ValueError(f"input {name!r} ({root}) is a {m.kind!r} dataset; mix reads tokenized datasets only")
         if m.modality not in TASKS:

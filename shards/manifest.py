@@ -107,6 +107,11 @@ class Manifest:
 
     @classmethod
     def load(cls, root: str) -> "Manifest":
+        return cls.load_raw(root)[0]
+
+    @classmethod
+    def load_raw(cls, root: str) -> tuple["Manifest", bytes]:
+        """The manifest and the bytes it was read from (the mix job fingerprints its inputs)."""
         path = storage.join(root, MANIFEST_NAME)
         try:
             raw = storage.read_bytes(path)
@@ -116,7 +121,7 @@ class Manifest:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data, where=path)
+        return cls.from_dict(data, where=path), raw
 
     def dead_letters(self, root: str) -> list[dict[str, Any]]:
         """Every dead-letter record of the dataset at ``root`` (one dict per filtered or rejected

@@ -484,3 +484,15 @@ def iter_samples(root: str, shards: Iterable[ShardInfo], verify: str = "size", w
         where = storage.join(root, info.name)
         for entry in index_shard(data, where, expect=info.samples):
             yield info, decode_sample(data, entry, where, want_json)
+
+
+def read_dataset(root: str, split: str | None = None, verify: str = "sha256") -> Iterator[dict[str, Any]]:
+    """Every sample of the dataset at ``root`` (of one ``split`` when given), in manifest order:
+    what a notebook needs to look at a dataset (the loader reads rows, not samples)."""
+    from trimodal.shards.manifest import Manifest
+
+    m = Manifest.load(root)
+    shards = m.shards if split is None else m.split_shards(split)
+    for _, sample in iter_samples(root, shards, verify=verify):
+        yield sample
+

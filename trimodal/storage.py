@@ -42,6 +42,20 @@ def is_local(url: str) -> bool:
     return "file" in protocols or "local" in protocols
 
 
+def resolve(base_folder: str, path: str) -> str:
+    """``path`` named inside a file of ``base_folder`` (a manifest, a captions file, Parquet):
+    URLs and absolute paths as they are (an absolute path stays on the base's filesystem),
+    anything else relative to the folder."""
+    if "://" in path:
+        return path
+    if path.startswith("/"):
+        if "://" in base_folder:
+            protocol = base_folder.split("://", 1)[0]
+            return f"{protocol}://{path.lstrip('/')}" if protocol not in ("file", "local") else path
+        return path
+    return f"{base_folder.rstrip('/')}/{path}"
+
+
 def absolute(url: str) -> str:
     """``url`` with a local path made absolute (URLs unchanged): what a manifest records, so that
     it still resolves from another working directory."""

@@ -171,34 +171,28 @@ class Cursor:
 
     def next(self) -> Sample | None:
         """The next sample of this source in this stream, or None when exhausted (no cycling)."""
-        while True:
-            got = self._next_index()
-            if got is None:
-                return None
-            data, index, i, at = got
-            try:
-                sample = index.sample(data, i)
-            except ShardError as e:  # skip the rest of this shard
-                self._skip_after_damage(at, e)
-                continue
-            self._failures = 0
-            return sample
+        return self._read(lambda data, index, i: index.sample(data, i))
 
     def next_array(self, name: str) -> tuple[str, np.ndarray | None] | None:
         """``(key, its <name>.npy array or None)`` of the next sample, or None when exhausted:
         :meth:`next` without the sample dict (what a text source needs)."""
+        return self._read(lambda data, index, i: (index.keys[i], index.array(data, i, name)))
+
+    def _read(self, decode):
+        """``decode(data, index, i)`` of the next sample that decodes; a damaged one skips the rest
+        of its shard (counted, or raised: :meth:`_skip_after_damage`)."""
         while True:
             got = self._next_index()
             if got is None:
                 return None
             data, index, i, at = got
             try:
-                array = index.array(data, i, name)
+                out = decode(data, index, i)
             except ShardError as e:  # skip the rest of this shard
                 self._skip_after_damage(at, e)
                 continue
             self._failures = 0
-            return index.keys[i], array
+            return out
 
     def _skip_after_damage(self, at: tuple[int, int], err: ShardError) -> None:
         """Skip the rest of the shard a sample failed to decode in, then count or raise."""

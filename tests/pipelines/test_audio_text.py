@@ -34,7 +34,7 @@ from trimodal.pipelines.audio_text import (
     run_audio_text_pipeline,
 )
 from trimodal.shards.manifest import Manifest
-from trimodal.shards.reader import iter_samples
+from trimodal.shards.reader import read_dataset
 from trimodal.tokenizers.audio_io import load_audio
 from trimodal.tokenizers.dac import DAC, DACConfig, DACTokenizer, save_dac
 from trimodal.tokenizers.text import TextTokenizer
@@ -165,9 +165,6 @@ def _dead_letter(root: str) -> list[dict]:
     return Manifest.load(root).dead_letters(root)
 
 
-def _samples(root: str) -> list[dict]:
-    m = Manifest.load(root)
-    return [s for _, s in iter_samples(root, m.shards, verify="sha256")]
 
 
 def test_accounting_and_dead_letter(dataset, speech):
@@ -199,7 +196,7 @@ def test_manifest_records_both_tokenizers(dataset, dac_path, sp_model):
     assert audio.frame_rate == pytest.approx(50.0) and Path(audio.path) == Path(dac_path).resolve()
     assert audio.extra["pad_multiple"] == pad_multiple(BUCKET_SECONDS, SR, 320) == 4160
     assert m.tokenizers["text"].fingerprint == TextTokenizer.from_path(sp_model).fingerprint
-    assert m.tokens()["audio"] == sum(s["audio"].size for s in _samples(dataset))
+    assert m.tokens()["audio"] == sum(s["audio"].size for s in list(read_dataset(dataset)))
 
 
 def test_samples_hold_exact_codes_of_each_clip_alone(dataset, speech, dac_path, sp_model):
@@ -210,7 +207,7 @@ def test_samples_hold_exact_codes_of_each_clip_alone(dataset, speech, dac_path, 
     # the waveforms the pipeline should have seen, decoded one by one
     wavs = {r.id: load_audio(r.media, SR, None) for r in read_audio_file(speech["manifest"])
             if isinstance(r, Record) and r.id in speech["good"]}
-    samples = _samples(dataset)
+    samples = list(read_dataset(dataset))
     assert {s["json"]["id"] for s in samples} == set(speech["good"])
     for s in samples:
         meta, want = s["json"], speech["good"][s["json"]["id"]]
@@ -299,7 +296,7 @@ def test_webdataset_tar_reader(tmp_path, sp_model, dac_path):
     assert dead == {"part/d": "missing_transcript", "part/e": "missing_audio", "part/f": "invalid_utf8",
                     "part/g": "bad_json", "part/h": "undecodable"}
     tok = TextTokenizer.from_path(sp_model)
-    by_key = {s["json"]["provenance"]["key"]: s for s in _samples(out)}
+    by_key = {s["json"]["provenance"]["key"]: s for s in list(read_dataset(out))}
     assert set(by_key) == {"part/a", "part/b", "part/c", "part/i"}
     assert tok.decode(by_key["part/b"]["text"]) == "a wav clip with json"
     assert tok.decode(by_key["part/c"]["text"]) == "the json text field"

@@ -27,7 +27,7 @@ from trimodal.pipelines.image_readers import ImageTextReader, expand_image_input
 from trimodal.pipelines.records import Record
 from trimodal.pipelines.image_text import ImageTextPipelineConfig, run_image_text_pipeline, to_model_input, to_uint8
 from trimodal.shards.manifest import Manifest
-from trimodal.shards.reader import iter_samples
+from trimodal.shards.reader import read_dataset
 from trimodal.tokenizers.image_preprocess import load_image, preprocess, record_seed
 from trimodal.tokenizers.movqgan import MoVQGANTokenizer
 from trimodal.tokenizers.text import TextTokenizer
@@ -225,9 +225,6 @@ def dataset(tmp_path_factory, img_corpus, sp_model, movq_ckpt) -> str:
     return str(out)
 
 
-def _samples(root: str) -> list[dict]:
-    m = Manifest.load(root)
-    return [s for _, s in iter_samples(root, m.shards, verify="sha256")]
 
 
 
@@ -256,7 +253,7 @@ def test_accounting_and_dead_letter(dataset, img_corpus):
 def test_samples_hold_the_tokenizers_codes_and_the_caption(dataset, img_corpus, sp_model, movq_ckpt):
     tok = MoVQGANTokenizer.from_path(movq_ckpt, device="cpu")
     text_tok = TextTokenizer.from_path(sp_model)
-    samples = _samples(dataset)
+    samples = list(read_dataset(dataset))
     assert len(samples) == len(img_corpus["good"])
     for s in samples:
         meta = s["json"]
@@ -300,7 +297,7 @@ def test_rerun_on_two_processes_is_identical(tmp_path, dataset, img_corpus, sp_m
 
 def test_decode_of_encode_has_image_shape_and_range(dataset, movq_ckpt):
     tok = MoVQGANTokenizer.from_path(movq_ckpt, device="cpu")
-    codes = np.stack([s["image"] for s in _samples(dataset)[:3]])
+    codes = np.stack([s["image"] for s in list(read_dataset(dataset))[:3]])
     images = tok.decode(codes)
     assert images.shape == (3, SIZE, SIZE, 3) and images.dtype == np.uint8
     assert tok.grid == (8, 8)
