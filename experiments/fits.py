@@ -592,9 +592,10 @@ class DriftFit(_FitBase):
         )
 
 
-def fit_scaling(
-    N: ArrayLike,
-    D: ArrayLike,
+def fit(
+    kind: str,
+    x: ArrayLike,
+    y: ArrayLike,
     loss: ArrayLike,
     n_boot: int = 20,
     seed: int = 0,
@@ -603,33 +604,30 @@ def fit_scaling(
     boot_niter: int | None = None,
     ci: float = 0.90,
     delta: float = HUBER_DELTA,
-) -> ScalingFit:
-    """Fit eq. 5.1 to (N, D, loss) points: basin hopping (``niter`` hops) + L-BFGS-B on Huber.
-
-    ``boot_niter`` (default ``niter // 4``) hops per bootstrap refit; ``ci`` the interval mass.
-    """
-    N, D, loss = _validate(N, D, loss, ("N", "D", "loss"))
+) -> ScalingFit | DriftFit:
+    """Fit law ``kind`` (``scaling``: eq. 5.1 on (N, D, loss); ``drift``: the §5.2 drift–horizon
+    law on (S̃, B̃, loss)): basin hopping (``niter`` hops) + L-BFGS-B on a Huber loss of log
+    residuals; ``n_boot`` bootstrap refits of ``boot_niter`` hops each (default ``niter // 4``);
+    ``ci`` the interval mass."""
+    if kind == "scaling":
+        law, cls, derived, names = _SCALING, ScalingFit, _scaling_derived, ("N", "D", "loss")
+    elif kind == "drift":
+        law, cls, derived, names = _DRIFT, DriftFit, _drift_derived, ("logical_steps", "logical_batch", "loss")
+    else:
+        raise ValueError(f"unknown fit {kind!r} (scaling, drift)")
+    x, y, loss = _validate(x, y, loss, names)
     with _single_thread_blas():
-        params, boots, fun = _run_fit(_SCALING, N, D, loss, n_boot, seed, niter, boot_niter, delta)
-    pred = scaling_loss(N, D, **params)
-    return _assemble(ScalingFit, params, boots, fun, _scaling_derived, pred, loss, ci, delta)
+        params, boots, fun = _run_fit(law, x, y, loss, n_boot, seed, niter, boot_niter, delta)
+    p = params
+    pred = scaling_loss(x, y, **p) if kind == "scaling" else drift_loss(x, y, p["E"], p["A"], p["B"], p["alpha"], p["beta"])
+    return _assemble(cls, params, boots, fun, derived, pred, loss, ci, delta)
 
 
-def fit_drift(
-    logical_steps: ArrayLike,
-    logical_batch: ArrayLike,
-    loss: ArrayLike,
-    n_boot: int = 20,
-    seed: int = 0,
-    *,
-    niter: int = 100,
-    boot_niter: int | None = None,
-    ci: float = 0.90,
-    delta: float = HUBER_DELTA,
-) -> DriftFit:
-    """Fit the §5.2 drift–horizon law to (S̃, B̃, loss) points, same machinery as ``fit_scaling``."""
-    S, Bt, loss = _validate(logical_steps, logical_batch, loss, ("logical_steps", "logical_batch", "loss"))
-    with _single_thread_blas():
-        params, boots, fun = _run_fit(_DRIFT, S, Bt, loss, n_boot, seed, niter, boot_niter, delta)
-    pred = drift_loss(S, Bt, params["E"], params["A"], params["B"], params["alpha"], params["beta"])
-    return _assemble(DriftFit, params, boots, fun, _drift_derived, pred, loss, ci, delta)
+def fit_scaling(N: ArrayLike, D: ArrayLike, loss: ArrayLike, **options: Any) -> ScalingFit:
+    """Fit eq. 5.1 to (N, D, loss) points (``options``: those of :func:`fit`)."""
+    return fit("scaling", N, D, loss, **options)
+
+
+def fit_drift(logical_steps: ArrayLike, logical_batch: ArrayLike, loss: ArrayLike, **options: Any) -> DriftFit:
+    """Fit the §5.2 drift–horizon law to (S̃, B̃, loss) points (``options``: those of :func:`fit`)."""
+    return fit("drift", logical_steps, logical_batch, loss, **options)

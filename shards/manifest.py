@@ -123,6 +123,17 @@ class Manifest:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(data, where=path), raw
 
+    @property
+    def unaccounted(self) -> int:
+        """Records read but neither written, filtered nor rejected: 0 for every complete dataset
+        (nothing is lost silently)."""
+        c = self.counts
+        return c["read"] - c["written"] - sum(c["filtered"].values()) - sum(c["rejected"].values())
+
+    def dead_letter_outcomes(self, root: str) -> dict[str, tuple[str, str]]:
+        """``record id → (outcome, reason)`` of every dead letter of the dataset at ``root``."""
+        return {r["id"]: (r["outcome"], r["reason"]) for r in self.dead_letters(root)}
+
     def dead_letters(self, root: str) -> list[dict[str, Any]]:
         """Every dead-letter record of the dataset at ``root`` (one dict per filtered or rejected
         record: ``id``, ``outcome``, ``reason``, ``stage``, …), in file order."""

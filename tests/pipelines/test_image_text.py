@@ -228,22 +228,16 @@ def dataset(tmp_path_factory, img_corpus, sp_model, movq_ckpt) -> str:
 
 
 
-def _dead_letter(root: str) -> list[dict]:
-    return Manifest.load(root).dead_letters(root)
-
-
 # ----------------------------------------------------------------------------- pipeline
 
 
 def test_accounting_and_dead_letter(dataset, img_corpus):
     m = Manifest.load(dataset)
     c = m.counts
-    n_filtered, n_rejected = sum(c["filtered"].values()), sum(c["rejected"].values())
     assert c["read"] == len(img_corpus["good"]) + len(img_corpus["bad"])
-    assert c["read"] == c["written"] + n_filtered + n_rejected
+    assert m.unaccounted == 0
     assert c["written"] == m.samples == len(img_corpus["good"])
-    dead = {r["id"]: (r["outcome"], r["reason"]) for r in _dead_letter(dataset)}
-    assert dead == img_corpus["bad"]
+    assert m.dead_letter_outcomes(dataset) == img_corpus["bad"]
     reasons = {r for _, r in img_corpus["bad"].values()}
     assert set(c["filtered"]) | set(c["rejected"]) == reasons
     for o, r in img_corpus["bad"].values():

@@ -14,19 +14,13 @@ from trimodal.tokenizers.text import TextTokenizer
 
 
 
-def _dead_letter(root: str) -> list[dict]:
-    return Manifest.load(root).dead_letters(root)
-
-
 def test_accounting_and_dead_letter(text_dataset, corpus):
     m = Manifest.load(text_dataset)
     c = m.counts
-    n_filtered, n_rejected = sum(c["filtered"].values()), sum(c["rejected"].values())
     assert c["read"] == corpus["good"] + len(corpus["planted"])
-    assert c["read"] == c["written"] + n_filtered + n_rejected
+    assert m.unaccounted == 0
     assert c["written"] == m.samples == corpus["good"]
-    dead = {r["id"]: (r["outcome"], r["reason"]) for r in _dead_letter(text_dataset)}
-    assert dead == corpus["planted"]
+    assert m.dead_letter_outcomes(text_dataset) == corpus["planted"]
 
 
 def test_samples_round_trip_through_tokenizer(text_dataset, corpus, sp_model):
