@@ -150,8 +150,17 @@ def pipeline_vs_loop(pipes: list[tuple], loops: list[tuple], amount: float, unit
 
 
 def add_args(ap: Any, *, repeats: int | None = None, repeats_help: str = "interleaved rounds; medians reported",
-             threads: int | None = None, clock: bool = False, work: bool = False) -> None:
-    """The options most benchmarks share: ``--repeats``, ``--threads``, ``--clock``, ``--work``."""
+             threads: int | None = None, clock: bool = False, work: bool = False,
+             model: tuple[int, int, int, int, int] | None = None, steps: tuple[int, int] | None = None) -> None:
+    """The options most benchmarks share: ``--repeats``, ``--threads``, ``--clock``, ``--work``;
+    ``model`` = defaults of ``--dim --layers --heads --seq-len --batch``; ``steps`` = defaults of
+    ``--steps`` (timed steps per run) and ``--warmup``."""
+    if model is not None:
+        for flag, default in zip(("--dim", "--layers", "--heads", "--seq-len", "--batch"), model):
+            ap.add_argument(flag, type=int, default=default)
+    if steps is not None:
+        ap.add_argument("--steps", type=int, default=steps[0], help="timed steps per run")
+        ap.add_argument("--warmup", type=int, default=steps[1], help="steps before the timed ones")
     if repeats is not None:
         ap.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
     if threads is not None:

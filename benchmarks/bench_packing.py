@@ -61,18 +61,12 @@ def run(text: Path, images: Path, out: Path, packed: bool, args) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seq-len", type=int, default=256, help="row length L (the demo's)")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--grid", type=int, default=8, help="image code grid side (8: the demo's 64 px images)")
     ap.add_argument("--image-codes", type=int, default=1024, help="image codebook size of the synthetic shards")
     ap.add_argument("--text-codes", type=int, default=1024, help="text vocabulary of the synthetic shards")
     ap.add_argument("--samples", type=int, default=8000, help="image-text samples (text: half as many documents)")
-    ap.add_argument("--steps", type=int, default=15, help="timed steps per run")
-    ap.add_argument("--warmup", type=int, default=3)
-    bc.add_args(ap, repeats=3, repeats_help="alternating rounds (padded run, packed run)", threads=1, work=True)
+    bc.add_args(ap, repeats=3, repeats_help="alternating rounds (padded run, packed run)", threads=1, work=True,
+                model=(128, 2, 4, 256, 8), steps=(15, 3))
     args = ap.parse_args(argv)
 
     work = bc.work_dir(f"packing_{args.samples}_{args.grid}", args.work)

@@ -125,16 +125,10 @@ def run_plain(layout, batch, cfg, args) -> dict[str, list[float]]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--text-codes", type=int, default=1024, help="text vocabulary of the synthetic shards")
     ap.add_argument("--samples", type=int, default=2000, help="documents in the synthetic shards")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
-    ap.add_argument("--warmup", type=int, default=5)
-    bc.add_args(ap, repeats=3, repeats_help="interleaved rounds (trainer run, plain run)", threads=1, clock=True, work=True)
+    bc.add_args(ap, repeats=3, repeats_help="interleaved rounds (trainer run, plain run)", threads=1, clock=True,
+                work=True, model=(128, 2, 4, 256, 8), steps=(20, 5))
     args = ap.parse_args(argv)
     with bc.torch_threads(args.threads):
         return _run(args)

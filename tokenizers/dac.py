@@ -135,6 +135,11 @@ def _init_weight_norm(v: Tensor, g: Tensor, bias: Tensor, fan_in: int) -> None:
         bias.uniform_(-bound, bound)
 
 
+def _weight_normed(v: Tensor, g: Tensor) -> Tensor:
+    """torch's ``weight_norm`` over dim 0: g * v / ||v||, the norm over every other dim."""
+    return v * (g / v.norm(p=2, dim=(1, 2), keepdim=True))
+
+
 class WNConv1d(nn.Module):
     """Conv1d with weight normalisation over all dims but 0, stored as ``weight_g``/``weight_v``.
 
@@ -162,8 +167,7 @@ class WNConv1d(nn.Module):
     @property
     def weight(self) -> Tensor:
         """g * v / ||v||, the norm taken per output channel (dim 0)."""
-        v = self.weight_v
-        return v * (self.weight_g / v.norm(p=2, dim=(1, 2), keepdim=True))
+        return _weight_normed(self.weight_v, self.weight_g)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
@@ -188,8 +192,7 @@ class WNConvTranspose1d(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        v = self.weight_v
-        return v * (self.weight_g / v.norm(p=2, dim=(1, 2), keepdim=True))
+        return _weight_normed(self.weight_v, self.weight_g)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv_transpose1d(x, self.weight, self.bias, self.stride, self.padding)

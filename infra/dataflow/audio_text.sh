@@ -7,24 +7,15 @@
 #
 # Same image and weight notes as image_text.sh (the codec is read from a local path).
 source "$(dirname "$0")/common.sh"
-INPUT="${1:?input glob}"
-NAME="${2:?dataset name}"
-TEXT_TOKENIZER="${TEXT_TOKENIZER:-${BUCKET}/tokenizers/text.model}"
+dataset_args "$@"
 # The paper's codec, Higgs Audio v2 (25 frames/s: 30 s clips fit the paper's rows of 3,256); a DAC
 # weight file works too (weights_16khz.pth: 16 s per row at 4 codebooks; docs/vocabulary.md).
 AUDIO_TOKENIZER="${AUDIO_TOKENIZER:-/opt/trimodal/weights/higgs-audio-v2-tokenizer}"
 
-run pipeline audio-text \
-  --input "${INPUT}" \
-  --text-tokenizer "${TEXT_TOKENIZER}" \
+tokenize audio-text \
   --audio-tokenizer "${AUDIO_TOKENIZER}" \
-  --out "${BUCKET}/datasets/${NAME}" \
-  --source "${NAME}" \
   --codebooks "${CODEBOOKS:-4}" \
   --max-seconds 30 \
   --device cuda \
   --batch-size "${BATCH_SIZE:-8}" \
-  --shard-mb 128 \
-  "${DATAFLOW_OPTS[@]}" \
-  "${GPU_OPTS[@]}" \
-  --job_name="trimodal-audio-text-${NAME//_/-}"
+  "${GPU_OPTS[@]}"

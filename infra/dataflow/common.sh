@@ -48,3 +48,26 @@ run() {
   echo "+ ${LAUNCH[*]} $*" >&2
   "${LAUNCH[@]}" "$@"
 }
+
+# dataset_args INPUT NAME: the tokenize scripts' two arguments, and the text tokenizer they share.
+dataset_args() {
+  INPUT="${1:?input glob}"
+  NAME="${2:?dataset name}"
+  TEXT_TOKENIZER="${TEXT_TOKENIZER:-${BUCKET}/tokenizers/text.model}"
+}
+
+# tokenize COMMAND [options...]: `trimodal pipeline COMMAND` on INPUT into $BUCKET/datasets/$NAME
+# with TEXT_TOKENIZER, 128 MB shards and the Dataflow options; the caller adds its own.
+tokenize() {
+  local cmd=$1
+  shift
+  run pipeline "${cmd}" \
+    --input "${INPUT}" \
+    --text-tokenizer "${TEXT_TOKENIZER}" \
+    --out "${BUCKET}/datasets/${NAME}" \
+    --source "${NAME}" \
+    --shard-mb 128 \
+    "${DATAFLOW_OPTS[@]}" \
+    "$@" \
+    --job_name="trimodal-${cmd}-${NAME//_/-}"
+}

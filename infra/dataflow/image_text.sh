@@ -9,20 +9,11 @@
 # local path (torch.load): bake it into the image (infra/weights/) and launch from the image, or
 # keep a copy at the same path on the launcher.
 source "$(dirname "$0")/common.sh"
-INPUT="${1:?input glob}"
-NAME="${2:?dataset name}"
-TEXT_TOKENIZER="${TEXT_TOKENIZER:-${BUCKET}/tokenizers/text.model}"
+dataset_args "$@"
 IMAGE_TOKENIZER="${IMAGE_TOKENIZER:-/opt/trimodal/weights/movqgan_270M.ckpt}"
 
-run pipeline image-text \
-  --input "${INPUT}" \
-  --text-tokenizer "${TEXT_TOKENIZER}" \
+tokenize image-text \
   --image-tokenizer "${IMAGE_TOKENIZER}" \
-  --out "${BUCKET}/datasets/${NAME}" \
-  --source "${NAME}" \
   --device cuda \
   --batch-size "${BATCH_SIZE:-32}" \
-  --shard-mb 128 \
-  "${DATAFLOW_OPTS[@]}" \
-  "${GPU_OPTS[@]}" \
-  --job_name="trimodal-image-text-${NAME//_/-}"
+  "${GPU_OPTS[@]}"

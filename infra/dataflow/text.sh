@@ -6,15 +6,6 @@
 # $1 input glob, $2 dataset name (output: $BUCKET/datasets/$2). TEXT_TOKENIZER may be a bucket
 # URL (the SentencePiece model is read through fsspec by the launcher and by every worker).
 source "$(dirname "$0")/common.sh"
-INPUT="${1:?input glob}"
-NAME="${2:?dataset name}"
-TEXT_TOKENIZER="${TEXT_TOKENIZER:-${BUCKET}/tokenizers/text.model}"
+dataset_args "$@"
 
-run pipeline text \
-  --input "${INPUT}" \
-  --text-tokenizer "${TEXT_TOKENIZER}" \
-  --out "${BUCKET}/datasets/${NAME}" \
-  --source "${NAME}" \
-  --shard-mb 128 \
-  "${DATAFLOW_OPTS[@]}" "${CPU_OPTS[@]}" \
-  --job_name="trimodal-text-${NAME//_/-}"
+tokenize text "${CPU_OPTS[@]}"

@@ -165,17 +165,14 @@ def dataset(tmp_path_factory, speech, sp_model, dac_path) -> str:
 
 def test_accounting_and_dead_letter(dataset, speech):
     m = Manifest.load(dataset)
-    c = m.counts
-    assert c["read"] == len(speech["good"]) + len(speech["planted"])
-    assert m.unaccounted == 0
-    assert c["written"] == m.samples == len(speech["good"])
-    assert len(m.shards) > 1
-    assert m.dead_letter_outcomes(dataset) == speech["planted"]
+    good, planted = len(speech["good"]), speech["planted"]
+    assert (m.counts["read"], m.counts["written"], m.samples, m.unaccounted) == (good + len(planted), good, good, 0)
+    assert len(m.shards) > 1 and m.dead_letter_outcomes(dataset) == planted
     assert all(r["source"] == "manifest" and r["stage"] for r in m.dead_letters(dataset))
     # Beam counters agree, and the codec really ran batches of several clips
     counters = speech["counters"]
-    assert counters["encode/ok"] == c["written"]
-    assert counters["read/read"] + sum(v for k, v in counters.items() if k.startswith("read/rejected/")) == c["read"]
+    assert counters["encode/ok"] == m.counts["written"]
+    assert counters["read/read"] + sum(v for k, v in counters.items() if k.startswith("read/rejected/")) == m.counts["read"]
     assert counters["encode/batches"] < counters["encode/ok"]
 
 

@@ -232,12 +232,10 @@ def dataset(tmp_path_factory, img_corpus, sp_model, movq_ckpt) -> str:
 
 
 def test_accounting_and_dead_letter(dataset, img_corpus):
-    m = Manifest.load(dataset)
-    c = m.counts
-    assert c["read"] == len(img_corpus["good"]) + len(img_corpus["bad"])
-    assert m.unaccounted == 0
-    assert c["written"] == m.samples == len(img_corpus["good"])
-    assert m.dead_letter_outcomes(dataset) == img_corpus["bad"]
+    m, bad = Manifest.load(dataset), img_corpus["bad"]
+    c, good = m.counts, len(img_corpus["good"])
+    assert (c["read"], c["written"], m.samples, m.unaccounted) == (good + len(bad), good, good, 0)
+    assert m.dead_letter_outcomes(dataset) == bad
     reasons = {r for _, r in img_corpus["bad"].values()}
     assert set(c["filtered"]) | set(c["rejected"]) == reasons
     for o, r in img_corpus["bad"].values():
