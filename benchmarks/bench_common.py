@@ -108,6 +108,14 @@ def work_dir(name: str, base: str | None = None) -> Path:
     return path
 
 
+def headline(benchmark: str, metric: str, clock: str, candidate: str, baseline: str, ratio: float, goal: float,
+             goal_text: str | None = None, higher_is_better: bool = True) -> dict[str, Any]:
+    """The first keys of every result line: what was compared, the ratio, the goal, whether met."""
+    return {"benchmark": benchmark, "metric": metric, "clock": clock, "candidate": candidate, "baseline": baseline,
+            "ratio": rnd(ratio), "goal": goal_text or f"{'>=' if higher_is_better else '<='} {goal}",
+            "goal_met": goal_met(ratio, goal, higher_is_better)}
+
+
 def goal_met(ratio: float, goal: float, higher_is_better: bool = True) -> bool:
     return bool(math.isfinite(ratio) and (ratio >= goal if higher_is_better else ratio <= goal))
 

@@ -311,16 +311,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fixed = bc.median(one_doc["clock_s"]) if one_doc else None
     marginal = (tokens - one_doc["result"]) / max(pipe_s - fixed, 1e-9) if one_doc else None
     result: dict[str, Any] = {
-        "benchmark": "text_pipeline",
-        "metric": "tokens/s",
-        "clock": args.clock,
-        "candidate": "run_text_pipeline, DirectRunner in_memory, 1 worker, JSONL -> shards + manifest",
-        "baseline": "read JSONL + json.loads + SentencePiece encode (batches of --batch-size)",
+        **bc.headline("text_pipeline", "tokens/s", args.clock,
+                      "run_text_pipeline, DirectRunner in_memory, 1 worker, JSONL -> shards + manifest",
+                      "read JSONL + json.loads + SentencePiece encode (batches of --batch-size)", ratio, GOAL),
         "pipeline_tokens_per_s": bc.rnd(tps["pipeline"]),
         "baseline_tokens_per_s": bc.rnd(tps["baseline"]),
-        "ratio": bc.rnd(ratio),
-        "goal": f">= {GOAL}",
-        "goal_met": bc.goal_met(ratio, GOAL),
         "pipeline_s": bc.rnd(pipe_s),
         "baseline_s": bc.rnd(bc.median(runs["baseline"]["clock_s"])),
         "pipeline_one_doc_s": bc.rnd(fixed) if one_doc else None,
