@@ -11,7 +11,8 @@ import pytest
 
 from trimodal.shards.manifest import Manifest
 from trimodal.shards.report import format_stats, write_plots
-from trimodal.shards.stats import _Counts, compute_stats
+from trimodal.shards.counts import Counts
+from trimodal.shards.stats import compute_stats
 from trimodal.shards.writer import write_shard
 from trimodal.tokenizers.vocab import VocabLayout
 
@@ -275,7 +276,7 @@ def test_mixed_rows(tmp_path):
 
 
 def test_counts_exact_beyond_dense_cap():
-    c = _Counts()
+    c = Counts()
     vals = np.array([3, 3, 7, 70_000, 70_000, 1_000_000], dtype=np.int64)
     c.add(vals[:3])
     c.add(vals[3:])
