@@ -172,7 +172,8 @@ def sample_t(
     - ``antithetic``: pairs (u, 1 − u), adjacent, each mapped to eps + (1 − eps)·u; with an even
       ``n`` every rank holds whole pairs;
     - ``stratified``: [eps, 1] cut into ``n * world_size`` equal strata, one uniform draw in
-      each, then shuffled so no rank gets only small or only large t.
+      each, then shuffled so no rank gets only small or only large t. This is what MDLM and MD4
+      call "antithetic" / low-discrepancy sampling (docs/objective.md has the mapping).
     """
     if n <= 0 or world_size <= 0 or not 0 <= rank < world_size:
         raise ValueError(f"sample_t: need n > 0 and 0 <= rank < world_size, got {n=}, {rank=}, {world_size=}")
