@@ -89,6 +89,8 @@ def package_at(rev: str, dest: Path) -> Path:
             for item in (tree / folder).iterdir():
                 (target / item.name).symlink_to(item)
         else:
+            if target.exists() and target.resolve() == (tree / folder).resolve():
+                continue  # a subpackage already reached through its parent's link (shards/loader)
             if target.is_symlink() or target.exists():
                 target.unlink()
             target.symlink_to(tree / folder)

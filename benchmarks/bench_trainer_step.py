@@ -45,7 +45,8 @@ def train_config(data: str, out: str, args) -> Any:
         f"run.out_dir={out}", f"run.steps={args.warmup + args.steps}", f"run.batch_size={args.batch}",
         "run.device=cpu", "run.dtype=fp32", "run.progress=false", "run.log_every=1", "run.ckpt_every=0",
         "run.ckpt_final=false", "log.tensorboard=false",
-        f"data.seq_len={args.seq_len}", f"model.dim={args.dim}", f"model.n_layers={args.layers}",
+        f"data.seq_len={args.seq_len}", f"data.num_workers={getattr(args, 'num_workers', 0)}",
+        f"model.dim={args.dim}", f"model.n_layers={args.layers}",
         f"model.n_heads={args.heads}", f"model.max_seq_len={args.seq_len}", "optim.warmup_steps=2",
     ]
     cfg = TrainConfig.load(None, sets)
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--text-codes", type=int, default=1024, help="text vocabulary of the synthetic shards")
     ap.add_argument("--samples", type=int, default=2000, help="documents in the synthetic shards")
+    ap.add_argument("--num-workers", type=int, default=0,
+                    help="the trainer's data.num_workers (StatefulDataLoader worker processes; 0: in the training process)")
     bc.add_args(ap, repeats=3, repeats_help="interleaved rounds (trainer run, plain run)", threads=1, clock=True,
                 work=True, model=(128, 2, 4, 256, 8), steps=(20, 5))
     args = ap.parse_args(argv)
@@ -178,7 +181,7 @@ def _run(args) -> dict[str, Any]:
         "shape": {"dim": args.dim, "layers": args.layers, "heads": args.heads, "seq_len": args.seq_len,
                   "batch": args.batch, "text_codes": args.text_codes, "vocab": layout.vocab_size,
                   "params": sum(p.numel() for p in Transformer(cfg.model, layout).parameters()),
-                  "torch_threads": torch.get_num_threads()},
+                  "torch_threads": torch.get_num_threads(), "num_workers": args.num_workers},
         "steps_per_run": args.steps,
         "warmup_steps": args.warmup,
         "repeats": args.repeats,
