@@ -1,6 +1,8 @@
 """PAD share of training rows, padded vs packed, at the paper's L = 3,256 and the demo's L = 256,
 with the paper's ⅓/⅓/⅓ task mix: as ``shards stats --packed`` estimates it and as the trainer
-logs it (``padding`` of each step record).
+logs it (``padding`` of each step record), and in the rows ``pipeline mix`` writes with and
+without ``--pack-paired`` (equal weights; the mix packs paired samples of one source per row,
+with no text filler, so its PAD share stays above the loader's).
 
 Synthetic shards shaped like the paper's data: text documents of 100–3,000 tokens; image-text
 samples of a 32 × 32 MoVQGAN grid (8 × 8 for the demo's 64 px) + a 10–80-token caption; audio-text
@@ -62,6 +64,17 @@ def trainer_padding(roots: list[Path], out: Path, seq_len: int, packed: bool, ar
     return statistics.fmean(r["padding"] for r in recs if "padding" in r)
 
 
+def mix_padding(roots: list[Path], out: Path, seq_len: int, packed: bool) -> float:
+    """PAD share of the rows of ``pipeline mix`` (equal weights), as ``shards stats`` reports it."""
+    from trimodal.pipelines.mix import MixPipelineConfig, run_mix_pipeline
+    from trimodal.shards.stats import compute_stats
+
+    shutil.rmtree(out, ignore_errors=True)
+    run_mix_pipeline(MixPipelineConfig(inputs=[str(r) for r in roots], weights=[1, 1, 1], seq_len=seq_len, out=str(out),
+                                       pack_paired=packed, progress=False), ["--runner=DirectRunner"])
+    return compute_stats(str(out))["padding"]["fraction"]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=8, help="trainer steps per variant")
@@ -84,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 stats = compute_stats([str(r) for r in roots], seq_len=L, packed=packed)
                 row[f"stats_{key}"] = bc.rnd(stats["padding"]["fraction"])
                 row[f"trainer_{key}"] = bc.rnd(trainer_padding(roots, work / f"run-{key}", L, packed, args))
+                row[f"mix_{key}"] = bc.rnd(mix_padding(roots, work / f"mix-{key}", L, packed))
             result[name] = row
     paper = result["paper"]
     ratio = (1 - paper["trainer_packed"]) / (1 - paper["trainer_padded"])

@@ -13,7 +13,11 @@ the :class:`~trimodal.tokenizers.vocab.VocabLayout` built from the inputs' token
 says: text documents packed with :class:`~trimodal.shards.rows.TextPacker` (exactly L, no PAD,
 documents continue across rows), paired samples with :func:`~trimodal.shards.rows.paired_row`
 (PAD after the caption/transcript; a sample whose media alone does not fit is *filtered* with
-reason ``too_long_for_seq_len``). The manifest (``kind="mixed"``, ``modality="mixed"``,
+reason ``too_long_for_seq_len``). With ``--pack-paired`` a paired row holds several samples of
+one source as segments (the loader's :class:`~trimodal.shards.packing.RowPacker`: first fit
+within ``--pack-lookahead`` samples, no text filler, the packer restarted at each unit, so rows
+depend on ``--group-bytes``); the manifest's config records ``pack_paired`` and training must set
+``data.pack_paired=true`` (the loader refuses otherwise). The manifest (``kind="mixed"``, ``modality="mixed"``,
 ``layout``, ``seq_len``, the merged tokenizers) is written last.
 
 Counts: ``read`` = input samples consumed (those whose tokens reached a written row, plus the
@@ -99,6 +103,8 @@ class MixPipelineConfig:
     group_bytes: int = option(64 * 2**20, help="input bytes per packing unit")
     verify_inputs: bool = option(True, help="check each input shard's sha256 (else its size)")
     audio_shared_block: bool = option(True, help="all audio levels share one id block [paper]")
+    pack_paired: bool = option(False, help="several paired samples of a source share a row (train with data.pack_paired=true)")
+    pack_lookahead: int = option(8, help="with --pack-paired: samples held back to fill rows first-fit")
     progress: bool = option(True, help="live count of records on local runs")
 
     def __post_init__(self) -> None:
@@ -114,20 +120,23 @@ class MixPipelineConfig:
             raise ValueError(f"--rows must be positive, got {self.rows}")
         if self.compression not in ("none", "zstd"):
             raise ValueError(f"unknown compression {self.compression!r}; expected 'none' or 'zstd'")
+        if self.pack_lookahead < 1:
+            raise ValueError(f"--pack-lookahead must be >= 1, got {self.pack_lookahead}")
 
 
 class PackUnit(beam.DoFn):
     """Beam's face of :func:`~trimodal.pipelines.mix_pack.pack_unit`: rows on the main output,
     fragments and stats on tagged ones."""
 
-    def __init__(self, layout: dict[str, Any], seq_len: int, verify: str):
+    def __init__(self, layout: dict[str, Any], seq_len: int, verify: str, pack: bool = False, lookahead: int = 8):
         self.layout_dict, self.seq_len, self.verify = layout, seq_len, verify
+        self.pack, self.lookahead = pack, lookahead
 
     def setup(self) -> None:
         self.layout = VocabLayout.from_dict(self.layout_dict)
 
     def process(self, unit: Unit):
-        for kind, item in pack_unit(unit, self.layout, self.seq_len, self.verify):
+        for kind, item in pack_unit(unit, self.layout, self.seq_len, self.verify, self.pack, self.lookahead):
             if kind == ROW:
                 yield item
             else:
@@ -151,16 +160,19 @@ def _assign(item, plan: Plan):
 
 
 def _consumed(item):
-    _, (_, src, (_, _, sample_end, truncated)) = item
-    return src, (sample_end, truncated)
+    _, (_, src, (_, keys, sample_end, truncated, too_long)) = item
+    return src, (sample_end, truncated, len(keys), too_long)
 
 
-def _merge_consumed(values) -> tuple[int, int]:
-    end = truncated = 0
-    for e, t in values:
+def _merge_consumed(values) -> tuple[int, int, int, int]:
+    """(last sample end, captions truncated, samples in the rows, too-long charged to the rows)."""
+    end = truncated = samples = too_long = 0
+    for e, t, n, x in values:
         end = max(end, e)
         truncated += t
-    return end, truncated
+        samples += n
+        too_long += x
+    return end, truncated, samples, too_long
 
 
 class WriteRows(beam.DoFn):
@@ -176,7 +188,7 @@ class WriteRows(beam.DoFn):
         L = self.seq_len
 
         def samples():
-            for out, src, (tokens, keys, _, _) in rows:
+            for out, src, (tokens, keys, *_) in rows:
                 full = np.full(L, self.pad, dtype=np.uint32)
                 full[: tokens.size] = tokens
                 meta = {"row": out, "task": self.tasks[src], "sources": [self.names[src]], "samples": list(keys)}
@@ -188,7 +200,8 @@ class WriteRows(beam.DoFn):
         yield info
 
 
-def _finalize(_, plan: Plan, shards: list[ShardInfo], consumed: list[tuple[int, tuple[int, int]]], spec: dict[str, Any]) -> Manifest:
+def _finalize(_, plan: Plan, shards: list[ShardInfo], consumed: list[tuple[int, tuple[int, int, int, int]]],
+              spec: dict[str, Any]) -> Manifest:
     shards = sorted(shards, key=lambda s: s.name)
     by_src = dict(consumed)
     used = plan.used
@@ -196,9 +209,13 @@ def _finalize(_, plan: Plan, shards: list[ShardInfo], consumed: list[tuple[int, 
     rows_per_task = {t: 0 for t in TASKS}
     read = too_long = 0
     for i, name in enumerate(spec["names"]):
-        end, truncated = by_src.get(i, (0, 0))
+        end, truncated, in_rows, charged = by_src.get(i, (0, 0, 0, 0))
         task = spec["tasks"][i]
-        filt = end - used[i] if task != "text" else 0
+        filt = 0
+        if task != "text" and spec["pack_paired"]:  # packed rows: the samples in them + those filtered on the way
+            filt, end = charged, in_rows + charged
+        elif task != "text":  # one sample per row: every earlier sample not in a row was too long
+            filt = end - used[i]
         per_source[name] = {
             "task": task,
             "weight": spec["weights"][i],
@@ -268,6 +285,7 @@ class MixJob:
             "seed": cfg.seed,
             "seq_len": cfg.seq_len,
             "rows_per_shard": rows_per_shard(cfg.seq_len, cfg.target_shard_bytes),
+            "pack_paired": cfg.pack_paired,
             "tokenizers": self.tokenizers,
             "layout": self.layout.to_dict(),
             "out": cfg.out.rstrip("/"),
@@ -282,6 +300,7 @@ class MixJob:
                 "compression": cfg.compression,
                 "group_bytes": cfg.group_bytes,
                 "audio_shared_block": cfg.audio_shared_block,
+                **({"pack_paired": True, "pack_lookahead": cfg.pack_lookahead} if cfg.pack_paired else {}),
             },
         }
 
@@ -311,7 +330,8 @@ def build_mix_pipeline(p: beam.Pipeline, job: MixJob, run_id: str | None = None)
         p
         | "Units" >> beam.Create(job.units)
         | "SpreadUnits" >> beam.Reshuffle()
-        | "Pack" >> beam.ParDo(PackUnit(spec["layout"], L, "sha256" if job.cfg.verify_inputs else "size")).with_outputs(
+        | "Pack" >> beam.ParDo(PackUnit(spec["layout"], L, "sha256" if job.cfg.verify_inputs else "size",
+                                        job.cfg.pack_paired, job.cfg.pack_lookahead)).with_outputs(
             FRAGMENT, STATS, main="rows")
     )
     stitched = (

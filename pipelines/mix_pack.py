@@ -4,7 +4,9 @@ Text units go through a :class:`~trimodal.shards.rows.TextPacker` primed so that
 with the rows of one sequential packer over the whole source; the partial rows at a unit's two
 ends are emitted as fragments and stitched back together (:func:`stitch`). The result is exactly
 what one sequential packer over the source in manifest order produces, for any grouping and any
-number of workers. Paired units give one candidate per sample whose media fit the row.
+number of workers. Paired units give one candidate per sample whose media fit the row, or, with
+``pack``, rows in which several samples are segments (:class:`~trimodal.shards.packing.RowPacker`,
+the loader's packer: first fit within a look-ahead, restarted at each unit).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from trimodal import storage
 from trimodal.pipelines.mix_plan import Unit
 from trimodal.shards.format import ShardError
+from trimodal.shards.packing import RowPacker
 from trimodal.shards.reader import decode_sample, index_shard, read_shard
 from trimodal.shards.rows import ROW_OPENER, RowTooLong, TextPacker, layout_ids, media_to_global, paired_length, paired_row
 from trimodal.tokenizers.vocab import AUDIO, IMAGE, VocabLayout
@@ -35,16 +38,20 @@ def unit_samples(unit: Unit, verify: str) -> Iterator[tuple[str, dict[str, np.nd
             yield sample.pop("__key__"), sample
 
 
-def pack_unit(unit: Unit, layout: VocabLayout, seq_len: int, verify: str) -> Iterator[tuple[str, Any]]:
+def pack_unit(unit: Unit, layout: VocabLayout, seq_len: int, verify: str, pack: bool = False,
+              lookahead: int = 8) -> Iterator[tuple[str, Any]]:
     """A unit → ``("row", (source, group | None, index, payload))`` candidates, text
     ``("fragment", ((source, row), (offset, tokens, keys, sample_end)))`` pieces and one
     ``("stats", (source, group, rows, samples, too_long, stream_tokens))``.
 
-    A payload is ``(tokens uint32, keys, sample_end, truncated)``: the row's tokens without its
-    PAD tail, the input sample keys in it, 1 + the source index of its last sample, and 1 when
-    a caption/transcript was cut to fit."""
+    A payload is ``(tokens uint32, keys, sample_end, truncated, too_long)``: the row's tokens
+    without its PAD tail, the input sample keys in it, 1 + the source index of its last sample,
+    how many of its captions/transcripts were cut to fit, and (packed rows) how many too-long
+    samples the packer met since the unit's previous row."""
     if unit.task == "text":
         yield from _pack_text(unit, layout, seq_len, verify)
+    elif pack:
+        yield from _pack_paired_rows(unit, layout, seq_len, verify, lookahead)
     else:
         yield from _pack_paired(unit, layout, seq_len, verify)
 
@@ -86,7 +93,7 @@ def _pack_text(unit: Unit, layout: VocabLayout, L: int, verify: str) -> Iterator
                 partial = False
             else:
                 full += 1
-                yield ROW, (unit.source, None, r, (row.astype(np.uint32), keys, end, 0))
+                yield ROW, (unit.source, None, r, (row.astype(np.uint32), keys, end, 0, 0))
             while docs and docs[0][1] <= row_end:
                 docs.popleft()
             r += 1
@@ -102,12 +109,13 @@ def _pack_text(unit: Unit, layout: VocabLayout, L: int, verify: str) -> Iterator
     yield STATS, (unit.source, unit.group, full, idx - unit.first_sample, 0, pos - a)
 
 
-def _pack_paired(unit: Unit, layout: VocabLayout, L: int, verify: str) -> Iterator[tuple[str, Any]]:
-    """One candidate row per sample whose media fit; the others are counted as too long."""
+def _paired_segments(unit: Unit, layout: VocabLayout, L: int, verify: str
+                     ) -> Iterator[tuple[str, int, np.ndarray | None, int]]:
+    """``(key, 1 + source index, segment, truncated)`` per sample: the sample's row without its
+    PAD tail, or ``None`` when its media alone do not fit a row of L."""
     media_key, modality = ("image", IMAGE) if unit.task == "image_text" else ("audio", AUDIO)
     ids = layout_ids(layout)
     empty = np.zeros(0, dtype=np.int64)
-    local = too_long = 0
     idx = unit.first_sample
     for key, arrays in unit_samples(unit, verify):
         media = arrays.get(media_key)
@@ -120,12 +128,64 @@ def _pack_paired(unit: Unit, layout: VocabLayout, L: int, verify: str) -> Iterat
         try:
             tokens, valid = paired_row(layout, unit.task, media, text, L)
         except RowTooLong:
+            yield key, idx, None, 0
+            continue
+        truncated = int(text.size > L - paired_length(media.size, 0))
+        yield key, idx, tokens[: int(np.count_nonzero(valid))], truncated
+
+
+def _pack_paired(unit: Unit, layout: VocabLayout, L: int, verify: str) -> Iterator[tuple[str, Any]]:
+    """One candidate row per sample whose media fit; the others are counted as too long."""
+    local = too_long = 0
+    idx = unit.first_sample
+    for key, idx, segment, truncated in _paired_segments(unit, layout, L, verify):
+        if segment is None:
             too_long += 1
             continue
-        used = int(np.count_nonzero(valid))
-        truncated = int(text.size > L - paired_length(media.size, 0))
-        yield ROW, (unit.source, unit.group, local, (tokens[:used].astype(np.uint32), (key,), idx, truncated))
+        yield ROW, (unit.source, unit.group, local, (segment.astype(np.uint32), (key,), idx, truncated, 0))
         local += 1
+    yield STATS, (unit.source, unit.group, local, idx - unit.first_sample, too_long, 0)
+
+
+def _pack_paired_rows(unit: Unit, layout: VocabLayout, L: int, verify: str, lookahead: int
+                      ) -> Iterator[tuple[str, Any]]:
+    """Packed candidate rows: the unit's samples as segments, first fit within ``lookahead``
+    (no text filler: a row holds one source). A too-long sample is charged to the unit's next
+    row (or its last, at the unit's end), so the manifest can count it with the rows used."""
+    packer = RowPacker(layout, L, lookahead)
+    local = too_long = charge = 0
+    idx = unit.first_sample
+    last: tuple | None = None
+
+    def pop() -> tuple:
+        nonlocal charge
+        tokens, valid = packer.pop()
+        placed = packer.placed
+        payload = (tokens[: int(np.count_nonzero(valid))].astype(np.uint32), tuple(t[0] for t in placed),
+                   max(t[1] for t in placed), sum(t[2] for t in placed), charge)
+        charge = 0
+        return payload
+
+    for key, idx, segment, truncated in _paired_segments(unit, layout, L, verify):
+        if segment is None:
+            too_long += 1
+            charge += 1
+            continue
+        packer.add(segment, (key, idx, truncated))
+        if packer.ready():
+            if last is not None:
+                yield ROW, (unit.source, unit.group, local - 1, last)
+            last = pop()
+            local += 1
+    while packer.queue:
+        if last is not None:
+            yield ROW, (unit.source, unit.group, local - 1, last)
+        last = pop()
+        local += 1
+    if last is not None:
+        if charge:  # too-long samples after the unit's last row
+            last = (*last[:4], last[4] + charge)
+        yield ROW, (unit.source, unit.group, local - 1, last)
     yield STATS, (unit.source, unit.group, local, idx - unit.first_sample, too_long, 0)
 
 
@@ -146,4 +206,4 @@ def stitch(item, seq_len: int, task_text: int):
     row[0] = task_text
     row[1:] = np.concatenate([f[1] for f in frags])
     keys = tuple(dict.fromkeys(k for f in frags for k in f[2]))
-    yield src, None, r, (row, keys, max(f[3] for f in frags), 0)
+    yield src, None, r, (row, keys, max(f[3] for f in frags), 0, 0)

@@ -57,7 +57,11 @@ class RowPacker:
     ``lookahead`` segments); ``pop(filler)`` builds a row: queued segments first-fit in arrival
     order, then, if ``filler`` is given and at least ``MIN_FILL`` positions remain, one text
     segment ``filler(room)`` of exactly that length, then PAD. Returns ``(tokens, valid)``.
-    The state is the queue: ``state_dict() == {"queue": [[ids…], …]}``."""
+    The state is the queue: ``state_dict() == {"queue": [[ids…], …]}``.
+
+    ``add(segment, tag)`` may tag a segment (the mix job tags each with its input sample key);
+    after ``pop``, ``placed`` holds the tags of the segments that went into the row, in row
+    order. Tags are bookkeeping for the caller and are not part of the state."""
 
     def __init__(self, layout: VocabLayout, seq_len: int, lookahead: int = 8) -> None:
         if lookahead < 1:
@@ -65,16 +69,19 @@ class RowPacker:
         self.seq_len, self.lookahead = int(seq_len), int(lookahead)
         self.pad = layout.pad
         self.queue: list[np.ndarray] = []
+        self.tags: list[Any] = []
+        self.placed: list[Any] = []
 
     @property
     def queued(self) -> int:
         return sum(s.size for s in self.queue)
 
-    def add(self, segment: np.ndarray) -> None:
+    def add(self, segment: np.ndarray, tag: Any = None) -> None:
         segment = np.asarray(segment, dtype=np.int64).reshape(-1)
         if not 0 < segment.size <= self.seq_len:
             raise ValueError(f"a segment of {segment.size} positions does not fit a row of {self.seq_len}")
         self.queue.append(segment)
+        self.tags.append(tag)
 
     def ready(self) -> bool:
         return self.queued >= self.seq_len or len(self.queue) >= self.lookahead
@@ -82,13 +89,16 @@ class RowPacker:
     def pop(self, filler: Callable[[int], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         L = self.seq_len
         tokens = np.full(L, self.pad, dtype=np.int64)
-        used, kept = 0, []
-        for seg in self.queue:
+        used, kept, kept_tags, placed = 0, [], [], []
+        tags = self.tags if len(self.tags) == len(self.queue) else [None] * len(self.queue)
+        for seg, tag in zip(self.queue, tags):
             if used + seg.size <= L:
                 tokens[used : used + seg.size] = seg
                 used += seg.size
+                placed.append(tag)
             else:
                 kept.append(seg)
+                kept_tags.append(tag)
         if used == 0 and kept:  # cannot happen (every segment fits an empty row); kept as a guard
             raise AssertionError("no queued segment fits an empty row")
         if filler is not None and L - used >= MIN_FILL:
@@ -97,7 +107,7 @@ class RowPacker:
                 raise ValueError(f"filler gave {fill.size} positions for {L - used}")
             tokens[used:] = fill
             used = L
-        self.queue = kept
+        self.queue, self.tags, self.placed = kept, kept_tags, placed
         valid = np.zeros(L, dtype=bool)
         valid[:used] = True
         return tokens, valid
@@ -107,6 +117,7 @@ class RowPacker:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.queue = [np.asarray(s, dtype=np.int64) for s in state.get("queue", [])]
+        self.tags = [None] * len(self.queue)
 
 
 def pad_share_packed(lengths: np.ndarray, seq_len: int, text_available: bool, lookahead: int = 8,

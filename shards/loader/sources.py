@@ -152,6 +152,9 @@ def resolve_sources(config: LoaderConfig, layout: VocabLayout, manifests: dict[s
                 raise ValueError(f"{where}: mixed manifest without a layout")
             if m.seq_len != config.seq_len:
                 raise ValueError(f"{where}: rows were packed to seq_len {m.seq_len}, the loader wants {config.seq_len}")
+            if (m.config or {}).get("pack_paired") and not config.pack_paired:
+                raise ValueError(f"{where}: its rows hold several samples each (pipeline mix --pack-paired); set "
+                                 f"data.pack_paired=true so attention, positions and t follow the samples")
         check_tokenizers(layout, m, where)
         if config.split not in m.splits() and m.shards:
             raise ValueError(f"{where} has no {config.split!r} split (it has {m.splits()})")

@@ -292,3 +292,68 @@ def test_cli(data, tmp_path, capsys):
     assert m.counts["written"] == 12 and set(m.counts["rows_per_task"]) == set(TASKS)
     rc = main(["pipeline", "mix", "--inputs", data["text"], "--weights", "1", "2", "--seq-len", "40", "--out", str(out)])
     assert rc == 1 and "weights" in capsys.readouterr().err
+
+
+def test_pack_paired_rows_hold_whole_samples_as_segments(data, mixed, tmp_path):
+    """--pack-paired: each paired row is its samples' own unpadded rows back to back, then PAD;
+    every sample is in one row at most; counts stay exact; the loader reads the segments.
+    L = 64: room for two or three of the test's paired samples, the 8×8 images still too long."""
+    from trimodal.shards.loader import LoaderConfig, SourceConfig, TrimodalDataset
+
+    L = 64
+    out = str(tmp_path / "packed")
+    cfg = replace(mixed["cfg"], out=out, seq_len=L, pack_paired=True)
+    m = run_mix_pipeline(cfg, BEAM)
+    run_mix_pipeline(replace(cfg, out=str(tmp_path / "unpacked"), pack_paired=False), BEAM)
+    unpacked_rows = _rows(str(tmp_path / "unpacked"))
+    assert m.config["pack_paired"] is True and m.config["pack_lookahead"] == 8
+    layout = VocabLayout.from_dict(m.layout)
+    rows = _rows(out)
+    shared = []
+    for modality, media_key, block in (("image_text", "image", IMAGE), ("audio_text", "audio", AUDIO)):
+        segment, too_long = {}, set()
+        for key, _, arrays in data[f"{media_key}_raw"]:
+            media = layout.to_global(block, arrays[media_key])
+            if media.size + 5 > L:
+                too_long.add(key)
+                continue
+            tokens, valid = paired_row(layout, modality, media, arrays["text"], L)
+            segment[key] = tokens[valid]
+        got = [r for r in rows if r["meta"]["task"] == modality]
+        seen = []
+        for r in got:
+            body = np.concatenate([segment[k] for k in r["meta"]["samples"]])
+            assert r["tokens"][: body.size].tolist() == body.tolist()
+            assert (r["tokens"][body.size :] == layout.pad).all()
+            seen += r["meta"]["samples"]
+        assert len(seen) == len(set(seen)) and not too_long & set(seen)
+        shared.append(max(len(r["meta"]["samples"]) for r in got))
+        src = m.counts["sources"][Path(data[media_key]).name]
+        assert src["rows"] == len(got) and src["samples_consumed"] == len(seen) + src["too_long_for_seq_len"]
+        assert 0 < src["too_long_for_seq_len"] <= len(too_long)
+        unpacked = [r for r in unpacked_rows if r["meta"]["task"] == modality]
+        share = np.mean([(r["tokens"] == layout.pad).mean() for r in got])
+        share_unpacked = np.mean([(r["tokens"] == layout.pad).mean() for r in unpacked])
+        print(f"{modality}: PAD share packed {share:.3f}, unpacked {share_unpacked:.3f}")
+        assert share < share_unpacked
+    print("most samples in one row (image, audio):", shared)
+    assert max(shared) >= 2  # rows really are shared
+    assert m.counts["read"] == sum(s["samples_consumed"] for s in m.counts["sources"].values())
+
+    plain = LoaderConfig(sources=[SourceConfig(out)], seq_len=L, cycle=False, num_streams=1)
+    with pytest.raises(ValueError, match="data.pack_paired=true"):
+        list(TrimodalDataset(plain, layout))
+    meta = {r["tokens"].tobytes(): r["meta"] for r in rows}
+    n = 0
+    for r in TrimodalDataset(replace(plain, pack_paired=True), layout):
+        row_meta = meta[r["tokens"].numpy().astype(np.uint32).tobytes()]
+        segments = int(r["segments"].max()) + 1
+        assert segments == (1 if row_meta["task"] == "text" else len(row_meta["samples"]))
+        n += 1
+    assert n == len(rows)
+
+    # two worker processes: the same bytes
+    other = str(tmp_path / "packed2")
+    run_mix_pipeline(replace(cfg, out=other), BEAM + ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    strip = lambda d: {k: v for k, v in d.items() if k != "manifest.json"}  # noqa: E731
+    assert strip(_tree_digest(other)) == strip(_tree_digest(out))
