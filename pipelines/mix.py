@@ -15,9 +15,12 @@ documents continue across rows), paired samples with :func:`~trimodal.shards.row
 (PAD after the caption/transcript; a sample whose media alone does not fit is *filtered* with
 reason ``too_long_for_seq_len``). With ``--pack-paired`` a paired row holds several samples of
 one source as segments (the loader's :class:`~trimodal.shards.packing.RowPacker`: first fit
-within ``--pack-lookahead`` samples, no text filler, the packer restarted at each unit, so rows
-depend on ``--group-bytes``); the manifest's config records ``pack_paired`` and training must set
-``data.pack_paired=true`` (the loader refuses otherwise). The manifest (``kind="mixed"``, ``modality="mixed"``,
+within ``--pack-lookahead`` samples, the packer restarted at each unit, so rows depend on
+``--group-bytes``), and the room left (≥ ``MIN_FILL``) gets a text segment cut from the filler
+text input's stream after the rows the plan used (:func:`~trimodal.pipelines.mix_plan.plan_filler`;
+the row's json says where: ``"filler": {"source", "start", "tokens"}``). The manifest's config
+records ``pack_paired``; training must set ``data.pack_paired=true`` (the loader refuses otherwise).
+The manifest (``kind="mixed"``, ``modality="mixed"``,
 ``layout``, ``seq_len``, the merged tokenizers) is written last.
 
 Counts: ``read`` = input samples consumed (those whose tokens reached a written row, plus the
@@ -72,7 +75,7 @@ from trimodal.config import option
 from trimodal.pipelines import common
 from trimodal.pipelines.mix_pack import FRAGMENT, ROW, STATS, pack_unit, stitch
 from trimodal.pipelines.mix_plan import (
-    Plan, Source, Unit, load_sources, make_plan, make_units, plan_sources, rows_per_shard, tokenizers_of,
+    Plan, Source, Unit, filler_source, load_sources, make_plan, make_units, plan_sources, rows_per_shard, tokenizers_of,
 )
 from trimodal.pipelines.outcomes import FILTERED, count
 from trimodal.pipelines.sink import remove_stale
@@ -105,6 +108,8 @@ class MixPipelineConfig:
     audio_shared_block: bool = option(True, help="all audio levels share one id block [paper]")
     pack_paired: bool = option(False, help="several paired samples of a source share a row (train with data.pack_paired=true)")
     pack_lookahead: int = option(8, help="with --pack-paired: samples held back to fill rows first-fit")
+    filler: str | None = option(None, help="with --pack-paired: the text input whose unused text fills the rows' leftover "
+                                           "room (default: the text input of largest weight; 'none': leave it PAD)")
     progress: bool = option(True, help="live count of records on local runs")
 
     def __post_init__(self) -> None:
@@ -141,26 +146,39 @@ class PackUnit(beam.DoFn):
                 yield item
             else:
                 if kind == STATS:
-                    src, group, rows, samples, too_long, _ = item
+                    src, group, rows, samples, too_long = item[:5]
                     count(STAGE, "candidates", unit.task, rows)
                     if too_long:
                         count(STAGE, FILTERED, TOO_LONG, too_long)
                 yield beam.pvalue.TaggedOutput(kind, item)
 
 
-def _assign(item, plan: Plan):
-    """Candidate → ``(output shard, (output row, source, payload))`` when the plan uses it."""
+def _assign(item, plan: Plan, seq_len: int):
+    """Candidate → ``(output shard, (output row, source, payload, None))`` when the plan uses it;
+    an unused row of the filler source → ``(output shard, (output row, source, piece, offset))``
+    for each filler its text overlaps (``offset``: where the piece starts in that filler)."""
     src, group, k, payload = item
     if group is not None:
         k += plan.paired_offsets[(src, group)]
     rows = plan.out_rows[src]
     if k < rows.size:
         out = int(rows[k])
-        yield out // plan.rows_per_shard, (out, src, payload)
+        yield out // plan.rows_per_shard, (out, src, payload, None)
+        return
+    f = plan.filler
+    if f is None or src != f.source:
+        return
+    S = seq_len - 1
+    lo, body = k * S, payload[0][1:]  # a text row: TASK_text, then its S stream tokens
+    for j in f.spans(lo, lo + S):
+        a, b = max(int(f.start[j]), lo), min(int(f.start[j] + f.length[j]), lo + S)
+        out = int(f.rows[j])
+        piece = (body[a - lo : b - lo], (), payload[2], 0, 0)
+        yield out // plan.rows_per_shard, (out, src, piece, a - int(f.start[j]))
 
 
 def _consumed(item):
-    _, (_, src, (_, keys, sample_end, truncated, too_long)) = item
+    _, (_, src, (_, keys, sample_end, truncated, too_long), _) = item
     return src, (sample_end, truncated, len(keys), too_long)
 
 
@@ -176,26 +194,43 @@ def _merge_consumed(values) -> tuple[int, int, int, int]:
 
 
 class WriteRows(beam.DoFn):
-    """One output shard: its rows sorted by row index, padded to L, written atomically."""
+    """One output shard: its rows sorted by row index, each with its filler text (if any), padded
+    to L, written atomically."""
 
-    def __init__(self, root: str, seq_len: int, pad: int, names: list[str], tasks: list[str], compression: str):
-        self.root, self.seq_len, self.pad = root, seq_len, pad
+    def __init__(self, root: str, seq_len: int, pad: int, task_text: int, names: list[str], tasks: list[str],
+                 compression: str):
+        self.root, self.seq_len, self.pad, self.task_text = root, seq_len, pad, task_text
         self.names, self.tasks, self.compression = names, tasks, compression
 
     def process(self, item, plan: Plan):
-        index, rows = item
-        rows = sorted(rows, key=lambda x: x[0])
-        L = self.seq_len
+        index, items = item
+        rows = sorted((x for x in items if x[3] is None), key=lambda x: x[0])
+        pieces: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for out, _, piece, offset in items:
+            if offset is not None:
+                pieces.setdefault(out, []).append((offset, piece[0]))
+        L, f = self.seq_len, plan.filler
 
         def samples():
-            for out, src, (tokens, keys, *_) in rows:
+            for out, src, (tokens, keys, *_), _ in rows:
                 full = np.full(L, self.pad, dtype=np.uint32)
                 full[: tokens.size] = tokens
                 meta = {"row": out, "task": self.tasks[src], "sources": [self.names[src]], "samples": list(keys)}
+                j = f.of_row(out) if f is not None else None
+                if j is not None:
+                    text = np.concatenate([p for _, p in sorted(pieces.pop(out, []), key=lambda x: x[0])] or [[]])
+                    if text.size != int(f.length[j]) or tokens.size + 1 + text.size != L:
+                        raise RuntimeError(f"row {out}: filler of {text.size} tokens, the plan has {int(f.length[j])}")
+                    full[tokens.size] = self.task_text
+                    full[tokens.size + 1 :] = text
+                    meta["sources"].append(self.names[f.source])
+                    meta["filler"] = {"source": self.names[f.source], "start": int(f.start[j]), "tokens": int(text.size)}
                 yield f"{out:012d}", meta, {"tokens": full}
 
         info = write_shard(self.root, shard_name(index, plan.n_shards, self.compression), samples(),
                            compression=self.compression)
+        if pieces:
+            raise RuntimeError(f"shard {index}: filler text for rows {sorted(pieces)[:5]} that are not in it")
         count(STAGE, "written", "rows", info.samples)
         yield info
 
@@ -230,6 +265,9 @@ def _finalize(_, plan: Plan, shards: list[ShardInfo], consumed: list[tuple[int, 
         rows_per_task[task] += used[i]
         read += end
         too_long += filt
+    f = plan.filler
+    if f is not None:
+        per_source[spec["names"][f.source]]["filler_tokens"] = int(f.length.sum())
     written = sum(s.samples for s in shards)
     if written != plan.rows:
         raise RuntimeError(f"wrote {written} rows, the plan has {plan.rows}")
@@ -246,6 +284,8 @@ def _finalize(_, plan: Plan, shards: list[ShardInfo], consumed: list[tuple[int, 
             "rows_per_task": rows_per_task,
             "sources": per_source,
             "stopped": plan.stopped,
+            **({"filler": {"source": spec["names"][f.source], "rows": int(f.rows.size), "tokens": int(f.length.sum()),
+                           "rows_left_padded": f.unfilled}} if f is not None else {}),
         },
         layout=spec["layout"],
         seq_len=spec["seq_len"],
@@ -271,6 +311,7 @@ class MixJob:
     layout: VocabLayout
     tokenizers: dict[str, TokenizerInfo]
     units: list[Unit]
+    filler: int | None = None  # index of the filler text source (--pack-paired)
 
     def spec(self, run_id: str | None = None) -> dict[str, Any]:
         cfg = self.cfg
@@ -286,6 +327,7 @@ class MixJob:
             "seq_len": cfg.seq_len,
             "rows_per_shard": rows_per_shard(cfg.seq_len, cfg.target_shard_bytes),
             "pack_paired": cfg.pack_paired,
+            "filler": self.filler,
             "tokenizers": self.tokenizers,
             "layout": self.layout.to_dict(),
             "out": cfg.out.rstrip("/"),
@@ -300,7 +342,8 @@ class MixJob:
                 "compression": cfg.compression,
                 "group_bytes": cfg.group_bytes,
                 "audio_shared_block": cfg.audio_shared_block,
-                **({"pack_paired": True, "pack_lookahead": cfg.pack_lookahead} if cfg.pack_paired else {}),
+                **({"pack_paired": True, "pack_lookahead": cfg.pack_lookahead,
+                    "filler": None if self.filler is None else self.sources[self.filler].name} if cfg.pack_paired else {}),
             },
         }
 
@@ -319,7 +362,8 @@ def prepare_mix(cfg: MixPipelineConfig) -> MixJob:
         if empty:
             raise ValueError(f"input(s) {empty} give no row at seq_len {cfg.seq_len}: the mix would be empty")
     units = make_units(sources, max(1, int(cfg.group_bytes)))
-    return MixJob(cfg, sources, layout, tokenizers, units)
+    filler = filler_source(sources, cfg.filler) if cfg.pack_paired else None
+    return MixJob(cfg, sources, layout, tokenizers, units, filler)
 
 
 def build_mix_pipeline(p: beam.Pipeline, job: MixJob, run_id: str | None = None) -> beam.PCollection:
@@ -350,14 +394,15 @@ def build_mix_pipeline(p: beam.Pipeline, job: MixJob, run_id: str | None = None)
         | "TooLongPerSource" >> beam.Map(lambda s: (s[0], s[4]))
         | "SumTooLong" >> beam.CombinePerKey(sum)
     )
-    assigned = candidates | "Assign" >> beam.FlatMap(_assign, plan=beam.pvalue.AsSingleton(plan))
+    assigned = candidates | "Assign" >> beam.FlatMap(_assign, plan=beam.pvalue.AsSingleton(plan), seq_len=L)
     consumed = assigned | "ConsumedKeys" >> beam.Map(_consumed) | "Consumed" >> beam.CombinePerKey(_merge_consumed)
     shards = (
         assigned
         | "GroupShards" >> beam.GroupByKey()
         | "WriteShards"
         >> beam.ParDo(
-            WriteRows(spec["out"], L, job.layout.pad, spec["names"], spec["tasks"], job.cfg.compression),
+            WriteRows(spec["out"], L, job.layout.pad, job.layout.task_token("text"), spec["names"], spec["tasks"],
+                      job.cfg.compression),
             plan=beam.pvalue.AsSingleton(plan),
         )
     )

@@ -42,7 +42,8 @@ def pack_unit(unit: Unit, layout: VocabLayout, seq_len: int, verify: str, pack: 
               lookahead: int = 8) -> Iterator[tuple[str, Any]]:
     """A unit → ``("row", (source, group | None, index, payload))`` candidates, text
     ``("fragment", ((source, row), (offset, tokens, keys, sample_end)))`` pieces and one
-    ``("stats", (source, group, rows, samples, too_long, stream_tokens))``.
+    ``("stats", (source, group, rows, samples, too_long, stream_tokens, lengths))`` (``lengths``:
+    the used positions of each packed row, uint32, for the filler plan; else None).
 
     A payload is ``(tokens uint32, keys, sample_end, truncated, too_long)``: the row's tokens
     without its PAD tail, the input sample keys in it, 1 + the source index of its last sample,
@@ -106,7 +107,7 @@ def _pack_text(unit: Unit, layout: VocabLayout, L: int, verify: str) -> Iterator
     if pending.size > lo:
         keys, end = span(row_start, pos)
         yield FRAGMENT, ((unit.source, r), (lo, pending[lo:], keys, end))
-    yield STATS, (unit.source, unit.group, full, idx - unit.first_sample, 0, pos - a)
+    yield STATS, (unit.source, unit.group, full, idx - unit.first_sample, 0, pos - a, None)
 
 
 def _paired_segments(unit: Unit, layout: VocabLayout, L: int, verify: str
@@ -144,7 +145,7 @@ def _pack_paired(unit: Unit, layout: VocabLayout, L: int, verify: str) -> Iterat
             continue
         yield ROW, (unit.source, unit.group, local, (segment.astype(np.uint32), (key,), idx, truncated, 0))
         local += 1
-    yield STATS, (unit.source, unit.group, local, idx - unit.first_sample, too_long, 0)
+    yield STATS, (unit.source, unit.group, local, idx - unit.first_sample, too_long, 0, None)
 
 
 def _pack_paired_rows(unit: Unit, layout: VocabLayout, L: int, verify: str, lookahead: int
@@ -156,12 +157,15 @@ def _pack_paired_rows(unit: Unit, layout: VocabLayout, L: int, verify: str, look
     local = too_long = charge = 0
     idx = unit.first_sample
     last: tuple | None = None
+    lengths: list[int] = []
 
     def pop() -> tuple:
         nonlocal charge
         tokens, valid = packer.pop()
         placed = packer.placed
-        payload = (tokens[: int(np.count_nonzero(valid))].astype(np.uint32), tuple(t[0] for t in placed),
+        used = int(np.count_nonzero(valid))
+        lengths.append(used)
+        payload = (tokens[:used].astype(np.uint32), tuple(t[0] for t in placed),
                    max(t[1] for t in placed), sum(t[2] for t in placed), charge)
         charge = 0
         return payload
@@ -186,7 +190,8 @@ def _pack_paired_rows(unit: Unit, layout: VocabLayout, L: int, verify: str, look
         if charge:  # too-long samples after the unit's last row
             last = (*last[:4], last[4] + charge)
         yield ROW, (unit.source, unit.group, local - 1, last)
-    yield STATS, (unit.source, unit.group, local, idx - unit.first_sample, too_long, 0)
+    yield STATS, (unit.source, unit.group, local, idx - unit.first_sample, too_long, 0,
+                  np.asarray(lengths, dtype=np.uint32))
 
 
 def stitch(item, seq_len: int, task_text: int):

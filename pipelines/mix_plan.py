@@ -11,6 +11,11 @@ source each output row comes from.
    takes the next unused candidate of its source (per source, candidates are used in manifest
    order). Without ``rows`` the plan stops just before the first draw that finds its source
    exhausted; with ``rows`` an exhausted source leaves the draw and the others are renormalised.
+3. **The filler** (``--pack-paired``): the room a packed paired row leaves (at least
+   ``MIN_FILL`` positions) is filled with a text segment from the *filler* text source, taken from
+   the part of its packed stream the plan leaves unused (after its last used row), rows in output
+   order; once that text runs out, the remaining rows keep their PAD. The source choice per row is
+   not changed by the filler.
 
 See :mod:`trimodal.pipelines.mix` for the whole job.
 """
@@ -27,6 +32,7 @@ import numpy as np
 
 from trimodal.shards.format import ShardError
 from trimodal.shards.manifest import Manifest, ShardInfo, merged_tokenizers
+from trimodal.shards.packing import MIN_FILL
 from trimodal.shards.rows import ROW_OPENER, framed_tokens
 from trimodal.tokenizers.base import TokenizerInfo
 from trimodal.tokenizers.vocab import TASKS
@@ -156,6 +162,28 @@ def rows_per_shard(seq_len: int, target_shard_bytes: int | None) -> int:
 
 # ---- the row plan -----------------------------------------------------------------------------
 @dataclass
+class Filler:
+    """Text segments for packed paired rows: output row ``rows[j]`` gets ``TASK_text`` + the
+    filler source's stream tokens ``[start[j], start[j] + length[j])``. ``unfilled``: rows with
+    room that got none (the source's unused text ran out)."""
+
+    source: int
+    rows: np.ndarray  # int64, ascending
+    start: np.ndarray  # int64, ascending, contiguous: start[j + 1] == start[j] + length[j]
+    length: np.ndarray  # int64
+    unfilled: int
+
+    def spans(self, lo: int, hi: int) -> range:
+        """Indices j whose text overlaps stream positions ``[lo, hi)``."""
+        end = self.start + self.length
+        return range(int(np.searchsorted(end, lo, side="right")), int(np.searchsorted(self.start, hi, side="left")))
+
+    def of_row(self, out: int) -> int | None:
+        j = int(np.searchsorted(self.rows, out))
+        return j if j < self.rows.size and int(self.rows[j]) == out else None
+
+
+@dataclass
 class Plan:
     rows: int
     rows_per_shard: int
@@ -164,10 +192,54 @@ class Plan:
     out_rows: list[np.ndarray]  # per source: output row of its k-th candidate (k < used)
     paired_offsets: dict[tuple[int, int], int]  # (source, group) → dense index of its first row
     stopped: str
+    filler: Filler | None = None
 
     @property
     def used(self) -> list[int]:
         return [int(a.size) for a in self.out_rows]
+
+
+def filler_source(sources: list[Source], name: str | None) -> int | None:
+    """Index of the filler text source: ``name`` (an input name), None → the text input of
+    largest weight (first on ties; None without text inputs), ``"none"`` → None."""
+    if name == "none":
+        return None
+    text = [s for s in sources if s.task == "text"]
+    if name is not None:
+        hit = [s for s in text if s.name == name]
+        if not hit:
+            raise ValueError(f"--filler {name!r} is not a text input (text inputs: {[s.name for s in text]})")
+        return hit[0].index
+    if not text:
+        return None
+    return max(text, key=lambda s: (s.weight, -s.index)).index
+
+
+def plan_filler(out_rows: list[np.ndarray], lengths: dict[int, np.ndarray], source: int, available: int,
+                seq_len: int) -> Filler:
+    """Which packed paired rows get how much of the filler source's unused text.
+
+    ``lengths[s]``: used positions of source ``s``'s candidate rows (dense index), for the packed
+    paired sources; ``available``: the filler source's candidate rows (each ``seq_len - 1``
+    stream tokens). The text starts after the source's last used row and is dealt in output-row
+    order; a row whose text would pass the end of the stream, and every row after it, gets none."""
+    rows, need = [], []
+    for s, lens in lengths.items():
+        used = out_rows[s]
+        room = seq_len - lens[: used.size].astype(np.int64)
+        keep = room >= MIN_FILL
+        rows.append(used[keep].astype(np.int64))
+        need.append(room[keep] - 1)  # the segment's TASK_text takes one position
+    rows_a = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    need_a = np.concatenate(need) if need else np.zeros(0, np.int64)
+    order = np.argsort(rows_a, kind="stable")
+    rows_a, need_a = rows_a[order], need_a[order]
+    base = int(out_rows[source].size) * (seq_len - ROW_OPENER)
+    cap = int(available) * (seq_len - ROW_OPENER)
+    end = base + np.cumsum(need_a)
+    n = int(np.searchsorted(end, cap, side="right"))
+    start = end[:n] - need_a[:n]
+    return Filler(source, rows_a[:n], start.astype(np.int64), need_a[:n].astype(np.int64), int(rows_a.size - n))
 
 
 def plan_sources(weights: list[float], available: list[int], rows: int | None, seed: int, names: list[str] | None = None) -> tuple[np.ndarray, str]:
@@ -223,14 +295,18 @@ def plan_sources(weights: list[float], available: list[int], rows: int | None, s
 
 def make_plan(stats: list[tuple], spec: dict[str, Any]) -> Plan:
     """The plan from the packing step's per-unit stats ``(source, group, rows, samples,
-    too_long, stream_tokens)`` and the launcher's spec."""
+    too_long, stream_tokens, lengths)`` and the launcher's spec (``lengths``: the used positions
+    of each packed paired candidate row, else None)."""
     n_src = len(spec["weights"])
     available = [0] * n_src
     per_group: dict[tuple[int, int], int] = {}
+    group_lengths: dict[tuple[int, int], np.ndarray] = {}
     stream = [0] * n_src
-    for src, group, n_rows, _samples, _too_long, n_stream in stats:
+    for src, group, n_rows, _samples, _too_long, n_stream, lens in stats:
         per_group[(src, group)] = n_rows
         stream[src] += n_stream
+        if lens is not None:
+            group_lengths[(src, group)] = lens
     offsets: dict[tuple[int, int], int] = {}
     for src in range(n_src):
         if spec["tasks"][src] == "text":
@@ -250,6 +326,15 @@ def make_plan(stats: list[tuple], spec: dict[str, Any]) -> Plan:
         raise ValueError(f"the mix has no rows at seq_len {spec['seq_len']} (rows available per input: {detail})")
     dtype = np.uint32 if choice.size < 2**32 else np.int64
     out_rows = [np.flatnonzero(choice == s).astype(dtype) for s in range(n_src)]
+    filler = None
+    if spec.get("filler") is not None:
+        lengths = {}
+        for src in range(n_src):
+            keys = sorted(k for k in group_lengths if k[0] == src)
+            if keys:
+                lengths[src] = np.concatenate([group_lengths[k] for k in keys])
+        f = spec["filler"]
+        filler = plan_filler(out_rows, lengths, f, available[f], spec["seq_len"])
     rps = spec["rows_per_shard"]
     return Plan(
         rows=int(choice.size),
@@ -259,6 +344,7 @@ def make_plan(stats: list[tuple], spec: dict[str, Any]) -> Plan:
         out_rows=out_rows,
         paired_offsets=offsets,
         stopped=stopped,
+        filler=filler,
     )
 
 

@@ -259,11 +259,27 @@ def test_plan_follows_weights():
         plan_sources([1, 1], [3, 4], 10, seed=0)
 
 
+def test_plan_filler_deals_unused_text_in_row_order():
+    from trimodal.pipelines.mix_plan import plan_filler
+
+    out_rows = [np.array([0, 2]), np.array([1, 3, 4, 5]), np.array([6])]  # text, paired, paired
+    lengths = {1: np.array([60, 30, 64, 50, 7]), 2: np.array([20])}  # the 5th candidate of source 1 is unused
+    f = plan_filler(out_rows, lengths, source=0, available=4, seq_len=64)
+    # rooms: 4 (< MIN_FILL: none), 34, 0, 14, 44 → text lengths 33, 13, 43 from 2 rows × 63 on
+    assert f.rows.tolist() == [3, 5, 6] and f.length.tolist() == [33, 13, 43] and f.start.tolist() == [126, 159, 172]
+    assert f.unfilled == 0 and list(f.spans(150, 170)) == [0, 1] and f.of_row(5) == 1 and f.of_row(4) is None
+    short = plan_filler(out_rows, lengths, source=0, available=3, seq_len=64)  # 63 tokens of text left
+    assert short.rows.tolist() == [3, 5] and short.unfilled == 1
+
+
 def test_refusals(data, tmp_path):
     with pytest.raises(ValueError, match="weights"):
         run_mix_pipeline(MixPipelineConfig([data["text"]], [1, 2], L, str(tmp_path / "x")), BEAM)
     with pytest.raises(ValueError, match="more than the inputs"):
         run_mix_pipeline(MixPipelineConfig([data["image"]], [1], L, str(tmp_path / "x"), rows=10_000), BEAM)
+    with pytest.raises(ValueError, match="not a text input"):
+        run_mix_pipeline(MixPipelineConfig([data["text"], data["image"]], [1, 1], L, str(tmp_path / "x"), pack_paired=True,
+                                           filler="image"), BEAM)
     with pytest.raises(FileNotFoundError, match="no manifest"):
         run_mix_pipeline(MixPipelineConfig([str(tmp_path / "nothing")], [1], L, str(tmp_path / "x")), BEAM)
     # a dataset made with another text tokenizer is refused
@@ -295,8 +311,9 @@ def test_cli(data, tmp_path, capsys):
 
 
 def test_pack_paired_rows_hold_whole_samples_as_segments(data, mixed, tmp_path):
-    """--pack-paired: each paired row is its samples' own unpadded rows back to back, then PAD;
-    every sample is in one row at most; counts stay exact; the loader reads the segments.
+    """--pack-paired: each paired row is its samples' own unpadded rows back to back, then a text
+    filler cut from the text input's unused stream (or PAD with --filler none); every sample is in
+    one row at most; counts stay exact; the loader reads the segments.
     L = 64: room for two or three of the test's paired samples, the 8×8 images still too long."""
     from trimodal.shards.loader import LoaderConfig, SourceConfig, TrimodalDataset
 
@@ -304,12 +321,19 @@ def test_pack_paired_rows_hold_whole_samples_as_segments(data, mixed, tmp_path):
     out = str(tmp_path / "packed")
     cfg = replace(mixed["cfg"], out=out, seq_len=L, pack_paired=True)
     m = run_mix_pipeline(cfg, BEAM)
-    run_mix_pipeline(replace(cfg, out=str(tmp_path / "unpacked"), pack_paired=False), BEAM)
-    unpacked_rows = _rows(str(tmp_path / "unpacked"))
-    assert m.config["pack_paired"] is True and m.config["pack_lookahead"] == 8
+    assert m.config["pack_paired"] is True and m.config["pack_lookahead"] == 8 and m.config["filler"] == "text"
     layout = VocabLayout.from_dict(m.layout)
     rows = _rows(out)
-    shared = []
+    run_mix_pipeline(replace(cfg, out=str(tmp_path / "unpacked"), pack_paired=False), BEAM)
+    unpacked_rows = _rows(str(tmp_path / "unpacked"))
+    run_mix_pipeline(replace(cfg, out=str(tmp_path / "nofill"), filler="none"), BEAM)
+    nofill_rows = _rows(str(tmp_path / "nofill"))
+    # the text input's packed stream: the filler is cut from it after the rows the plan used
+    stream = np.concatenate([r[1:] for r in TextPacker(layout, L).rows(d for _, d in _text_docs(data["text"]))])
+    n_text_rows = m.counts["sources"]["text"]["rows"]
+    next_start = n_text_rows * (L - 1)
+    task_text = layout.task_token("text")
+    shared, fill_tokens = [], 0
     for modality, media_key, block in (("image_text", "image", IMAGE), ("audio_text", "audio", AUDIO)):
         segment, too_long = {}, set()
         for key, _, arrays in data[f"{media_key}_raw"]:
@@ -324,21 +348,37 @@ def test_pack_paired_rows_hold_whole_samples_as_segments(data, mixed, tmp_path):
         for r in got:
             body = np.concatenate([segment[k] for k in r["meta"]["samples"]])
             assert r["tokens"][: body.size].tolist() == body.tolist()
-            assert (r["tokens"][body.size :] == layout.pad).all()
+            rest = r["tokens"][body.size :]
+            fill = r["meta"].get("filler")
+            if fill is None:
+                assert (rest == layout.pad).all() and rest.size < 8  # too little room for a filler
+            else:
+                assert fill["source"] == "text" and r["meta"]["sources"] == [Path(data[media_key]).name, "text"]
+                assert rest[0] == task_text and fill["tokens"] == rest.size - 1
+                assert rest[1:].tolist() == stream[fill["start"] : fill["start"] + fill["tokens"]].tolist()
+                fill_tokens += fill["tokens"]
             seen += r["meta"]["samples"]
         assert len(seen) == len(set(seen)) and not too_long & set(seen)
         shared.append(max(len(r["meta"]["samples"]) for r in got))
         src = m.counts["sources"][Path(data[media_key]).name]
         assert src["rows"] == len(got) and src["samples_consumed"] == len(seen) + src["too_long_for_seq_len"]
         assert 0 < src["too_long_for_seq_len"] <= len(too_long)
-        unpacked = [r for r in unpacked_rows if r["meta"]["task"] == modality]
-        share = np.mean([(r["tokens"] == layout.pad).mean() for r in got])
-        share_unpacked = np.mean([(r["tokens"] == layout.pad).mean() for r in unpacked])
-        print(f"{modality}: PAD share packed {share:.3f}, unpacked {share_unpacked:.3f}")
-        assert share < share_unpacked
+        pad = {name: np.mean([(r["tokens"] == layout.pad).mean() for r in rs if r["meta"]["task"] == modality])
+               for name, rs in (("filled", got), ("nofill", nofill_rows), ("unpacked", unpacked_rows))}
+        print(modality, "PAD share", {k: round(float(v), 3) for k, v in pad.items()})
+        assert pad["filled"] < pad["nofill"] < pad["unpacked"]
     print("most samples in one row (image, audio):", shared)
     assert max(shared) >= 2  # rows really are shared
+    # fillers are dealt in output-row order, back to back, from the end of the used text rows
+    fills = sorted((r["meta"]["row"], r["meta"]["filler"]) for r in rows if "filler" in r["meta"])
+    assert fills
+    for _, fill in fills:
+        assert fill["start"] == next_start
+        next_start += fill["tokens"]
+    assert m.counts["filler"] == {"source": "text", "rows": len(fills), "tokens": fill_tokens, "rows_left_padded": 0}
+    assert m.counts["sources"]["text"]["filler_tokens"] == fill_tokens
     assert m.counts["read"] == sum(s["samples_consumed"] for s in m.counts["sources"].values())
+    assert all("filler" not in r["meta"] for r in nofill_rows) and "filler" not in Manifest.load(str(tmp_path / "nofill")).counts
 
     plain = LoaderConfig(sources=[SourceConfig(out)], seq_len=L, cycle=False, num_streams=1)
     with pytest.raises(ValueError, match="data.pack_paired=true"):
@@ -348,7 +388,8 @@ def test_pack_paired_rows_hold_whole_samples_as_segments(data, mixed, tmp_path):
     for r in TrimodalDataset(replace(plain, pack_paired=True), layout):
         row_meta = meta[r["tokens"].numpy().astype(np.uint32).tobytes()]
         segments = int(r["segments"].max()) + 1
-        assert segments == (1 if row_meta["task"] == "text" else len(row_meta["samples"]))
+        expected = 1 if row_meta["task"] == "text" else len(row_meta["samples"]) + ("filler" in row_meta)
+        assert segments == expected
         n += 1
     assert n == len(rows)
 
