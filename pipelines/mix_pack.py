@@ -151,8 +151,9 @@ def _pack_paired(unit: Unit, layout: VocabLayout, L: int, verify: str) -> Iterat
 def _pack_paired_rows(unit: Unit, layout: VocabLayout, L: int, verify: str, lookahead: int
                       ) -> Iterator[tuple[str, Any]]:
     """Packed candidate rows: the unit's samples as segments, first fit within ``lookahead``
-    (no text filler: a row holds one source). A too-long sample is charged to the unit's next
-    row (or its last, at the unit's end), so the manifest can count it with the rows used."""
+    (the text filler is added at write time, from the plan). A too-long sample is charged to the
+    unit's next row (or its last, at the unit's end), so the manifest can count it with the rows
+    used."""
     packer = RowPacker(layout, L, lookahead)
     local = too_long = charge = 0
     idx = unit.first_sample
