@@ -184,9 +184,8 @@ class TokenizeText(BatchStep):
 def _set_encode_threads(tok: Any, n: int) -> None:
     """SentencePiece encodes a batch on all cores by default; ``n`` threads instead (tiktoken
     already uses one)."""
-    sp = getattr(tok, "_sp", None)
-    if sp is not None and hasattr(sp, "_num_threads"):
-        sp._num_threads = n
+    if hasattr(tok, "encode_threads"):
+        tok.encode_threads = n
 
 
 def encode_threads(options: PipelineOptions) -> int | None:

@@ -19,11 +19,13 @@ from trimodal.tokenizers.base import TokenizerInfo, fingerprint_of
 
 
 class TextTokenizer:
-    """``encode(list[str]) -> list[np.ndarray]`` of local ids; ``decode(ids) -> str``."""
+    """``encode(list[str]) -> list[np.ndarray]`` of local ids; ``decode(ids) -> str``.
+    ``encode_threads``: threads of a batch encode (None: SentencePiece's default, every core)."""
 
-    def __init__(self, model_proto: bytes, path: str | None = None):
+    def __init__(self, model_proto: bytes, path: str | None = None, encode_threads: int | None = None):
         self._proto = model_proto
         self.path = path
+        self.encode_threads = encode_threads
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self._dtype = np.uint16 if self._sp.get_piece_size() <= 65536 else np.uint32
 
@@ -40,10 +42,10 @@ class TextTokenizer:
 
     # Pickling sends the model bytes, so Beam workers rebuild the processor themselves.
     def __getstate__(self) -> dict[str, Any]:
-        return {"proto": self._proto, "path": self.path}
+        return {"proto": self._proto, "path": self.path, "encode_threads": self.encode_threads}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["proto"], state["path"])
+        self.__init__(state["proto"], state["path"], state.get("encode_threads"))
 
     @property
     def vocab_size(self) -> int:
@@ -58,7 +60,10 @@ class TextTokenizer:
         return self._dtype
 
     def encode(self, batch: Sequence[str]) -> list[np.ndarray]:
-        ids = self._sp.encode(list(batch), out_type=int)
+        if self.encode_threads is None:
+            ids = self._sp.encode(list(batch), out_type=int)
+        else:
+            ids = self._sp.encode(list(batch), out_type=int, num_threads=self.encode_threads)
         return [np.asarray(x, dtype=self._dtype) for x in ids]
 
     def encode_one(self, text: str) -> np.ndarray:

@@ -18,6 +18,12 @@ def test_train_load_encode_decode_round_trip(tmp_path):
     assert again.decode(ids[1]) == "café ünïcode 😀"  # byte fallback: nothing becomes <unk>
     clone = pickle.loads(pickle.dumps(again))  # what Beam does to ship it to workers
     assert (clone.encode_one("the lazy fox") == ids[0]).all()
+    # a batch encode on one thread (what a local multi-worker run sets) gives the same ids
+    again.encode_threads = 1
+    one = pickle.loads(pickle.dumps(again))
+    assert one.encode_threads == 1
+    batch = texts[:8] + ["the lazy fox", "café ünïcode 😀"]
+    assert [x.tolist() for x in one.encode(batch)] == [x.tolist() for x in tok.encode(batch)]
 
 
 def test_fingerprint_changes_with_the_model(tmp_path):
