@@ -127,6 +127,8 @@ class MixPipelineConfig:
             raise ValueError(f"unknown compression {self.compression!r}; expected 'none' or 'zstd'")
         if self.pack_lookahead < 1:
             raise ValueError(f"--pack-lookahead must be >= 1, got {self.pack_lookahead}")
+        if self.filler is not None and not self.pack_paired:
+            raise ValueError("--filler only applies with --pack-paired")
 
 
 class PackUnit(beam.DoFn):
@@ -248,7 +250,8 @@ def _finalize(_, plan: Plan, shards: list[ShardInfo], consumed: list[tuple[int, 
         task = spec["tasks"][i]
         filt = 0
         if task != "text" and spec["pack_paired"]:  # packed rows: the samples in them + those filtered on the way
-            filt, end = charged, in_rows + charged
+            filt = charged + (plan.too_long_between or [0] * len(spec["names"]))[i]
+            end = in_rows + filt
         elif task != "text":  # one sample per row: every earlier sample not in a row was too long
             filt = end - used[i]
         per_source[name] = {

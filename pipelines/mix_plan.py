@@ -193,6 +193,8 @@ class Plan:
     paired_offsets: dict[tuple[int, int], int]  # (source, group) → dense index of its first row
     stopped: str
     filler: Filler | None = None
+    too_long_between: list[int] | None = None  # packed: too-long samples of row-less units before a used row
+
 
     @property
     def used(self) -> list[int]:
@@ -301,9 +303,11 @@ def make_plan(stats: list[tuple], spec: dict[str, Any]) -> Plan:
     available = [0] * n_src
     per_group: dict[tuple[int, int], int] = {}
     group_lengths: dict[tuple[int, int], np.ndarray] = {}
+    group_too_long: dict[tuple[int, int], int] = {}
     stream = [0] * n_src
-    for src, group, n_rows, _samples, _too_long, n_stream, lens in stats:
+    for src, group, n_rows, _samples, too_long, n_stream, lens in stats:
         per_group[(src, group)] = n_rows
+        group_too_long[(src, group)] = too_long
         stream[src] += n_stream
         if lens is not None:
             group_lengths[(src, group)] = lens
@@ -326,6 +330,12 @@ def make_plan(stats: list[tuple], spec: dict[str, Any]) -> Plan:
         raise ValueError(f"the mix has no rows at seq_len {spec['seq_len']} (rows available per input: {detail})")
     dtype = np.uint32 if choice.size < 2**32 else np.int64
     out_rows = [np.flatnonzero(choice == s).astype(dtype) for s in range(n_src)]
+    # packed units charge a too-long sample to one of their rows; a unit with no row at all has
+    # none, so its too-long samples count when a later row of the source is used
+    between = [0] * n_src
+    for (src, g), n in per_group.items():
+        if n == 0 and (src, g) in offsets and offsets[(src, g)] < out_rows[src].size:
+            between[src] += group_too_long[(src, g)]
     filler = None
     if spec.get("filler") is not None:
         lengths = {}
@@ -345,6 +355,7 @@ def make_plan(stats: list[tuple], spec: dict[str, Any]) -> Plan:
         paired_offsets=offsets,
         stopped=stopped,
         filler=filler,
+        too_long_between=between,
     )
 
 

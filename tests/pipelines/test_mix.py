@@ -259,6 +259,33 @@ def test_plan_follows_weights():
         plan_sources([1, 1], [3, 4], 10, seed=0)
 
 
+def test_packed_counts_keep_too_long_samples_of_units_without_rows(data, tmp_path):
+    """A unit whose samples are all too long has no row to charge them to: they still count once
+    a later row of the source is used, whatever the grouping (the same counts as one unit)."""
+    root = tmp_path / "tl"
+    fit = {"image": np.zeros((3, 4), np.uint16)}  # 12 + 5 positions: two share a row of 40
+    big = {"image": np.zeros((8, 8), np.uint16)}  # 64 + 5 > 40: too long
+    plan = [[fit, fit, big, big], [big, big], [big, fit, fit]]
+    infos, n = [], 0
+    for k, arrays in enumerate(plan):
+        samples = []
+        for a in arrays:
+            rid = f"s{n:03d}"
+            n += 1
+            samples.append((key_from_id(rid), {"id": rid, "source": "t", "modality": "image_text"}, a))
+        samples.sort(key=lambda x: x[0])
+        infos.append(write_shard(str(root), shard_name(k, len(plan)), samples))
+    Manifest(kind="tokenized", modality="image_text", tokenizers={"text": data["tok"].info(), "image": IMAGE_TOK},
+             shards=infos, counts={"read": n, "written": n, "filtered": {}, "rejected": {}}).save(str(root))
+    counts = []
+    for group_bytes in (1, 1 << 40):
+        m = run_mix_pipeline(MixPipelineConfig([str(root)], [1], L, str(tmp_path / f"out{group_bytes}"), rows=2,
+                                               pack_paired=True, group_bytes=group_bytes), BEAM)
+        src = m.counts["sources"]["tl"]
+        counts.append((src["samples_consumed"], src["too_long_for_seq_len"], m.counts["read"]))
+    assert counts == [(9, 5, 9), (9, 5, 9)]
+
+
 def test_plan_filler_deals_unused_text_in_row_order():
     from trimodal.pipelines.mix_plan import plan_filler
 
@@ -280,6 +307,8 @@ def test_refusals(data, tmp_path):
     with pytest.raises(ValueError, match="not a text input"):
         run_mix_pipeline(MixPipelineConfig([data["text"], data["image"]], [1, 1], L, str(tmp_path / "x"), pack_paired=True,
                                            filler="image"), BEAM)
+    with pytest.raises(ValueError, match="only applies with --pack-paired"):
+        MixPipelineConfig([data["text"]], [1], L, str(tmp_path / "x"), filler="text")
     with pytest.raises(FileNotFoundError, match="no manifest"):
         run_mix_pipeline(MixPipelineConfig([str(tmp_path / "nothing")], [1], L, str(tmp_path / "x")), BEAM)
     # a dataset made with another text tokenizer is refused
