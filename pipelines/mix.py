@@ -155,10 +155,12 @@ class PackUnit(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(kind, item)
 
 
-def _assign(item, plan: Plan, seq_len: int):
+def _assign(item, plan: Plan, seq_len: int, text_bos: int):
     """Candidate → ``(output shard, (output row, source, payload, None))`` when the plan uses it;
     an unused row of the filler source → ``(output shard, (output row, source, piece, offset))``
-    for each filler its text overlaps (``offset``: where the piece starts in that filler)."""
+    for each filler its text overlaps (``offset``: where the piece starts in that filler). A
+    piece's sample end leaves out the row's documents that start after it (their ``BOS_text``
+    lies past the piece), so the filler input's ``samples_consumed`` is exact."""
     src, group, k, payload = item
     if group is not None:
         k += plan.paired_offsets[(src, group)]
@@ -175,7 +177,8 @@ def _assign(item, plan: Plan, seq_len: int):
     for j in f.spans(lo, lo + S):
         a, b = max(int(f.start[j]), lo), min(int(f.start[j] + f.length[j]), lo + S)
         out = int(f.rows[j])
-        piece = (body[a - lo : b - lo], (), payload[2], 0, 0)
+        later = int(np.count_nonzero(body[b - lo :] == text_bos))
+        piece = (body[a - lo : b - lo], (), payload[2] - later, 0, 0)
         yield out // plan.rows_per_shard, (out, src, piece, a - int(f.start[j]))
 
 
@@ -397,7 +400,8 @@ def build_mix_pipeline(p: beam.Pipeline, job: MixJob, run_id: str | None = None)
         | "TooLongPerSource" >> beam.Map(lambda s: (s[0], s[4]))
         | "SumTooLong" >> beam.CombinePerKey(sum)
     )
-    assigned = candidates | "Assign" >> beam.FlatMap(_assign, plan=beam.pvalue.AsSingleton(plan), seq_len=L)
+    assigned = candidates | "Assign" >> beam.FlatMap(_assign, plan=beam.pvalue.AsSingleton(plan), seq_len=L,
+                                                     text_bos=job.layout.text.bos)
     consumed = assigned | "ConsumedKeys" >> beam.Map(_consumed) | "Consumed" >> beam.CombinePerKey(_merge_consumed)
     shards = (
         assigned

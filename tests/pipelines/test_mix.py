@@ -358,7 +358,8 @@ def test_pack_paired_rows_hold_whole_samples_as_segments(data, mixed, tmp_path):
     run_mix_pipeline(replace(cfg, out=str(tmp_path / "nofill"), filler="none"), BEAM)
     nofill_rows = _rows(str(tmp_path / "nofill"))
     # the text input's packed stream: the filler is cut from it after the rows the plan used
-    stream = np.concatenate([r[1:] for r in TextPacker(layout, L).rows(d for _, d in _text_docs(data["text"]))])
+    docs = _text_docs(data["text"])
+    stream = np.concatenate([r[1:] for r in TextPacker(layout, L).rows(d for _, d in docs)])
     n_text_rows = m.counts["sources"]["text"]["rows"]
     next_start = n_text_rows * (L - 1)
     task_text = layout.task_token("text")
@@ -406,6 +407,9 @@ def test_pack_paired_rows_hold_whole_samples_as_segments(data, mixed, tmp_path):
         next_start += fill["tokens"]
     assert m.counts["filler"] == {"source": "text", "rows": len(fills), "tokens": fill_tokens, "rows_left_padded": 0}
     assert m.counts["sources"]["text"]["filler_tokens"] == fill_tokens
+    # the text input counts every document whose text reached a row (its BOS before the last filler's end)
+    doc_starts = np.cumsum([0] + [d.size + 2 for _, d in docs])[:-1]
+    assert m.counts["sources"]["text"]["samples_consumed"] == int((doc_starts < next_start).sum())
     assert m.counts["read"] == sum(s["samples_consumed"] for s in m.counts["sources"].values())
     assert all("filler" not in r["meta"] for r in nofill_rows) and "filler" not in Manifest.load(str(tmp_path / "nofill")).counts
 
