@@ -192,7 +192,6 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, info: D.DistInfo) -> None:
         self.cfg, self.info = cfg, info
         run = cfg.run
-        self.run_id, self.resuming = D.on_main(lambda: prepare_run_dir(run, True))
         self._rows_log = None
         self.manifests = load_manifests(cfg.data)
         self.tokenizers = tokenizers_of(self.manifests)
@@ -223,6 +222,8 @@ class Trainer:
         self.start_step = 0
         self.ckpt_root = storage.join(run.out_dir, "checkpoints")
         self.warnings = self._check_audio_budget() if info.is_main else []
+        # claimed last: a run refused while it is built (bad sources, seq_len, …) leaves the folder as it was
+        self.run_id, self.resuming = D.on_main(lambda: prepare_run_dir(run, True))
 
     def _check_audio_budget(self) -> list[str]:
         """Warn when more than 1 % of an audio source's clips do not fit a row (they are then

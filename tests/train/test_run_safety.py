@@ -50,6 +50,16 @@ def test_fresh_run_into_a_used_folder_is_refused(text_dataset, tmp_path):
     assert _steps(out) == [1, 2]
 
 
+def test_a_run_refused_while_it_is_built_leaves_no_trace(text_dataset, tmp_path):
+    out = tmp_path / "run"
+    bad = _cfg(text_dataset, out, **{"data.seq_len": 128})  # longer than model.max_seq_len
+    with pytest.raises(ConfigError, match="exceeds model.max_seq_len"):
+        train(bad)
+    assert not out.exists() or not any(out.iterdir())
+    train(_cfg(text_dataset, out))  # no --overwrite needed
+    assert _steps(out) == [1, 2, 3, 4]
+
+
 def test_resume_without_a_usable_checkpoint_is_refused(text_dataset, tmp_path):
     with pytest.raises(ConfigError, match="holds no run"):
         train(_cfg(text_dataset, tmp_path / "never", **{"run.resume": "true"}))
