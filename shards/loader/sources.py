@@ -154,7 +154,8 @@ def resolve_sources(config: LoaderConfig, layout: VocabLayout, manifests: dict[s
                 raise ValueError(f"{where}: rows were packed to seq_len {m.seq_len}, the loader wants {config.seq_len}")
             if (m.config or {}).get("pack_paired") and not config.pack_paired:
                 raise ValueError(f"{where}: its rows hold several samples each (pipeline mix --pack-paired); set "
-                                 f"data.pack_paired=true so attention, positions and t follow the samples")
+                                 f"data.pack_paired=true so attention, positions and t follow the samples "
+                                 f"(evaluation reads unpacked rows: give it the tokenized inputs' val splits)")
         check_tokenizers(layout, m, where)
         if config.split not in m.splits() and m.shards:
             raise ValueError(f"{where} has no {config.split!r} split (it has {m.splits()})")
