@@ -31,8 +31,8 @@ from trimodal.pipelines import progress
 from trimodal.pipelines.outcomes import FILTERED, REJECTED, BatchStep, Step, Tally, run_step
 from trimodal.pipelines.readers import Reader
 from trimodal.pipelines.records import DeadLetter, Record
-from trimodal.pipelines.sink import (AssembleDataset, SinkConfig, SpillWriter, WriteDataset, remove_spill, spill_folder,
-                                     sweep_spills)
+from trimodal.pipelines.sink import SinkConfig, WriteDataset
+from trimodal.pipelines.spill import AssembleDataset, SpillWriter, remove_spill, spill_folder, sweep_spills
 from trimodal.shards.lock import DatasetLock
 from trimodal.shards.manifest import MANIFEST_NAME, Manifest
 
@@ -229,8 +229,8 @@ def build_batched(p: beam.Pipeline, inputs: list[str], reader: Reader, step: Bat
     """read → batch step → shards + dead-letter + manifest, with batches (not records) as elements.
 
     On a local runner the job is ``Inputs → SpreadFiles → <label> → WriteDataset``: ``<label>``
-    reads, processes and spills whole files (:class:`~trimodal.pipelines.sink.SpillWriter`) and
-    ``WriteDataset`` assembles the spill (:func:`~trimodal.pipelines.sink.assemble`), so memory stays
+    reads, processes and spills whole files (:class:`~trimodal.pipelines.spill.SpillWriter`) and
+    ``WriteDataset`` (an :class:`~trimodal.pipelines.spill.AssembleDataset`) assembles the spill, so memory stays
     bounded whatever the corpus size and the per-element work of Beam is paid per file. Elsewhere
     (Dataflow) it is the plain Beam graph: ``Read`` (batches) → ``Rebalance`` → ``<label>`` (the
     step, one sample per output element) → :class:`~trimodal.pipelines.sink.WriteDataset`. Both

@@ -18,25 +18,8 @@ was before splits existed.
 **Two sinks, the same bytes.** :class:`WriteDataset` is the plain Beam graph (Dataflow): a
 Combine counts the samples and bytes of each split, a GroupByKey on (split, shard) gathers
 them. On a local runner that GroupByKey would hold the whole corpus in memory, so local runs
-spill instead (:class:`SpillWriter`, :func:`assemble`, :class:`AssembleDataset`), in two phases:
-
-1. *Spill.* The step that makes the samples appends each one, already framed as tar members,
-   to a spill part on local disk (the system temp folder, :func:`spill_folder`), with one index
-   row (split, 64-bit bucket hash, key, offset, length, token counts) and its split's totals; dead
-   letters go as their final JSON lines. A part closes at :data:`SPILL_PART_BYTES` /
-   :data:`SPILL_PART_ROWS`; the step emits only the small part descriptions.
-2. *Assemble*, once every part is in (one GroupByKey of the descriptions): N per split from the
-   summed totals, exactly as the Combine computes it; each part's index is sorted by global
-   bucket (``hash % N``, train buckets first) and written back, so one shard's samples are one
-   slice of each part's index; each shard is then read from the parts (``pread``), sorted by key,
-   written; dead-letter files likewise (``ceil(dead / per_file)`` files, bucketed by id and
-   stage, sorted by id, stage, reason); then the manifest, and the spill folder is removed.
-
-Memory is bounded whatever the corpus size: one batch while spilling, about one shard (plus one
-part's index) while assembling: roughly 2× ``target_shard_bytes`` (3× with zstd) above the
-runtime's own ~0.2 GB. Disk: the spill holds about one copy of the output. A re-run is
-idempotent (same bytes); a killed launcher's spill folder is swept by the next local run
-(:func:`sweep_spills`).
+spill to disk and assemble instead (:mod:`trimodal.pipelines.spill`), writing the same bytes
+with the shard and dead-letter helpers defined here.
 """
 
 from __future__ import annotations
@@ -44,11 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,8 +36,8 @@ import numpy as np
 from trimodal import storage
 from trimodal.pipelines.outcomes import Tally, count
 from trimodal.pipelines.records import FILTERED, REJECTED, DeadLetter, Record, safe_json
-from trimodal.shards.format import ARRAY_NAMES, key_from_id
-from trimodal.shards.lock import DatasetLock, pid_alive
+from trimodal.shards.format import key_from_id
+from trimodal.shards.lock import DatasetLock
 from trimodal.shards.manifest import Manifest, ShardInfo
 from trimodal.shards.writer import fast_encode_sample, frame_sample, sample_tokens, shard_name, write_framed
 from trimodal.tokenizers.base import TokenizerInfo
@@ -80,7 +58,7 @@ class SinkConfig:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def _bucket(key: str, n: int) -> int:
+def bucket_of(key: str, n: int) -> int:
     return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % n
 
 
@@ -116,7 +94,7 @@ def make_sample(record: Record, modality: str, lengths: dict[str, Any], arrays: 
     }
 
 
-def _num_shards(total_bytes: int, n_samples: int, target: int) -> int:
+def num_shards(total_bytes: int, n_samples: int, target: int) -> int:
     return max(1, min(n_samples, math.ceil(total_bytes / target)))
 
 
@@ -158,10 +136,10 @@ class _WriteShard(beam.DoFn):
             for k, v in s["tokens"].items():
                 tokens[k] = tokens.get(k, 0) + v
             text_bytes += s["text_bytes"]
-        yield _write_shard(self.cfg, split, index, n_shards[split], framed, tokens, text_bytes)
+        yield write_split_shard(self.cfg, split, index, n_shards[split], framed, tokens, text_bytes)
 
 
-def _write_shard(cfg: SinkConfig, split: str, index: int, n: int, framed: list[tuple[bytes, bytes]],
+def write_split_shard(cfg: SinkConfig, split: str, index: int, n: int, framed: list[tuple[bytes, bytes]],
                  tokens: dict[str, int], text_bytes: int) -> ShardInfo:
     """One shard from ``(key, framed sample)`` pairs in any order: sorted by key (then by bytes,
     so that even duplicate ids give the same shard on every runner)."""
@@ -172,11 +150,11 @@ def _write_shard(cfg: SinkConfig, split: str, index: int, n: int, framed: list[t
                      text_bytes=text_bytes)
 
 
-def _dead_line(r: DeadLetter) -> str:
+def dead_line(r: DeadLetter) -> str:
     return json.dumps(r.to_dict(), sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def _write_dead_file(root: str, index: int, n_files: int, lines: list[tuple[tuple[str, str, str], str]]) -> str:
+def write_dead_file(root: str, index: int, n_files: int, lines: list[tuple[tuple[str, str, str], str]]) -> str:
     """Dead letters ``((id, stage, reason), JSON line)`` sorted (by their line on a tie), written."""
     lines.sort()
     name = f"{DEAD_LETTER_DIR}/deadletter-{index:05d}-of-{n_files:05d}.jsonl"
@@ -190,14 +168,14 @@ class _WriteDeadLetter(beam.DoFn):
 
     def process(self, item, n_files: int):
         index, records = item
-        yield _write_dead_file(self.root, index, n_files, [((r.id, r.stage, r.reason), _dead_line(r)) for r in records])
+        yield write_dead_file(self.root, index, n_files, [((r.id, r.stage, r.reason), dead_line(r)) for r in records])
 
 
 def _reason_counts(counts: list[tuple[tuple[str, str], int]], outcome: str) -> dict[str, int]:
     return dict(sorted((reason, n) for (o, reason), n in counts if o == outcome))
 
 
-def _finalize(_, cfg: SinkConfig, shards: list[ShardInfo], dead: list[tuple[tuple[str, str], int]], dead_files: list[str], n_read: int):
+def finalize_dataset(_, cfg: SinkConfig, shards: list[ShardInfo], dead: list[tuple[tuple[str, str], int]], dead_files: list[str], n_read: int):
     shards = sorted(shards, key=lambda s: s.name)
     manifest = Manifest(
         kind="tokenized",
@@ -253,11 +231,11 @@ class WriteDataset(beam.PTransform):
         n_shards = (
             keyed
             | "CountAndBytes" >> beam.CombinePerKey(_CountAndBytes())
-            | "NumShards" >> beam.MapTuple(lambda split, nb: (split, _num_shards(nb[1], nb[0], cfg.target_shard_bytes)))
+            | "NumShards" >> beam.MapTuple(lambda split, nb: (split, num_shards(nb[1], nb[0], cfg.target_shard_bytes)))
         )
         shards = (
             keyed
-            | "AssignShard" >> beam.Map(lambda kv, n: ((kv[0], _bucket(kv[1]["key"], n[kv[0]])), kv[1]),
+            | "AssignShard" >> beam.Map(lambda kv, n: ((kv[0], bucket_of(kv[1]["key"], n[kv[0]])), kv[1]),
                                         n=beam.pvalue.AsDict(n_shards))
             | "GroupShards" >> beam.GroupByKey()
             | "WriteShards" >> beam.ParDo(_WriteShard(cfg), n_shards=beam.pvalue.AsDict(n_shards))
@@ -266,7 +244,7 @@ class WriteDataset(beam.PTransform):
         n_dead_files = n_dead | "NumDeadFiles" >> beam.Map(lambda n: max(1, math.ceil(n / cfg.dead_letter_records_per_file)))
         dead_files = (
             dead
-            | "AssignDead" >> beam.Map(lambda r, n: (_bucket(r.id + r.stage, n), r), n=beam.pvalue.AsSingleton(n_dead_files))
+            | "AssignDead" >> beam.Map(lambda r, n: (bucket_of(r.id + r.stage, n), r), n=beam.pvalue.AsSingleton(n_dead_files))
             | "GroupDead" >> beam.GroupByKey()
             | "WriteDead" >> beam.ParDo(_WriteDeadLetter(cfg.root), n_files=beam.pvalue.AsSingleton(n_dead_files))
         )
@@ -279,7 +257,7 @@ class WriteDataset(beam.PTransform):
             samples.pipeline
             | "Finalize" >> beam.Create([None])
             | "WriteManifest" >> beam.Map(
-                _finalize,
+                finalize_dataset,
                 cfg=cfg,
                 shards=beam.pvalue.AsList(shards),
                 dead=beam.pvalue.AsList(reasons),
@@ -287,240 +265,3 @@ class WriteDataset(beam.PTransform):
                 n_read=beam.pvalue.AsSingleton(n_read),
             )
         )
-
-
-# ---- local runs: spill to disk, then assemble (bounded memory) ----
-
-SPLITS = ("train", "val")
-SPILL_PART_BYTES = 256 * 2**20  # framed samples in one spill part
-SPILL_PART_ROWS = 1 << 18  # samples in one spill part (bounds the index held while spilling)
-SPILL_PREFIX = "trimodal-spill-"
-_INDEX_HEAD = [("split", "u1"), ("h", "<u8")]
-_INDEX_TAIL = [("offset", "<u8"), ("length", "<u8"), ("text_bytes", "<u8")] + [(f"tok_{n}", "<i8") for n in ARRAY_NAMES]
-
-
-def _hash64(key: str) -> int:
-    """What :func:`_bucket` takes the remainder of."""
-    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big")
-
-
-def spill_folder(run_id: str | None) -> str:
-    """The local scratch folder of one run's spill parts (under the system temp folder, also for
-    an object-storage root); named by the launcher's pid so a later run can sweep it if the
-    launcher was killed."""
-    return os.path.join(tempfile.gettempdir(), f"{SPILL_PREFIX}{os.getpid()}-{run_id or uuid.uuid4().hex[:12]}")
-
-
-def remove_spill(folder: str) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def sweep_spills() -> list[str]:
-    """Remove the spill folders of launchers that are gone (killed runs leave theirs)."""
-    removed = []
-    root = tempfile.gettempdir()
-    for name in os.listdir(root):
-        if not name.startswith(SPILL_PREFIX):
-            continue
-        pid = name[len(SPILL_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            remove_spill(os.path.join(root, name))
-            removed.append(name)
-    return removed
-
-
-    return True
-
-
-@dataclass
-class SpillPart:
-    """One closed spill part: framed samples (``data``), their index (``.npy``: split, bucket
-    hash, key, offset, length, text bytes, tokens per array), dead-letter lines (``dead``, in
-    their final form) and the totals the assembly needs before it reads any of them."""
-
-    data: str
-    index: str
-    dead: str
-    samples: int = 0
-    n_read: int = 0
-    n_dead: int = 0
-    totals: dict[str, list[int]] = field(default_factory=dict)  # split -> [samples, payload bytes]
-    reasons: dict[tuple[str, str], int] = field(default_factory=dict)  # (outcome, reason) -> n
-
-
-class SpillWriter:
-    """Samples and dead letters of one bundle → spill parts under ``folder``, each closed part
-    at most :data:`SPILL_PART_BYTES` of samples or :data:`SPILL_PART_ROWS` samples."""
-
-    def __init__(self, folder: str, val_fraction: float, part_bytes: int | None = None,
-                 part_rows: int | None = None) -> None:
-        self.folder, self.val_fraction = folder, val_fraction
-        self.part_bytes = SPILL_PART_BYTES if part_bytes is None else part_bytes
-        self.part_rows = SPILL_PART_ROWS if part_rows is None else part_rows
-        self.closed: list[SpillPart] = []
-        self.part: SpillPart | None = None
-        self.handed = 0
-        os.makedirs(folder, exist_ok=True)
-
-    def _open(self) -> SpillPart:
-        stem = os.path.join(self.folder, uuid.uuid4().hex)
-        self.part = SpillPart(data=stem + ".data", index=stem + ".index.npy", dead=stem + ".dead.jsonl")
-        self._data = open(self.part.data, "wb")
-        self._dead = None
-        self._rows: list[tuple] = []
-        self._offset = 0
-        return self.part
-
-    def add(self, samples: Iterable[dict[str, Any]], dead: Iterable[DeadLetter], n_read: int) -> None:
-        part = self.part or self._open()
-        part.n_read += n_read
-        rows, write, vf = self._rows, self._data.write, self.val_fraction
-        for s in samples:
-            framed = frame_sample(s["members"])
-            split = split_of(s["id"], vf)
-            tok = s["tokens"]
-            rows.append((split == "val", _hash64(s["key"]), s["key"].encode(), self._offset, len(framed),
-                         s["text_bytes"], *(tok.get(n, -1) for n in ARRAY_NAMES)))
-            write(framed)
-            self._offset += len(framed)
-            t = part.totals.setdefault(split, [0, 0])
-            t[0] += 1
-            t[1] += s["size"]
-        lines = []
-        for d in dead:
-            lines.append(_dead_line(d))
-            part.reasons[(d.outcome, d.reason)] = part.reasons.get((d.outcome, d.reason), 0) + 1
-        if lines:
-            if self._dead is None:
-                self._dead = open(part.dead, "wb")
-            self._dead.write("".join(lines).encode())
-            part.n_dead += len(lines)
-        if self._offset >= self.part_bytes or len(rows) >= self.part_rows:
-            self._close_part()
-
-    def _close_part(self) -> None:
-        part, rows = self.part, self._rows
-        self._data.close()
-        if self._dead is not None:
-            self._dead.close()
-        width = max((len(r[2]) for r in rows), default=1)
-        np.save(part.index, np.array(rows, dtype=_INDEX_HEAD + [("key", f"S{width}")] + _INDEX_TAIL))
-        part.samples = len(rows)
-        self.closed.append(part)
-        self.part, self._rows = None, []
-
-    def take(self) -> list[SpillPart]:
-        """The parts closed since the last call (each handed out once)."""
-        out, self.closed = self.closed, []
-        self.handed += len(out)
-        return out
-
-    def close(self) -> list[SpillPart]:
-        """Close the open part and hand out all; at least one part per writer, even an empty one
-        (it carries the read count, and the assembly runs once a part is in)."""
-        if self.part is None and not self.handed and not self.closed:
-            self._open()
-        if self.part is not None:
-            self._close_part()
-        return self.take()
-
-
-def assemble(parts: list[SpillPart], cfg: SinkConfig) -> Manifest:
-    """Spill parts → the shards, dead-letter files and manifest :class:`WriteDataset` writes for the
-    same samples and dead letters, holding about one shard in memory.
-
-    The shard counts come from the parts' totals; then each part's index is sorted by global
-    bucket (train buckets first, then val) and written back, so a shard's samples are one slice
-    of each part's index; a shard reads its samples from the parts, sorts them by key and is
-    written. Dead-letter files are made the same way (one pass over the dead lines per file)."""
-    totals: dict[str, list[int]] = {}
-    reasons: dict[tuple[str, str], int] = {}
-    for p in parts:
-        for split, (n, b) in p.totals.items():
-            t = totals.setdefault(split, [0, 0])
-            t[0] += n
-            t[1] += b
-        for k, n in p.reasons.items():
-            reasons[k] = reasons.get(k, 0) + n
-    n_shards = {s: _num_shards(totals[s][1], totals[s][0], cfg.target_shard_bytes) for s in SPLITS if s in totals}
-    base = {}
-    g = 0
-    for s in SPLITS:
-        base[s] = g
-        g += n_shards.get(s, 0)
-    mod = np.array([n_shards.get(s, 1) for s in SPLITS], dtype=np.uint64)
-    off = np.array([base[s] for s in SPLITS], dtype=np.uint64)
-    layout: list[tuple[SpillPart, np.ndarray]] = []
-    for p in parts:
-        if not p.samples:
-            continue
-        idx = np.load(p.index)
-        gid = off[idx["split"]] + idx["h"] % mod[idx["split"]]
-        order = np.argsort(gid, kind="stable")
-        np.save(p.index, idx[order])
-        layout.append((p, np.searchsorted(gid[order], np.arange(g + 1, dtype=np.uint64))))
-        del idx, gid, order
-    shards = []
-    for split in SPLITS:
-        for i in range(n_shards.get(split, 0)):
-            gi = base[split] + i
-            framed: list[tuple[bytes, bytes]] = []
-            tokens: dict[str, int] = {}
-            text_bytes = 0
-            for p, starts in layout:
-                lo, hi = int(starts[gi]), int(starts[gi + 1])
-                if hi <= lo:
-                    continue
-                rows = np.load(p.index, mmap_mode="r")[lo:hi]
-                with open(p.data, "rb") as f:
-                    fd = f.fileno()
-                    for key, at, n in zip(rows["key"].tolist(), rows["offset"].tolist(), rows["length"].tolist()):
-                        framed.append((key, os.pread(fd, n, at)))
-                text_bytes += int(rows["text_bytes"].sum())
-                for name in ARRAY_NAMES:
-                    col = rows[f"tok_{name}"]
-                    if (col >= 0).any():
-                        tokens[name] = tokens.get(name, 0) + int(col[col >= 0].sum())
-                del rows
-            if framed:
-                shards.append(_write_shard(cfg, split, i, n_shards[split], framed, tokens, text_bytes))
-            del framed
-    n_dead = sum(p.n_dead for p in parts)
-    n_files = max(1, math.ceil(n_dead / cfg.dead_letter_records_per_file))
-    dead_files = []
-    for j in range(n_files if n_dead else 0):
-        lines = []
-        for p in parts:
-            if not p.n_dead:
-                continue
-            with open(p.dead, "rb") as f:
-                for raw in f:
-                    line = raw.decode()
-                    d = json.loads(line)
-                    if n_files == 1 or _bucket(d["id"] + d["stage"], n_files) == j:
-                        lines.append(((d["id"], d["stage"], d["reason"]), line))
-        if lines:
-            dead_files.append(_write_dead_file(cfg.root, j, n_files, lines))
-        del lines
-    return _finalize(None, cfg, shards, list(reasons.items()), dead_files, sum(p.n_read for p in parts))
-
-
-class AssembleDataset(beam.PTransform):
-    """Spill parts (from every worker, as ``(None, part)``) → shards, dead-letter files, manifest:
-    the local runners' counterpart of :class:`WriteDataset`, one :func:`assemble` after the last
-    part is in. Returns a PCollection holding the final Manifest; the spill folder is removed."""
-
-    def __init__(self, cfg: SinkConfig, folder: str):
-        super().__init__()
-        self.cfg, self.folder = cfg, folder
-
-    def expand(self, parts):
-        cfg, folder = self.cfg, self.folder
-
-        def run(kv):
-            try:
-                return assemble(list(kv[1]), cfg)
-            finally:
-                remove_spill(folder)
-
-        return parts | "GroupParts" >> beam.GroupByKey() | "Assemble" >> beam.Map(run)

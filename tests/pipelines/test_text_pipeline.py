@@ -176,10 +176,10 @@ def _run_graph(cfg: TextPipelineConfig, graph: str, beam_args: list[str], dead_p
 
 @pytest.mark.parametrize("runner", ["in_memory", "multi_processing"])
 def test_local_spill_and_beam_graph_write_the_same_bytes(tmp_path, corpus, sp_model, monkeypatch, runner):
-    from trimodal.pipelines import sink
+    from trimodal.pipelines import spill
 
     # many small spill parts, several shards per split, three dead-letter files
-    monkeypatch.setattr(sink, "SPILL_PART_ROWS", 17)
+    monkeypatch.setattr(spill, "SPILL_PART_ROWS", 17)
     extra = tmp_path / "extra.jsonl"
     extra.write_text("".join(json.dumps({"text": f"doc {i} " + "word " * (i % 9)}) + "\n" for i in range(60))
                      + '{"text": "  "}\n{bad\n{"text": "a"}\n' * 4)
@@ -231,7 +231,7 @@ def test_local_run_leaves_no_spill_and_sweeps_a_killed_one(tmp_path, corpus, sp_
     import sys
     import tempfile
 
-    from trimodal.pipelines.sink import SPILL_PREFIX
+    from trimodal.pipelines.spill import SPILL_PREFIX
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that is gone: its spill folder is a killed run's leftover
