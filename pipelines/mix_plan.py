@@ -346,16 +346,8 @@ def make_plan(stats: list[tuple], spec: dict[str, Any]) -> Plan:
         f = spec["filler"]
         filler = plan_filler(out_rows, lengths, f, available[f], spec["seq_len"])
     rps = spec["rows_per_shard"]
-    return Plan(
-        rows=int(choice.size),
-        rows_per_shard=rps,
-        n_shards=-(-int(choice.size) // rps),
-        available=available,
-        out_rows=out_rows,
-        paired_offsets=offsets,
-        stopped=stopped,
-        filler=filler,
-        too_long_between=between,
-    )
+    n = int(choice.size)
+    return Plan(rows=n, rows_per_shard=rps, n_shards=-(-n // rps), available=available, out_rows=out_rows,
+                paired_offsets=offsets, stopped=stopped, filler=filler, too_long_between=between)
 
 
