@@ -171,20 +171,26 @@ class Stream:
         return tokens, valid, 0
 
     def _fit_media(self, task: str, media: np.ndarray, text: np.ndarray, key: str) -> np.ndarray | None:
-        """The media ids to put in a row (cropped per ``audio_overflow``), or None to skip."""
+        """The media ids to put in a row (cropped per ``audio_overflow``), or None to skip.
+
+        An image fits when the image alone does (a caption that does not fit after it is cut); a
+        clip fits when the clip *and its transcript* do, the rule ``shards stats --seq-len`` and
+        the trainer's start-up warning count by: ``crop`` keeps the transcript whole."""
         seq_len = self.ctx.config.seq_len
-        if media.size + PAIRED_FRAMING <= seq_len:
-            return media
         c = self.counters
         if task == "image_text":
+            if media.size + PAIRED_FRAMING <= seq_len:
+                return media
             c["image_too_long_skipped"] += 1
             c["rows_skipped_too_long"] += 1
             return None
+        if media.size + text.size + PAIRED_FRAMING <= seq_len:
+            return media
         mode = self.ctx.config.audio_overflow
         levels = self.ctx.layout.audio_levels
         frames = (seq_len - PAIRED_FRAMING - text.size) // levels
         if mode == "error":
-            raise ValueError(f"audio sample {key} of source needs {media.size + PAIRED_FRAMING} positions, rows have "
+            raise ValueError(f"audio sample {key} of source needs {media.size + text.size + PAIRED_FRAMING} positions, rows have "
                              f"{seq_len} (data.audio_overflow=error; use crop or skip, or raise data.seq_len)")
         if mode == "skip" or frames < 1:
             c["audio_too_long_skipped"] += 1

@@ -296,7 +296,7 @@ def test_audio_rows_and_too_long_skipped(data):
     expected, too_long = Counter(), 0
     for _, _, arrays in raw["audio_text"]:
         media = LAYOUT.to_global(AUDIO, arrays["audio"])
-        if media.size + 5 > L:
+        if media.size + arrays["text"].size + 5 > L:  # the clip and its transcript must fit
             too_long += 1
             continue
         expected[paired_row(LAYOUT, "audio_text", media, arrays["text"], L)[0].tobytes()] += 1
@@ -309,13 +309,14 @@ def test_audio_rows_and_too_long_skipped(data):
 def test_audio_overflow_crop_keeps_the_transcript_and_the_frames_that_fit(data):
     roots, raw = data
     cfg = config(roots, sources=[SourceConfig(roots["audio_text"])], cycle=False, audio_overflow="crop")
-    expected, cropped, dropped = Counter(), 0, 0
+    expected, cropped, dropped, fit_alone = Counter(), 0, 0, 0
     for _, _, arrays in raw["audio_text"]:
         media = LAYOUT.to_global(AUDIO, arrays["audio"])
         text = arrays["text"]
-        if media.size + 5 > L:
+        if media.size + text.size + 5 > L:
             frames = (L - 5 - text.size) // LAYOUT.audio_levels
             assert frames >= 1  # the fixture's transcripts always leave room
+            fit_alone += media.size + 5 <= L  # the clip alone would fit: its transcript is kept whole all the same
             cropped += 1
             dropped += media.size // LAYOUT.audio_levels - frames
             media = media[: frames * LAYOUT.audio_levels]
@@ -324,7 +325,7 @@ def test_audio_overflow_crop_keeps_the_transcript_and_the_frames_that_fit(data):
     assert Counter(all_rows(ds)) == expected
     c = ds.counters()
     assert cropped > 0 and c["audio_too_long_cropped"] == cropped and c["audio_frames_dropped"] == dropped
-    assert c["rows_skipped_too_long"] == 0
+    assert fit_alone > 0 and c["rows_skipped_too_long"] == 0 and c["captions_truncated"] == 0
 
 
 def test_audio_overflow_error_names_the_limit(data):

@@ -284,3 +284,18 @@ def test_counts_exact_beyond_dense_cap():
     assert s["n"] == 6 and s["sum"] == int(vals.sum()) and s["max"] == 1_000_000 and s["min"] == 3
     assert sum(s["counts"]) == 6 and s["p50"] == 7 and s["p90"] == 1_000_000
     assert np.histogram(vals, bins=np.asarray(s["edges"]))[0].tolist() == s["counts"]
+
+
+def test_audio_overflow_counts_the_clips_and_seconds_that_do_not_fit(tmp_path):
+    """``shards stats --seq-len L``: the clips whose clip + transcript + 5 exceed L (the loader's
+    rule for cropping or skipping them), their seconds, and what a crop would cut."""
+    frames, seconds, transcripts = make_audio_text(tmp_path / "a", np.random.default_rng(4))
+    L = 100
+    need = [4 * f + c + 5 for f, c in zip(frames, transcripts)]
+    over = [i for i, n in enumerate(need) if n > L]
+    assert 0 < len(over) < 5
+    got = compute_stats(str(tmp_path / "a"), seq_len=L)["audio_overflow"]
+    assert got["seq_len"] == L and got["clips"] == 5 and got["clips_over"] == len(over)
+    assert got["fraction_over"] == pytest.approx(len(over) / 5)
+    assert got["seconds_over"] == pytest.approx(sum(seconds[i] for i in over), abs=0.006 * len(over))  # 10 ms bins
+    assert compute_stats(str(tmp_path / "a"), seq_len=10_000)["audio_overflow"]["clips_over"] == 0

@@ -47,6 +47,24 @@ def image_text_dataset(root: Path, sp_model: str, n: int = 24, shards: int = 2, 
     return str(root)
 
 
+def audio_text_dataset(root: Path, sp_model: str, n: int = 24, seed: int = 0) -> str:
+    """Clips of 2 codebooks × 10 or × 40 frames: at L = 96 the long ones (80 + transcript + 5)
+    do not fit a row."""
+    tok = TextTokenizer.from_path(sp_model)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        codes = rng.integers(0, 32, (2, 40 if i % 3 == 0 else 10)).astype(np.uint16)
+        text = tok.encode_one(CAPTIONS[i % len(CAPTIONS)])
+        meta = {"id": f"clip:{i}", "source": "synthetic", "modality": "audio_text", "provenance": {}}
+        samples.append((f"a{i:05d}", meta, {"audio": codes, "text": text}))
+    info = write_shard(str(root), "shard-00000-of-00001.tar", samples)
+    audio_info = {"kind": "dac", "fingerprint": "fedcba9876543210", "vocab_size": 32, "n_keep": 2}
+    Manifest(kind="tokenized", modality="audio_text", tokenizers={"text": tok.info(), "audio": audio_info},
+             shards=[info], counts={"read": n, "written": n, "filtered": {}, "rejected": {}}).save(str(root))
+    return str(root)
+
+
 def text_dataset(root: Path, sp_model: str) -> str:
     tok = TextTokenizer.from_path(sp_model)
     samples = [(f"d{i:05d}", {"id": str(i), "source": "tiny", "modality": "text"}, {"text": tok.encode_one(d)})
@@ -132,3 +150,19 @@ def test_packed_training_cuts_padding_and_keeps_the_loss_finite(sp_model, tmp_pa
     pad_packed = np.mean([r["padding"] for r in _log(packed)])
     assert pad_plain > 0.3 and pad_packed < 0.05, (pad_plain, pad_packed)
     assert all("loss/image" in r for r in _log(packed))
+
+
+@pytest.mark.parametrize("mode", ["crop", "skip"])
+def test_audio_that_does_not_fit_is_warned_at_start_and_counted_in_the_log(sp_model, tmp_path, mode):
+    audio = audio_text_dataset(tmp_path / "audio", sp_model)
+    out = tmp_path / f"run-{mode}"
+    train(_cfg([audio], out, 3, **{"data.audio_overflow": mode}))
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    start = next(r for r in records if r.get("event") == "start")
+    assert any("8 of 24 audio clips" in w and "do not fit a row of 96" in w for w in start["warnings"])
+    last = _log(out)[-1]
+    if mode == "crop":
+        assert last["data/audio_too_long_cropped"] > 0 and last["data/audio_frames_dropped"] > 0
+        assert "data/audio_too_long_skipped" not in last
+    else:
+        assert last["data/audio_too_long_skipped"] > 0 and "data/audio_too_long_cropped" not in last
