@@ -82,3 +82,17 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert rc != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1
+
+
+def test_seconds_beyond_the_row_budget_are_refused_with_the_maximum(run_dir, tmp_path, capsys):
+    from trimodal import api
+
+    model = api.load(str(run_dir), device="cpu")
+    prompt_ids = model.tokenizer("text").encode_one("a rising tone")
+    limit = model.max_speech_seconds(int(prompt_ids.size))
+    assert 0.5 < limit < 256 / 4 / 50  # (256 - 5 - prompt) / 4 frames at 50 frames/s
+    out = tmp_path / "long.wav"
+    rc = main(["sample", "--checkpoint", str(run_dir), "--task", "speech", "--prompt", "a rising tone",
+               "--out", str(out), "--steps", "2", "--seconds", "5", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--seconds 5.0 is beyond" in err and f"{limit:.2f}" in err and not out.exists()
