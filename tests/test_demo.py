@@ -43,3 +43,14 @@ def test_demo_runs_the_whole_chain(tmp_path):
         assert im.size[0] >= 64
     with wave.open(str(out / "samples" / "speech.wav")) as w:
         assert w.getnframes() > 0 and w.getframerate() == 16000
+
+
+def test_demo_runs_with_the_higgs_codec(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "trimodal.cli", "demo", "--out", str(out), "--steps", "6",
+                           "--audio-codec", "higgs"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    audio = Manifest.load(str(out / "data" / "audio_text"))
+    assert audio.tokenizers["audio"].kind == "higgs" and audio.counts["written"] > 0
+    with wave.open(str(out / "samples" / "speech.wav")) as w:
+        assert w.getnframes() > 0 and w.getframerate() == 24000
