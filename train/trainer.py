@@ -83,6 +83,7 @@ class RunConfig:
             raise ValueError(f"run.activation_checkpointing must be none, full or selective, got {self.activation_checkpointing!r}")
         if (self.resume or self.auto_resume) and self.overwrite:
             raise ValueError("run.resume / run.auto_resume and run.overwrite exclude each other")
+        storage.check_writable(self.out_dir, "run.out_dir")
 
 
 @dataclass

@@ -26,6 +26,22 @@ def fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+WRITABLE_PROTOCOLS = ("file", "local", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory")
+
+
+def check_writable(url: str, what: str) -> None:
+    """Refuse, in one line, a folder URL that cannot hold files we write and list back (an
+    ``http://`` URL, an unknown protocol, or an object store whose fsspec package is missing)."""
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
+    if protocol not in WRITABLE_PROTOCOLS:
+        raise ValueError(f"{what} {url!r}: {protocol}:// cannot hold written files here; use a local path, s3:// or "
+                         f"gs:// (also az://, abfs://, memory://)")
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"{what} {url!r}: {protocol}:// needs its fsspec package ({e})") from None
+
+
 def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 

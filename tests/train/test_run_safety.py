@@ -103,6 +103,17 @@ def test_bad_run_values_are_refused(key, value):
         TrainConfig.load(None, [f"{key}={value}"])
 
 
+@pytest.mark.parametrize("url", ["http://example.com/runs/a", "hdfs://namenode/runs/a", "zip://runs/a"])
+def test_a_run_folder_that_cannot_hold_checkpoints_is_refused(url, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may appear here (no local "http:/…" folder)
+    with pytest.raises(ConfigError, match=r"run.out_dir .*cannot hold written files.*s3://"):
+        TrainConfig.load(None, [f"run.out_dir={url}"])
+    rc = main(["train", "--set", f"run.out_dir={url}"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "cannot hold written files" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing was created under the working directory
+
+
 def _damage(path: Path, how: str) -> None:
     if how == "truncate":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
