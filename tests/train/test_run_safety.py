@@ -237,8 +237,14 @@ def test_export_loads_in_a_fresh_process_without_fsdp(text_dataset, sp_model, tm
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"loaded {export} (step 2" in proc.stdout and proc.stdout.strip().splitlines()[-1].startswith("'the model")
-    # the sample command takes the folder too, and says what it loaded
+    # the sample and eval commands take the folder too, in a fresh process, and say what they loaded
     txt = tmp_path / "s.txt"
-    assert main(["sample", "--checkpoint", str(export), "--task", "text", "--prompt", "the", "--steps", "2",
-                 "--length", "4", "--out", str(txt), "--device", "cpu"]) == 0
-    assert f"loaded {export}" in capsys.readouterr().out and txt.read_text().startswith("the")
+    proc = subprocess.run([sys.executable, "-m", "trimodal.cli", "sample", "--checkpoint", str(export), "--task", "text",
+                           "--prompt", "the", "--steps", "2", "--length", "4", "--out", str(txt), "--device", "cpu"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"loaded {export}" in proc.stdout and txt.read_text().startswith("the")
+    proc = subprocess.run([sys.executable, "-m", "trimodal.cli", "eval", "--checkpoint", str(export), "--data", text_dataset,
+                           "--split", "train", "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"loaded {export}" in proc.stdout and "nats" in proc.stdout
