@@ -179,3 +179,19 @@ def test_dead_letter_type_is_what_readers_emit(tmp_path):
     f.write_bytes(b'{"text": "ok"}\n\xff\n')
     recs = list(read_text_file(str(f)))
     assert isinstance(recs[0], Record) and isinstance(recs[1], DeadLetter) and recs[1].reason == "invalid_utf8"
+
+
+def test_stats_is_not_silent_about_flipped_token_bytes(text_dataset, tmp_path, capsys):
+    import shutil
+
+    from trimodal.cli import main
+
+    copy = tmp_path / "ds"
+    shutil.copytree(text_dataset, copy)
+    shard = sorted(copy.glob("shard-*.tar"))[0]
+    data = bytearray(shard.read_bytes())
+    data[data.rfind(b"\x93NUMPY") + 200] ^= 0xFF  # inside a token payload: the tar still parses
+    shard.write_bytes(bytes(data))
+    assert main(["shards", "stats", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert shard.name in err and "sha256" in err

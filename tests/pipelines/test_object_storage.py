@@ -127,3 +127,20 @@ def test_fresh_process_finds_the_endpoint_in_the_environment(s3, s3_dataset, tmp
                           env=dict(os.environ), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "OK: every shard matches the manifest" in proc.stdout
+
+
+def test_one_writer_per_dataset_on_s3(s3, s3_dataset):
+    """The writer lock on object storage is a conditional write: a second writer of the same root
+    refuses, naming the holder's run; once released, the root can be written again."""
+    from trimodal.shards.lock import DatasetLock, DatasetLocked
+
+    root = f"s3://{BUCKET}/ds/locked"
+    holder = DatasetLock.acquire(root)
+    with pytest.raises(DatasetLocked, match=holder.run_id):
+        DatasetLock.acquire(root)
+    with pytest.raises(DatasetLocked, match=holder.run_id):
+        run_text_pipeline(TextPipelineConfig(**{**s3_dataset["cfg"].__dict__, "out": root}), BEAM)
+    holder.release()
+    again = DatasetLock.acquire(root)
+    assert again.run_id != holder.run_id
+    again.release()

@@ -292,3 +292,23 @@ def test_a_mapped_file_reads_like_its_bytes(tmp_path):
         s = decode_sample(mapped, index[i], WHERE)
         assert s["json"] == meta and all(np.array_equal(s[k], a) for k, a in arrays.items())
         assert np.array_equal(index.array(mapped, i, "image"), arrays["image"])
+
+
+def test_reads_check_each_shard_size_by_default_and_sha256_on_request(tmp_path):
+    """A shard rewritten behind the manifest's back: a changed size is caught by the default
+    check; a same-size change only by ``verify="sha256"``."""
+    from trimodal.shards.manifest import ShardInfo
+
+    info: ShardInfo = write_shard(str(tmp_path), shard_name(0, 1), text_samples())
+    path = tmp_path / info.name
+    data = path.read_bytes()
+    assert reader.read_shard(str(tmp_path), info) == data
+    path.write_bytes(data + bytes(512))  # one more tar block: still a valid tar
+    with pytest.raises(ShardError, match=rf"{info.name}.*{len(data) + 512} bytes, manifest says {len(data)}"):
+        reader.read_shard(str(tmp_path), info)
+    flipped = bytearray(data)
+    flipped[data.rfind(b"\x93NUMPY") + 200] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    assert reader.read_shard(str(tmp_path), info) == bytes(flipped)  # same size: the default cannot tell
+    with pytest.raises(ShardError, match=rf"{info.name}.*sha256 .* does not match the manifest"):
+        reader.read_shard(str(tmp_path), info, verify="sha256")

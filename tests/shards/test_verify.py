@@ -70,6 +70,7 @@ def test_flipped_byte_is_named(tmp_path):
     assert r.problems_of(bad) == ["checksum mismatch"]
     out = r.format()
     assert "FAILED" in out and bad in out and "checksum mismatch" in out
+    assert r.summary() == "1 problem in 1 shard"  # one problem, not "1 bad shard" of a dataset that is fine otherwise
 
 
 def test_flipped_header_byte_is_unparsable(tmp_path):
