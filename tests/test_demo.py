@@ -43,6 +43,17 @@ def test_demo_runs_the_whole_chain(tmp_path):
         assert im.size[0] >= 64
     with wave.open(str(out / "samples" / "speech.wav")) as w:
         assert w.getnframes() > 0 and w.getframerate() == 16000
+    # `shards show` decodes the demo's image and audio shards back to a PNG grid and WAVs
+    for task in ("image_text", "audio_text"):
+        show = subprocess.run([sys.executable, "-m", "trimodal.cli", "shards", "show", str(out / "data" / task), "--n", "2",
+                               "--out", str(tmp_path / f"show-{task}")], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+        assert show.returncode == 0, show.stderr[-2000:]
+    with Image.open(tmp_path / "show-image_text" / "images.png") as im:
+        assert im.size[0] >= 64
+    for i in range(2):
+        with wave.open(str(tmp_path / "show-audio_text" / f"sample_{i}.wav")) as w:
+            assert w.getnframes() > 0 and w.getframerate() == 16000
 
 
 def test_demo_runs_with_the_higgs_codec(tmp_path):
