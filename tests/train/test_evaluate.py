@@ -241,9 +241,18 @@ def test_an_evaluation_source_of_another_tokenizer_is_refused(split_dataset, tmp
     with pytest.raises(ValueError, match="0000000000000000.*the run's is"):
         train(TrainConfig.load(None, _sets(split_dataset, tmp_path / "r", 1, "eval.every=1",
                                            f'eval.sources=[{{"root": "{other}"}}]')))
+    # a separate evaluation root of the run's tokenizer is scored under its own name
+    good = tmp_path / "heldout"
+    shutil.copytree(split_dataset, good)
+    out = tmp_path / "r2"
+    train(TrainConfig.load(None, _sets(split_dataset, out, 2, "eval.every=2",
+                                       f'eval.sources=[{{"root": "{good}", "name": "heldout"}}]')))
+    ev = _evals(out)[2]
+    assert math.isfinite(ev["source/heldout/elbo"])
+    assert {k.split("/")[1] for k in ev if k.startswith("source/")} == {"heldout"}  # only the root it was given
 
 
-def test_choice_scoring_picks_the_right_answer_on_an_overfitted_corpus(sp_model, tmp_path):
+def test_choice_scoring_picks_the_right_answer_on_an_overfitted_corpus(sp_model, tmp_path, capsys):
     from trimodal.shards.writer import write_shard
     from trimodal.tokenizers.text import TextTokenizer
     from trimodal.train.evaluate import ChoiceItem, evaluate_choices
@@ -272,6 +281,13 @@ def test_choice_scoring_picks_the_right_answer_on_an_overfitted_corpus(sp_model,
              ChoiceItem("captions and transcripts fill", [" a mat", " masked tokens", " a corpus"], 1)]
     result = evaluate_choices(m.model, m.layout, m.tokenizer("text"), items, samples=8)
     assert result.accuracy >= 0.75, result
+    # the command line scores the same file to the same accuracy
+    path = tmp_path / "choices.jsonl"
+    path.write_text("".join(json.dumps({"prompt": it.prompt, "choices": it.choices, "answer": it.answer}) + "\n"
+                            for it in items))
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--choices", str(path), "--samples", "8", "--device", "cpu"]) == 0
+    assert f"multiple choice: accuracy {result.accuracy:.4f} on 4 items" in capsys.readouterr().out
 
 
 def test_plot_draws_train_and_val_curves(split_dataset, tmp_path):
