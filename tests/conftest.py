@@ -151,3 +151,31 @@ def s3(tmp_path_factory):
     server.stop()
 
 
+
+
+@pytest.fixture(scope="session")
+def check_val_split():
+    """``check(plain_root, split_root, fraction)``: the split dataset holds exactly the plain one's
+    samples (same keys, same arrays), each in the split its id hashes to (``sink.split_of``)."""
+    from trimodal.pipelines.sink import split_of
+    from trimodal.shards.manifest import Manifest
+    from trimodal.shards.reader import iter_samples
+
+    def samples(root: str, shards) -> dict[str, tuple]:
+        return {s["__key__"]: (s["json"]["id"], tuple(sorted((k, v.tobytes()) for k, v in s.items()
+                                                              if hasattr(v, "tobytes"))))
+                for _, s in iter_samples(root, shards)}
+
+    def check(plain_root: str, split_root: str, fraction: float) -> dict[str, int]:
+        plain, split = Manifest.load(plain_root), Manifest.load(split_root)
+        assert split.splits() == ["train", "val"]
+        got, sizes = {}, {}
+        for name in ("train", "val"):
+            part = samples(split_root, split.split_shards(name))
+            assert all(split_of(rid, fraction) == name for rid, _ in part.values())
+            got.update(part)
+            sizes[name] = len(part)
+        assert got == samples(plain_root, plain.shards)
+        return sizes
+
+    return check

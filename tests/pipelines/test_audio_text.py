@@ -163,6 +163,16 @@ def dataset(tmp_path_factory, speech, sp_model, dac_path) -> str:
 
 
 
+def test_val_split_partitions_the_samples_by_id(tmp_path, dataset, speech, sp_model, dac_path, check_val_split):
+    out = str(tmp_path / "split")
+    run_audio_text_pipeline(AudioTextPipelineConfig(inputs=[speech["manifest"]], text_tokenizer=sp_model,
+                                                    audio_tokenizer=dac_path, out=out, format="auto", device="auto",
+                                                    max_seconds=MAX_SECONDS, batch_size=4, bucket_seconds=BUCKET_SECONDS,
+                                                    target_shard_bytes=4000, val_fraction=0.4), RUNNER)
+    sizes = check_val_split(dataset, out, 0.4)
+    assert sizes["train"] > 0 and sizes["val"] > 0
+
+
 def test_accounting_and_dead_letter(dataset, speech):
     m = Manifest.load(dataset)
     good, planted = len(speech["good"]), speech["planted"]

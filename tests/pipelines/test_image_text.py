@@ -287,6 +287,13 @@ def test_rerun_on_two_processes_is_identical(tmp_path, dataset, img_corpus, sp_m
     assert m.counts == ref.counts
 
 
+def test_val_split_partitions_the_samples_by_id(tmp_path, dataset, img_corpus, sp_model, movq_ckpt, check_val_split):
+    out = tmp_path / "split"
+    run_image_text_pipeline(_cfg(img_corpus, sp_model, movq_ckpt, out, val_fraction=0.4), BEAM)
+    sizes = check_val_split(dataset, str(out), 0.4)
+    assert sizes["train"] > 0 and sizes["val"] > 0
+
+
 def test_decode_of_encode_has_image_shape_and_range(dataset, movq_ckpt):
     tok = MoVQGANTokenizer.from_path(movq_ckpt, device="cpu")
     codes = np.stack([s["image"] for s in list(read_dataset(dataset))[:3]])
