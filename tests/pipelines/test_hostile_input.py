@@ -95,12 +95,20 @@ def test_a_wav_header_claiming_an_absurd_rate_is_refused_before_allocation(tmp_p
 
 
 def test_names_that_are_not_utf8_are_kept_as_escaped_ids(tmp_path, sp_model):
+    # a webdataset tar whose member names are not UTF-8: the image-text reader keeps the sample
     tar = tmp_path / "names.tar"
     with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape") as tf:
-        for name, data in [("ok.txt", b"a caption"), (b"caf\xe9.txt".decode("utf-8", "surrogateescape"), b"another")]:
+        for name, data in [("ok.jpg", b"\xff\xd8 not decoded here"), ("ok.txt", b"a caption"),
+                           (b"caf\xe9.jpg".decode("utf-8", "surrogateescape"), b"\xff\xd8 nor here"),
+                           (b"caf\xe9.txt".decode("utf-8", "surrogateescape"), b"another")]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
+    from trimodal.pipelines.image_readers import read_image_text_file
+
+    recs = [r for r in read_image_text_file(str(tar), source="t") if isinstance(r, Record)]
+    assert sorted(r.text for r in recs) == ["a caption", "another"]
+    assert any("caf\\xe9" in r.id for r in recs) and all(r.id.encode("utf-8") for r in recs)
     # a plain-text corpus whose file name is not UTF-8
     folder = tmp_path / "plain"
     folder.mkdir()
