@@ -4,6 +4,8 @@ a pure memory knob (the world-size cases run under torchrun in test_distributed.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -62,12 +64,15 @@ def test_random_subsample_cuts_only_text_rows():
     assert (out[~v] == LAYOUT.pad).all() and torch.equal(out[v], tokens[v])
 
 
-def _cfg(data: str, out, **extra) -> TrainConfig:
-    sets = [f"run.out_dir={out}", "run.steps=5", "run.batch_size=4", "run.device=cpu", "run.progress=false",
+def _sets(out, **extra) -> list[str]:
+    return [f"run.out_dir={out}", "run.steps=5", "run.batch_size=4", "run.device=cpu", "run.progress=false",
             "run.log_every=1", "run.ckpt_every=0", "run.ckpt_final=false", "data.seq_len=64", "data.num_streams=2",
             "model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.max_seq_len=64", "log.tensorboard=false",
             "objective.time_sampling=stratified", "objective.z_loss=1e-3"] + [f"{k}={v}" for k, v in extra.items()]
-    cfg = TrainConfig.load(None, sets)
+
+
+def _cfg(data: str, out, **extra) -> TrainConfig:
+    cfg = TrainConfig.load(None, _sets(out, **extra))
     cfg.data.sources = [SourceConfig(root=data)]
     return cfg
 
@@ -78,3 +83,13 @@ def test_gradient_accumulation_is_a_pure_memory_knob(text_dataset, tmp_path):
     four = train(_cfg(text_dataset, tmp_path / "four", **{"run.micro_batch_size": 1}))
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
     assert four["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    # and through the command line: the logged loss sequence of 2 micro-batches per step is the same
+    from trimodal.cli import main
+
+    cmd = ["train", "--set", f'data.sources=[{{"root": "{text_dataset}"}}]']
+    for kv in _sets(tmp_path / "cli", **{"run.micro_batch_size": 2}):
+        cmd += ["--set", kv]
+    assert main(cmd) == 0
+    logged = [json.loads(line)["loss"] for line in (tmp_path / "cli" / "log.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert logged == pytest.approx(one["losses"], rel=1e-5)
