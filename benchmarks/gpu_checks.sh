@@ -15,3 +15,5 @@ for v in eager compile goal; do cp "/tmp/mfu/run-$v/log.jsonl" "${OUT:-/tmp}/log
 # 2. (the loss head benchmark is CPU-only for now: bench_loss_head.py has no --device)
 # 3. tokenizer throughput on the GPU: Higgs (random full-size weights) in seconds of audio per second
 cd /tmp && timeout 120 python3 "$REPO/benchmarks/bench_higgs_encode.py" --device cuda --clock perf_counter 2>&1 | tail -3 | tee "${OUT:-/tmp}/higgs.log"
+# 4. the audio-text pipeline with Higgs on the GPU vs a plain batched loop (the tokenizer issue's benchmark)
+cd /tmp && timeout 150 python3 "$REPO/benchmarks/bench_audio_pipeline.py" --codec higgs --device cuda --seconds 120 --batch-size 16 --repeats 2 2>&1 | tail -2 | tee "${OUT:-/tmp}/audio_higgs.log"
