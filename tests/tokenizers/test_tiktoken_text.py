@@ -335,3 +335,31 @@ def test_a_relative_rank_file_is_recorded_absolute(rank_file, tmp_path, monkeypa
     assert info.path == str(folder / "mine.tiktoken")
     monkeypatch.chdir("/")
     assert TiktokenTokenizer.from_path(info.path).fingerprint == info.fingerprint
+
+
+def test_the_sampler_decodes_tiktoken_text(tok, tmp_path):
+    """A checkpoint whose text tokenizer is a tiktoken file: ``trimodal sample --task text``
+    encodes the prompt and decodes the continuation through it."""
+    from dataclasses import asdict
+
+    import torch
+
+    from trimodal.cli import main
+    from trimodal.train import checkpoint as ckpt
+    from trimodal.train.distributed import DistInfo
+    from trimodal.train.model import ModelConfig, Transformer
+
+    layout = VocabLayout(text_codes=tok.vocab_size, image_codes=16, audio_codes=16, audio_levels=1,
+                         fingerprints={"text": tok.fingerprint})
+    model_cfg = ModelConfig.tiny(max_seq_len=64)
+    torch.manual_seed(0)
+    model = Transformer(model_cfg, layout)
+    state = {"layout": layout.to_dict(), "config": {"model": asdict(model_cfg), "data": {"seq_len": 64}},
+             "tokenizers": {"text": tok.info().to_dict()}}
+    ckpt.save_checkpoint(tmp_path / "run" / "checkpoints", 1, model, torch.optim.AdamW(model.parameters()), state,
+                         {"streams": {}}, DistInfo())
+    out = tmp_path / "sample.txt"
+    assert main(["sample", "--checkpoint", str(tmp_path / "run"), "--task", "text", "--prompt", "numbers 12345",
+                 "--length", "8", "--steps", "4", "--out", str(out), "--device", "cpu"]) == 0
+    text = out.read_text()
+    assert text.startswith("numbers 12345") and len(tok.encode_one(text)) > len(tok.encode_one("numbers 12345"))
