@@ -35,19 +35,23 @@ def segment_ids(tokens: np.ndarray, valid: np.ndarray, layout: VocabLayout, docu
     ids = layout_ids(layout)
     tokens = np.asarray(tokens)
     starts = (tokens >= ids.task[0]) & (tokens <= ids.task[-1])
-    idx = np.arange(tokens.size)
     if documents:
+        idx = np.arange(tokens.size)
         last_task = np.maximum.accumulate(np.where(starts, idx, 0))  # position of the segment's task token
         in_text = tokens[last_task] == ids.task[0]
         after_task = np.zeros_like(starts)
         after_task[1:] = starts[:-1]
         starts = starts | ((tokens == ids.text_bos) & in_text & ~after_task)
     starts[0] = True
-    seg = np.cumsum(starts) - 1
-    first = np.maximum.accumulate(np.where(starts, idx, 0))
-    pos = idx - first
-    seg = np.where(valid, seg, -1)
-    return seg.astype(np.int64), np.where(valid, pos, 0).astype(np.int64)
+    # a row holds few segments: expand their start positions rather than scanning the row again
+    first = np.flatnonzero(starts)
+    lengths = np.diff(np.append(first, tokens.size))
+    seg = np.repeat(np.arange(first.size, dtype=np.int64), lengths)
+    pos = np.arange(tokens.size, dtype=np.int64) - np.repeat(first, lengths)
+    valid = np.asarray(valid, dtype=bool)
+    if valid.all():
+        return seg, pos
+    return np.where(valid, seg, -1), np.where(valid, pos, 0)
 
 
 class RowPacker:
