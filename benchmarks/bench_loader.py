@@ -12,6 +12,9 @@ its eighth of every shard, the process reads each shard once).
   modality and valid tensors, counters);
 - ``loader_text_streams_eq_shards``: the same with as many streams as shards;
 - ``loader_paired``: image-text rows of L (one sample per row, padded; no packing);
+- ``loader_packed``: the text and image-text sources together with ``pack_paired=true``
+  (several image-text samples and a text filler share each row): counted in non-PAD row
+  positions per second, since packing moves tokens between rows (its PAD share is reported);
 - ``reader``: ``index_shard`` + ``decode_sample`` every sample (``bench_reader.py`` compares
   it with other libraries' readers);
 - ``floor``: ``iter_tar_offsets`` + ``numpy.frombuffer`` per ``.npy`` member;
@@ -43,12 +46,14 @@ TEXT_CODES = 32_000
 IMAGE_CODES = 16_384
 
 
-def read_loader(root: str, seq_len: int, num_streams: int, layout) -> tuple[int, dict[str, int]]:
+def read_loader(roots: list[str], seq_len: int, num_streams: int, layout, pack_paired: bool = False
+                ) -> tuple[int, dict[str, int]]:
     """(rows, counters) of one full pass of the loader."""
     from trimodal.shards.loader import LoaderConfig, SourceConfig, TrimodalDataset
 
     ds = TrimodalDataset(
-        LoaderConfig(sources=[SourceConfig(root=root)], seq_len=seq_len, num_streams=num_streams, cycle=False),
+        LoaderConfig(sources=[SourceConfig(root=r) for r in roots], seq_len=seq_len, num_streams=num_streams,
+                     cycle=False, pack_paired=pack_paired),
         layout, rank=0, world_size=1,
     )
     rows = 0
@@ -80,12 +85,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     fns = {
         "baseline": lambda: read_tarfile(paths),
-        "loader_text": lambda: read_loader(str(root), args.seq_len, args.num_streams, layout),
+        "loader_text": lambda: read_loader([str(root)], args.seq_len, args.num_streams, layout),
         "reader": lambda: read_ours(paths),
         "floor": lambda: read_floor(paths),
     }
     if args.num_streams != args.shards:
-        fns["loader_text_streams_eq_shards"] = lambda: read_loader(str(root), args.seq_len, args.shards, layout)
+        fns["loader_text_streams_eq_shards"] = lambda: read_loader([str(root)], args.seq_len, args.shards, layout)
     paired_tokens = 0
     if not args.no_paired:
         n_paired = args.paired_samples or args.samples
@@ -94,7 +99,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              image_codes=IMAGE_CODES, per_shard=-(-n_paired // args.shards))
         pm = Manifest.load(str(proot))
         paired_tokens = sum(pm.tokens().values())
-        fns["loader_paired"] = lambda: read_loader(str(proot), args.seq_len, args.num_streams, layout)
+        fns["loader_paired"] = lambda: read_loader([str(proot)], args.seq_len, args.num_streams, layout)
+        fns["loader_packed"] = lambda: read_loader([str(root), str(proot)], args.seq_len, args.num_streams, layout,
+                                                   pack_paired=True)
     load_before = bc.machine().get("loadavg_1m")
     for fn in fns.values():  # warm-up: page cache, imports, lookup tables
         fn()
@@ -102,6 +109,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     assert runs["baseline"]["result"] == tokens and runs["reader"]["result"] == tokens
     assert runs["floor"]["result"] == tokens
     payload = {k: (paired_tokens if k == "loader_paired" else tokens) for k in runs}
+    if "loader_packed" in runs:  # non-PAD row positions (packing moves tokens between rows)
+        krows, kc = runs["loader_packed"]["result"]
+        payload["loader_packed"] = krows * args.seq_len - kc["pad_tokens"]
     tps = {k: payload[k] / bc.median(v["clock_s"]) for k, v in runs.items()}
     wall = {k: payload[k] / bc.median(v["wall_s"]) for k, v in runs.items()}
     rows, counters = runs["loader_text"]["result"]
@@ -137,6 +147,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "rows_per_s": bc.rnd(prows / bc.median(runs["loader_paired"]["clock_s"])),
                             "row_positions_per_s": bc.rnd(prows * args.seq_len / bc.median(runs["loader_paired"]["clock_s"])),
                             "pad_tokens": pc["pad_tokens"], "skipped_too_long": pc["rows_skipped_too_long"]}
+        krows, kc = runs["loader_packed"]["result"]
+        result["packed"] = {"rows": krows, "non_pad_positions": payload["loader_packed"],
+                            "non_pad_positions_per_s": bc.rnd(tps["loader_packed"]),
+                            "rows_per_s": bc.rnd(krows / bc.median(runs["loader_packed"]["clock_s"])),
+                            "pad_share": bc.rnd(kc["pad_tokens"] / (krows * args.seq_len))}
     return bc.emit(result)
 
 
