@@ -5,7 +5,7 @@ set -uo pipefail
 REPO=$(pwd)
 mkdir -p /tmp/pkg/trimodal
 cp -r trimodal/* /tmp/pkg/trimodal/
-for d in tokenizers shards pipelines train; do cp -r "$d" "/tmp/pkg/trimodal/$d"; done
+for d in tokenizers shards pipelines train experiments; do cp -r "$d" "/tmp/pkg/trimodal/$d"; done
 export PYTHONPATH=/tmp/pkg PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 cd /tmp && python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"

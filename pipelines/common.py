@@ -9,7 +9,7 @@ writer lock first, shows a live count on local runs, and returns the new manifes
 :class:`~trimodal.pipelines.outcomes.BatchStep` (text): batches, not records, are Beam's
 elements, and on a local runner the whole job is four steps (files in, dealt to the workers,
 read + process + spill, assemble) with memory bounded by the spill sink
-(:mod:`trimodal.pipelines.sink`); elsewhere it is the plain Beam graph. Both write the same bytes.
+(:mod:`trimodal.pipelines.spill`); elsewhere it is the plain Beam graph. Both write the same bytes.
 """
 
 from __future__ import annotations
@@ -159,8 +159,12 @@ class _SpillFiles(beam.DoFn):
     background work overlaps the reading and serialising around it."""
 
     def __init__(self, reader: Reader, step: BatchStep, batch_size: int, folder: str, val_fraction: float):
+        from trimodal.pipelines import spill
+
         self.reader, self.step, self.batch_size = reader, step, batch_size
         self.folder, self.val_fraction = folder, val_fraction
+        # read when the graph is built, so worker processes get the launcher's values
+        self.part_bytes, self.part_rows = spill.SPILL_PART_BYTES, spill.SPILL_PART_ROWS
         self.writer: SpillWriter | None = None
 
     def setup(self) -> None:
@@ -171,7 +175,7 @@ class _SpillFiles(beam.DoFn):
 
     def process(self, dealt: tuple[int, list[bytes]]):
         if self.writer is None:
-            self.writer = SpillWriter(self.folder, self.val_fraction)
+            self.writer = SpillWriter(self.folder, self.val_fraction, self.part_bytes, self.part_rows)
         for url in dealt[1]:
             pending = None  # the batch begun before this one: finished while this one encodes
             for records, dead in self.reader.batches(_url(url), self.batch_size):

@@ -49,6 +49,8 @@ def segment_ids(tokens: np.ndarray, valid: np.ndarray, layout: VocabLayout, docu
     seg = np.repeat(np.arange(first.size, dtype=np.int64), lengths)
     pos = np.arange(tokens.size, dtype=np.int64) - np.repeat(first, lengths)
     valid = np.asarray(valid, dtype=bool)
+    if valid.shape != tokens.shape:
+        raise ValueError(f"valid has shape {valid.shape}, tokens {tokens.shape}")
     if valid.all():
         return seg, pos
     return np.where(valid, seg, -1), np.where(valid, pos, 0)

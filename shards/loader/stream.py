@@ -170,7 +170,7 @@ class Stream:
         self._packed_valid = valid  # count() knows this row's make-up without looking at it
         return tokens, valid, 0
 
-    def _fit_media(self, task: str, media: np.ndarray, text: np.ndarray, key: str) -> np.ndarray | None:
+    def _fit_media(self, task: str, media: np.ndarray, text: np.ndarray, key: str, source: int) -> np.ndarray | None:
         """The media ids to put in a row (cropped per ``audio_overflow``), or None to skip.
 
         An image fits when the image alone does (a caption that does not fit after it is cut); a
@@ -190,8 +190,10 @@ class Stream:
         levels = self.ctx.layout.audio_levels
         frames = (seq_len - PAIRED_FRAMING - text.size) // levels
         if mode == "error":
-            raise ValueError(f"audio sample {key} of source needs {media.size + text.size + PAIRED_FRAMING} positions, rows have "
-                             f"{seq_len} (data.audio_overflow=error; use crop or skip, or raise data.seq_len)")
+            alone = f"; its transcript alone takes {text.size + PAIRED_FRAMING}" if frames < 1 else ""
+            raise ValueError(f"audio sample {key} of source {self.ctx.sources[source].name!r} needs "
+                             f"{media.size + text.size + PAIRED_FRAMING} positions, rows have {seq_len}{alone} "
+                             f"(data.audio_overflow=error; use crop or skip, or raise data.seq_len)")
         if mode == "skip" or frames < 1:
             c["audio_too_long_skipped"] += 1
             c["rows_skipped_too_long"] += 1
@@ -215,7 +217,7 @@ class Stream:
             text = sample.get("text")
             if text is None:
                 text = np.zeros(0, dtype=np.int64)
-            media = self._fit_media(source.task, media_to_global(ids, layout, modality, media), text, sample["__key__"])
+            media = self._fit_media(source.task, media_to_global(ids, layout, modality, media), text, sample["__key__"], i)
             if media is None:
                 skipped += 1
                 if skipped > cursor.total:
