@@ -168,6 +168,25 @@ def test_batch_size_experiment_end_to_end(finished):
     assert json.loads((run / "config.json").read_text())["run"]["steps"] == 6
 
 
+def test_the_sde_rule_reparameterises_each_batch_size(tmp_path, data):
+    """rules: [sde] with the base point at (B = 2, D): B = 2 runs the base values (kappa 1),
+    B = 4 gets kappa 2: lr·sqrt(2), beta2^2, eps/sqrt(2), and D/(B·L) steps, all through the CLI."""
+    base = tiny_base(data)
+    base["reparam"] = {"base_batch": 2, "base_tokens": float(TOKENS)}
+    path = write_spec(tmp_path, "batch-size", {"batch_sizes": [2, 4], "tokens": TOKENS, "rules": ["sde"], "evals": 1},
+                      base)
+    res = cli("experiment", "run", path, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = {int(r["B"]): r for r in read_csv(tmp_path / "exp" / "results.csv")}
+    assert set(rows) == {2, 4} and {r["status"] for r in rows.values()} == {"ok"}
+    for b, kappa in ((2, 1.0), (4, 2.0)):
+        r = rows[b]
+        assert float(r["kappa"]) == pytest.approx(kappa) and float(r["logical_batch"]) == pytest.approx(2)
+        assert float(r["lr"]) == pytest.approx(3e-3 * math.sqrt(kappa))
+        assert float(r["beta2"]) == pytest.approx(0.95 ** kappa) and float(r["eps"]) == pytest.approx(1e-8 / math.sqrt(kappa))
+        assert int(r["steps"]) == TOKENS // (b * L) and int(r["D"]) == TOKENS
+
+
 def test_rerun_skips_finished_runs_and_redoes_the_unfinished(finished):
     folder, _ = finished
     done, half = folder / "exp" / "runs" / "none-B2-s0", folder / "exp" / "runs" / "none-B4-s0"
