@@ -1,7 +1,8 @@
 """Loader throughput: ``TrimodalDataset`` rows of L = 3,256 vs the shard reader and a raw ``tarfile`` read.
 
-Data (SPEC §4's read-speed setting): 20k text samples of 50–1,500 uint16 tokens in 4 shards,
-written with the library's shard writer (ordinary tars: ``<key>.json`` + ``<key>.text.npy``);
+Data (the shard layout of ``docs/shards.md``, at the size ``BENCHMARKS.md`` reports the reading
+goals for): 20k text samples of 50–1,500 uint16 tokens in 4 shards, written with the library's
+shard writer (ordinary tars: ``<key>.json`` + ``<key>.text.npy``);
 for paired rows, 20k image-text samples (a 32×32 code grid and a 10–200 token caption) in 4
 shards. Both have fewer shards than the loader's 8 streams (sample striding: every stream reads
 its eighth of every shard, the process reads each shard once).

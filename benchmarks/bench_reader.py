@@ -1,8 +1,9 @@
 """Sample-reader throughput: our shard reader vs LitData's, stock webdataset's and mosaicml-streaming's
 readers on the same samples, plus a per-member walk floor.
 
-Data (SPEC §4's read-speed setting): 20k text samples of 50–1,500 uint16 tokens in 4 shards,
-written with the library's shard writer (ordinary POSIX tars: ``<key>.json`` + ``<key>.text.npy``).
+Data (the shard layout of ``docs/shards.md``, at the size ``BENCHMARKS.md`` reports the reading
+goals for): 20k text samples of 50–1,500 uint16 tokens in 4 shards, written with the library's
+shard writer (ordinary POSIX tars: ``<key>.json`` + ``<key>.text.npy``).
 The peers' copies are written from those very arrays with their own writers (LitData
 ``BinaryWriter`` chunks with ``{"text": ndarray}`` items, one chunk per shard; Mosaic
 ``MDSWriter`` with an ``ndarray:uint16`` column, about one shard per shard) and cached; only the
