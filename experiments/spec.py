@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from trimodal.config import ConfigError, from_dict, load_file, option
+from trimodal.config import ConfigError, from_dict, load_file, option, set_path
 from trimodal.train.schedules import SCHEDULES
 
 KINDS = ("batch-size", "mixing", "schedule", "scaling")
@@ -211,13 +211,7 @@ def base_value(base: dict[str, Any], dotted: str, default: Any) -> Any:
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"base.{'.'.join(parts[:-1])} is not a section")
-    node[parts[-1]] = value
+    set_path(data, dotted.split("."), value, f"base.{dotted}")
 
 
 # ---- expansion -------------------------------------------------------------------------------------

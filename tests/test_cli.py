@@ -161,6 +161,8 @@ def test_config_files_in_yaml_and_toml(tmp_path):
 
     with pytest.raises(ConfigError, match="not valid YAML"):
         TrainConfig.load(str(tmp_path / "bad.yaml"))
+    with pytest.raises(ConfigError, match=r"--set run.steps.max=3: steps is not a section"):
+        TrainConfig.load(None, ["run.steps=5", "run.steps.max=3"])
 
 
 def test_shards_show_decodes_text(text_dataset, tmp_path):

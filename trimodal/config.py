@@ -163,16 +163,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def set_path(data: dict[str, Any], path: list[str], value: Any, where: str) -> None:
+    """``data[path[0]][path[1]]… = value``, making sections on the way; a key on the way that
+    holds a value, not a section, is a ConfigError naming ``where``."""
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {part} is not a section")
+    node[path[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     data = json.loads(json.dumps(data, default=str))
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {text}: {part} is not a section")
-        node[path[-1]] = value
+        set_path(data, path, value, f"--set {text}")
     return data
 
 
