@@ -58,8 +58,13 @@ class SinkConfig:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+def hash64(key: str) -> int:
+    """The 64-bit hash a sample's shard comes from (both sinks: they must agree bit for bit)."""
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big")
+
+
 def bucket_of(key: str, n: int) -> int:
-    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % n
+    return hash64(key) % n
 
 
 def split_of(record_id: str, val_fraction: float) -> str:

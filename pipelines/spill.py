@@ -24,7 +24,6 @@ idempotent (same bytes); a killed launcher's spill folder is swept by the next l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -39,7 +38,7 @@ import apache_beam as beam
 import numpy as np
 
 from trimodal.pipelines.records import DeadLetter
-from trimodal.pipelines.sink import (SinkConfig, bucket_of, dead_line, finalize_dataset, num_shards, split_of,
+from trimodal.pipelines.sink import (SinkConfig, bucket_of, dead_line, finalize_dataset, hash64, num_shards, split_of,
                                      write_dead_file, write_split_shard)
 from trimodal.shards.format import ARRAY_NAMES
 from trimodal.shards.lock import pid_alive
@@ -52,11 +51,6 @@ SPILL_PART_ROWS = 1 << 18  # samples in one spill part (bounds the index held wh
 SPILL_PREFIX = "trimodal-spill-"
 _INDEX_HEAD = [("split", "u1"), ("h", "<u8")]
 _INDEX_TAIL = [("offset", "<u8"), ("length", "<u8"), ("text_bytes", "<u8")] + [(f"tok_{n}", "<i8") for n in ARRAY_NAMES]
-
-
-def _hash64(key: str) -> int:
-    """What :func:`bucket_of` takes the remainder of."""
-    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big")
 
 
 def spill_folder(run_id: str | None) -> str:
@@ -82,9 +76,6 @@ def sweep_spills() -> list[str]:
             remove_spill(os.path.join(root, name))
             removed.append(name)
     return removed
-
-
-    return True
 
 
 @dataclass
@@ -134,7 +125,7 @@ class SpillWriter:
             framed = frame_sample(s["members"])
             split = split_of(s["id"], vf)
             tok = s["tokens"]
-            rows.append((split == "val", _hash64(s["key"]), s["key"].encode(), self._offset, len(framed),
+            rows.append((split == "val", hash64(s["key"]), s["key"].encode(), self._offset, len(framed),
                          s["text_bytes"], *(tok.get(n, -1) for n in ARRAY_NAMES)))
             write(framed)
             self._offset += len(framed)

@@ -89,9 +89,9 @@ class Sample(dict):
     def _materialize(self) -> None:
         raw = self._json
         if raw is not None:
-            self._json = None
             if not dict.__contains__(self, "json"):
-                dict.__setitem__(self, "json", _parse_json(*raw))
+                dict.__setitem__(self, "json", _parse_json(*raw))  # a bad member raises on every access
+            self._json = None
 
     def __missing__(self, key: str) -> Any:
         if key == "json" and self._json is not None:

@@ -8,7 +8,9 @@ import pytest
 
 from trimodal.experiments import synthetic as syn
 from trimodal.shards.loader import LoaderConfig, SourceConfig, TrimodalDataset, load_manifests, tokenizers_of
+from trimodal.pipelines.sink import split_of
 from trimodal.shards.manifest import Manifest
+from trimodal.shards.reader import iter_samples
 from trimodal.tokenizers.vocab import VocabLayout
 
 
@@ -23,8 +25,9 @@ def test_deterministic_with_both_splits(tmp_path):
         ma, mb = Manifest.load(a[task]), Manifest.load(b[task])
         assert [s.sha256 for s in ma.shards] == [s.sha256 for s in mb.shards]
         assert ma.modality == task and ma.splits() == ["train", "val"]
-        val = sum(s.samples for s in ma.split_shards("val"))
-        assert 0.05 < val / ma.samples < 0.4
+        for split in ("train", "val"):  # every record in the split its id hashes to
+            ids = [s["json"]["id"] for _, s in iter_samples(a[task], ma.split_shards(split))]
+            assert ids and all(split_of(i, 0.2) == split for i in ids)
     other = syn.write_synthetic(_cfg(tmp_path / "c", seed=1))
     assert Manifest.load(other["text"]).shards[0].sha256 != Manifest.load(a["text"]).shards[0].sha256
 

@@ -178,6 +178,7 @@ def test_accounting_and_dead_letter(dataset, speech):
     good, planted = len(speech["good"]), speech["planted"]
     assert (m.counts["read"], m.counts["written"], m.samples, m.unaccounted) == (good + len(planted), good, good, 0)
     assert len(m.shards) > 1 and m.dead_letter_outcomes(dataset) == planted
+    assert len(m.dead_letters(dataset)) == len(planted)  # each bad record once
     assert all(r["source"] == "manifest" and r["stage"] for r in m.dead_letters(dataset))
     # Beam counters agree, and the codec really ran batches of several clips
     counters = speech["counters"]

@@ -236,6 +236,7 @@ def test_accounting_and_dead_letter(dataset, img_corpus):
     c, good = m.counts, len(img_corpus["good"])
     assert (c["read"], c["written"], m.samples, m.unaccounted) == (good + len(bad), good, good, 0)
     assert m.dead_letter_outcomes(dataset) == bad
+    assert len(m.dead_letters(dataset)) == len(bad)  # each bad record once
     reasons = {r for _, r in img_corpus["bad"].values()}
     assert set(c["filtered"]) | set(c["rejected"]) == reasons
     for o, r in img_corpus["bad"].values():

@@ -21,6 +21,7 @@ def test_accounting_and_dead_letter(text_dataset, corpus):
     assert m.unaccounted == 0
     assert c["written"] == m.samples == corpus["good"]
     assert m.dead_letter_outcomes(text_dataset) == corpus["planted"]
+    assert len(m.dead_letters(text_dataset)) == len(corpus["planted"])  # each bad record once
 
 
 def test_samples_round_trip_through_tokenizer(text_dataset, corpus, sp_model):
@@ -227,15 +228,12 @@ def test_counters_are_the_same_on_both_graphs(tmp_path, corpus, sp_model):
 
 
 def test_local_run_leaves_no_spill_and_sweeps_a_killed_one(tmp_path, corpus, sp_model):
-    import subprocess
-    import sys
     import tempfile
 
     from trimodal.pipelines.spill import SPILL_PREFIX
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()  # a pid that is gone: its spill folder is a killed run's leftover
-    stale = Path(tempfile.gettempdir()) / f"{SPILL_PREFIX}{dead.pid}-0123456789ab"
+    dead = 2**22 + 12345  # above Linux's largest pid: never a live process; its spill folder is a killed run's leftover
+    stale = Path(tempfile.gettempdir()) / f"{SPILL_PREFIX}{dead}-0123456789ab"
     (stale / "x").mkdir(parents=True)
     run_text_pipeline(TextPipelineConfig(inputs=[str(corpus["path"])], text_tokenizer=sp_model, out=str(tmp_path / "o")),
                       ["--runner=DirectRunner"])

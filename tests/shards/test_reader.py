@@ -249,6 +249,10 @@ def test_unparsable_json_names_shard_and_member_when_read():
     assert np.array_equal(s["text"], samples[1][2]["text"])  # the arrays are fine
     with pytest.raises(ShardError, match=rf"{WHERE}: {samples[1][0]}\.json: unparsable"):
         s["json"]
+    for access in (lambda: s["json"], lambda: s.get("json"), lambda: list(s.items())):  # again: never silently absent
+        with pytest.raises(ShardError, match=r"\.json: unparsable"):
+            access()
+    assert "json" in s
     with pytest.raises(ShardError, match=r"\.json: unparsable"):
         list(decode_sample(data, index[1], WHERE).items())
 
