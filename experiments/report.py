@@ -85,21 +85,16 @@ def write_report(spec: ExperimentSpec, rows: list[dict[str, Any]], folder: str, 
     lines: list[str] = []
     if groups:
         md += ["## Results", "", _point_table(spec.kind, groups, keys, tasks), ""]
+        analyse, plot, png = {"batch-size": (analysis.batch_size, plots.batch_size, "batch_size.png"),
+                              "mixing": (lambda g: analysis.mixing(g, tasks), lambda g, f: plots.mixing(g, tasks, f),
+                                         "mixing.png"),
+                              "schedule": (analysis.schedule, plots.schedule, "schedule.png")
+                              }.get(spec.kind, (analysis.scaling, plots.scaling, "scaling.png"))
+        lines, _ = analyse(groups)  # numbers only: written even without matplotlib
         try:
-            if spec.kind == "batch-size":
-                plot_files.append(plots.batch_size(groups, os.path.join(folder, "batch_size.png")))
-                lines, _ = analysis.batch_size(groups)
-            elif spec.kind == "mixing":
-                plot_files.append(plots.mixing(groups, tasks, os.path.join(folder, "mixing.png")))
-                lines, _ = analysis.mixing(groups, tasks)
-            elif spec.kind == "schedule":
-                plot_files.append(plots.schedule(groups, os.path.join(folder, "schedule.png")))
-                lines, _ = analysis.schedule(groups)
-            else:
-                plot_files.append(plots.scaling(groups, os.path.join(folder, "scaling.png")))
-                lines, _ = analysis.scaling(groups)
+            plot_files.append(plot(groups, os.path.join(folder, png)))
             plot_files.append(plots.curves(groups, keys, os.path.join(folder, "curves.png")))
-        except ImportError as e:  # matplotlib missing: the tables still stand
+        except ImportError as e:  # matplotlib missing: the tables and the analysis still stand
             md += [f"(plots skipped: {e})", ""]
         md += ["## What the plots show", ""]
         md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plot_files] + [""]

@@ -166,15 +166,17 @@ def run_local(p: PlannedRun, threads: int, timeout: float) -> dict[str, Any]:
 
 def launch_line(cfg_path: str, folder: str, name: str, launcher: str, nproc: int, nodes: int,
                 slurm_args: list[str]) -> str:
-    """One shell line that trains the run on a cluster (started in its folder, like local runs)."""
+    """One shell line that trains the run on a cluster (started in its folder, like local runs).
+    It resumes rather than overwrites (``--auto-resume``): a requeued or preempted job continues
+    from its last checkpoint instead of starting again at step 0."""
     q = shlex.quote
-    train = f"-m trimodal.cli train --config {q(cfg_path)}"
+    train = f"-m trimodal.cli train --config {q(cfg_path)} --set run.overwrite=false --auto-resume"
     if launcher == "torchrun":
         return f"cd {q(folder)} && torchrun --standalone --nproc-per-node={nproc} {train}"
     if nodes == 1:
         inner = f"torchrun --standalone --nproc-per-node={nproc} {train}"
     else:
-        inner = (f"srun torchrun --nnodes={nodes} --nproc-per-node={nproc} --rdzv-backend=c10d "
+        inner = (f"srun --kill-on-bad-exit=1 torchrun --nnodes={nodes} --nproc-per-node={nproc} --rdzv-backend=c10d "
                  f"--rdzv-id=$SLURM_JOB_ID --rdzv-endpoint=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1):29500 "
                  f"{train}")
     opts = [f"--job-name={q(name)}", f"--chdir={q(folder)}", f"--output={q(os.path.join(folder, 'slurm-%j.out'))}",
@@ -255,6 +257,8 @@ def fit_points(path: str, kind: str, loss_column: str) -> tuple[list[float], lis
             rows = [r for r in reader if ("status" not in header or r["status"] == "ok") and (r[loss_column] or "").strip()]
     except FileNotFoundError:
         raise ConfigError(f"results file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder; give its results.csv") from None
     values: list[list[float]] = [[], [], []]
     for r in rows:
         for j, c in enumerate(cols):
@@ -273,8 +277,10 @@ def run_fit(cfg: FitConfig) -> Iterator[str]:
     if len(loss) < need:
         raise ConfigError(f"{cfg.results}: too few points for the {cfg.kind} fit: {len(loss)} usable row(s) (status ok, "
                           f"with {cfg.loss_column}), need at least {need} ({fits.N_PARAMS} free parameters + 1)")
-    fit_fn = fits.fit_scaling if cfg.kind == "scaling" else fits.fit_drift
-    fit = fit_fn(x1, x2, loss, n_boot=cfg.n_boot, seed=cfg.seed, niter=cfg.niter, ci=cfg.ci)
+    try:
+        fit = fits.fit(cfg.kind, x1, x2, loss, n_boot=cfg.n_boot, seed=cfg.seed, niter=cfg.niter, ci=cfg.ci)
+    except ValueError as e:  # the data checks name the column and row; say which file
+        raise ConfigError(f"{cfg.results}: {e}") from None
     extra: dict[str, Any] = {}
     if cfg.kind == "scaling":
         Ns = sorted(set(x1))

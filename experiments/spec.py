@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from trimodal import storage
 from trimodal.config import ConfigError, from_dict, load_file, option, set_path
 from trimodal.train.schedules import SCHEDULES
 
@@ -65,9 +66,11 @@ class BatchSizeGrid:
             raise ValueError(f"batch_sizes: give positive batch sizes, got {self.batch_sizes}")
         if not self.tokens > 0:
             raise ValueError(f"tokens: give the token horizon D > 0, got {self.tokens}")
+        if not self.rules:
+            raise ValueError(f"rules: give at least one of {', '.join(RULES)}")
         bad = [r for r in self.rules if r not in RULES]
-        if bad or not self.rules:
-            raise ValueError(f"rules: unknown rule {bad[0] if bad else None!r} (known: {', '.join(RULES)})")
+        if bad:
+            raise ValueError(f"rules: unknown rule {bad[0]!r} (known: {', '.join(RULES)})")
         if self.evals < 0:
             raise ValueError(f"evals must be >= 0, got {self.evals}")
 
@@ -105,9 +108,11 @@ class ScheduleGrid:
     schedules: list[str] = option(default_factory=lambda: list(SCHEDULES), help="schedules compared")
 
     def __post_init__(self) -> None:
+        if not self.schedules:
+            raise ValueError(f"schedules: give at least one of {', '.join(SCHEDULES)}")
         bad = [s for s in self.schedules if s not in SCHEDULES]
-        if bad or not self.schedules:
-            raise ValueError(f"schedules: unknown schedule {bad[0] if bad else None!r} (known: {', '.join(SCHEDULES)})")
+        if bad:
+            raise ValueError(f"schedules: unknown schedule {bad[0]!r} (known: {', '.join(SCHEDULES)})")
 
 
 @dataclass
@@ -248,11 +253,9 @@ def expand(spec: ExperimentSpec, seq_len: int, batch_size: int) -> list[RunPoint
                 ov.update({"reparam.tokens": float(tokens)} if reparam_on
                           else {"run.steps": steps_for(tokens, batch_size, seq_len)})
                 points.append((f"d{d}-D{_num(tokens)}", {"depth": d, "tokens_target": float(tokens)}, ov))
+    if not points:
+        raise ConfigError(f"spec {spec.name}: its grid gives no runs (check the grid's values: {spec.grid})")
     return [RunPoint(f"{name}-s{seed}", point, seed, ov) for name, point, ov in points for seed in spec.seeds]
-
-
-def _absolute(path: str) -> str:
-    return path if "://" in path or os.path.isabs(path) else os.path.abspath(path)
 
 
 def run_config(spec: ExperimentSpec, run: RunPoint, run_dir: str) -> dict[str, Any]:
@@ -267,5 +270,5 @@ def run_config(spec: ExperimentSpec, run: RunPoint, run_dir: str) -> dict[str, A
     for section in ("data", "eval"):
         for src in base_value(cfg, f"{section}.sources", []) or []:
             if isinstance(src, dict) and isinstance(src.get("root"), str):
-                src["root"] = _absolute(src["root"])
+                src["root"] = storage.absolute(src["root"])
     return cfg

@@ -161,6 +161,12 @@ def test_config_files_in_yaml_and_toml(tmp_path):
 
     with pytest.raises(ConfigError, match="not valid YAML"):
         TrainConfig.load(str(tmp_path / "bad.yaml"))
+    # YAML 1.1 reads 1e9 (no dot) as text; a number field takes the number it spells, nothing else
+    (tmp_path / "sci.yaml").write_text("reparam:\n  tokens: 1e9\nrun:\n  steps: 2e3\n")
+    sci = TrainConfig.load(str(tmp_path / "sci.yaml"))
+    assert sci.reparam.tokens == 1e9 and sci.run.steps == 2000 and isinstance(sci.run.steps, int)
+    with pytest.raises(ConfigError, match="optim.lr: expected a number, got 'fast'"):
+        TrainConfig.load(None, ['optim.lr="fast"'])
     with pytest.raises(ConfigError, match=r"--set run.steps.max=3: steps is not a section"):
         TrainConfig.load(None, ["run.steps=5", "run.steps.max=3"])
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -53,6 +54,9 @@ def option(default: Any = dataclasses.MISSING, *, help: str = "", flag: str | No
 # ---- values ---------------------------------------------------------------------------------
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")  # scientific notation only
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
@@ -104,6 +108,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
         return value
+    if tp in (int, float) and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e9 (no dot) as text: take the number it spells
     if tp is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")

@@ -119,6 +119,7 @@ def test_run_config_sets_run_keys_and_absolute_roots(tmp_path, monkeypatch):
     ({"bogus": 1}, "unknown config key bogus"),
     ({"grid": {"batch_sizes": [4], "tokens": 1e5, "bogus": 2}}, "grid.bogus"),
     ({"grid": {"batch_sizes": [4], "tokens": 1e5, "rules": ["fast"]}}, "unknown rule 'fast'"),
+    ({"grid": {"batch_sizes": [4], "tokens": 1e5, "rules": []}}, "rules: give at least one of sde, none"),
     ({"kind": "mixing", "grid": {"weights": [{"text": 0.9, "image_text": 0.05, "audio_text": 0.05}]}}, "min_weight"),
     ({"kind": "schedule", "grid": {"schedules": ["exponential"]}}, "unknown schedule 'exponential'"),
     ({"base": {"optim": {"nonsense": 1}}}, "base.optim.nonsense"),
@@ -187,6 +188,30 @@ def test_the_sde_rule_reparameterises_each_batch_size(tmp_path, data):
         assert int(r["steps"]) == TOKENS // (b * L) and int(r["D"]) == TOKENS
 
 
+def test_the_report_keeps_its_analysis_without_matplotlib(finished, tmp_path, monkeypatch):
+    from trimodal.experiments import plots
+    from trimodal.experiments.report import write_report
+
+    folder, _ = finished
+    spec = S.load_spec(str(folder / "spec.yaml"))
+    rows = runner.collect(spec, runner.plan(spec))
+
+    def no_matplotlib(*_a, **_k):
+        raise ImportError("No module named 'matplotlib'")
+
+    for name in ("batch_size", "curves"):
+        monkeypatch.setattr(plots, name, no_matplotlib)
+    write_report(spec, rows, str(tmp_path), runner.POINT_COLUMNS[spec.kind], None)
+    md = (tmp_path / "report.md").read_text()
+    assert "(plots skipped: No module named 'matplotlib')" in md and "![" not in md
+
+    def bullets(text: str) -> list[str]:
+        return [ln for ln in text.split("## What the plots show", 1)[1].splitlines() if ln.startswith("- ")]
+
+    # the analysis sentences are those of the report made with the plots
+    assert bullets(md) and bullets(md) == bullets((folder / "report" / "report.md").read_text())
+
+
 def test_rerun_skips_finished_runs_and_redoes_the_unfinished(finished):
     folder, _ = finished
     done, half = folder / "exp" / "runs" / "none-B2-s0", folder / "exp" / "runs" / "none-B4-s0"
@@ -226,14 +251,18 @@ def test_print_commands_writes_configs_and_runs_nothing(tmp_path, data, capsys):
     assert lines[0].endswith("2 runs, 0 finished, 2 to run") and len(lines) == 3
     for ln, name in zip(lines[1:], ("linear-s0", "cosine-s0")):
         cfg_path = tmp_path / "exp" / "runs" / name / "config.json"
-        assert ln == f"cd {cfg_path.parent} && torchrun --standalone --nproc-per-node=8 -m trimodal.cli train --config {cfg_path}"
+        assert ln == (f"cd {cfg_path.parent} && torchrun --standalone --nproc-per-node=8 -m trimodal.cli train "
+                      f"--config {cfg_path} --set run.overwrite=false --auto-resume")
+        # a requeued job resumes: the printed overrides make a valid config that auto-resumes
+        resumed = TrainConfig.load(str(cfg_path), ["run.overwrite=false", "run.auto_resume=true"])
+        assert resumed.run.auto_resume and not resumed.run.overwrite
         cfg = from_dict(TrainConfig, json.loads(cfg_path.read_text()))
         assert cfg.objective.schedule.name == name.split("-")[0] and cfg.run.out_dir == str(cfg_path.parent)
         assert not (cfg_path.parent / "log.jsonl").exists()
     slurm = list(runner.main(runner.RunSpecConfig(spec=path, print_commands=True, launcher="slurm", nodes=2,
                                                   slurm_args=["--partition=gpu"])))
     assert all(ln.startswith("sbatch --job-name=spec-") and "--nodes=2" in ln and "--partition=gpu" in ln
-               and "--wrap='srun torchrun --nnodes=2" in ln for ln in slurm[1:])
+               and "--wrap='srun --kill-on-bad-exit=1 torchrun --nnodes=2" in ln and "--auto-resume" in ln for ln in slurm[1:])
     assert main(["experiment", "run", path, "--print-commands", "--launcher", "slurm"]) == 0
     assert capsys.readouterr().out.count("sbatch ") == 2
 
@@ -277,6 +306,17 @@ def test_fit_with_too_few_points_is_a_clear_error(tmp_path, capsys):
     assert "missing column(s) ['logical_steps', 'logical_batch']" in capsys.readouterr().err
     assert main(["experiment", "fit", "scaling", str(csv_path), "extra"]) == 1
     assert "unexpected argument extra" in capsys.readouterr().err
+    assert main(["experiment", "fit", "scaling", str(tmp_path)]) == 1
+    assert f"{tmp_path} is a folder; give its results.csv" in capsys.readouterr().err
+    nan = _scaling_csv(tmp_path / "nan.csv", 8)
+    lines = nan.read_text().splitlines()
+    head = lines[0].split(",")
+    cells = lines[1].split(",")
+    cells[head.index("loss")] = "nan"
+    nan.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    assert main(["experiment", "fit", "scaling", str(nan)]) == 1
+    err = capsys.readouterr().err
+    assert f"{nan}: column 'loss': non-finite value nan" in err and len(err.strip().splitlines()) == 1
 
 
 # ---- analysis (pure) ------------------------------------------------------------------------------
@@ -293,3 +333,10 @@ def test_analysis_flatness_and_cross_modal_slopes():
         assert nums[t]["monotone"] and nums[t]["own_slope"] == pytest.approx(-1.0)
         assert nums[t]["cross_slope"] == pytest.approx(0.0, abs=1e-9)
     assert len(lines) == 3 and "falls monotonically" in lines[0]
+
+
+def test_a_grid_that_gives_no_runs_is_refused(tmp_path, data):
+    path = write_spec(tmp_path, "mixing", {"tasks": ["text", "image_text"], "step": 0.5, "min_weight": 0.9},
+                      tiny_base(data))
+    with pytest.raises(ConfigError, match="its grid gives no runs"):
+        runner.plan(S.load_spec(path))
