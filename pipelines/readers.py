@@ -34,7 +34,7 @@ from trimodal.pipelines.records import REJECTED, DeadLetter, Record
 
 STAGE = "read"
 MAX_RECORD_BYTES = 256 * 2**20  # one JSON line or tar member; larger ones are rejected unread
-BATCH_BYTES = 16 * 2**20  # text in one batch of :meth:`Reader.batches`, past its first record
+BATCH_CHARS = 16 * 2**20  # text characters in one batch of :meth:`Reader.batches`, past its first record
 
 # webdataset's rule: key = the path up to the first dot of the file name, extension = the rest.
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
@@ -69,25 +69,26 @@ class Reader:
         except self.wrapped as e:
             yield self.reject(url, source, "unreadable_file", f"{type(e).__name__}: {e}")
 
-    def batches(self, url: str, size: int, max_bytes: int = BATCH_BYTES) -> Iterator[tuple[list[Record], list[DeadLetter]]]:
+    def batches(self, url: str, size: int, max_chars: int = BATCH_CHARS) -> Iterator[tuple[list[Record], list[DeadLetter]]]:
         """The same records and dead letters in batches: at most ``size`` items, and at most
-        ``max_bytes`` of text past the first record (a batch is one element in Beam and one
-        tokenizer call). Counters are bumped once per batch, with the same totals."""
+        ``max_chars`` characters of text past the first record (a batch is one element in Beam
+        and one tokenizer call; characters, not bytes: counting them costs nothing). Counters
+        are bumped once per batch, with the same totals."""
         reader = copy.copy(self)  # its own tally: an instance may serve several threads
         reader._tally = tally = Tally()
         records: list[Record] = []
         dead: list[DeadLetter] = []
-        nbytes = 0
+        nchars = 0
         for x in reader(url):
             if isinstance(x, DeadLetter):
                 dead.append(x)
             else:
                 records.append(x)
-                nbytes += len(x.text)
-            if len(records) + len(dead) >= size or nbytes >= max_bytes:
+                nchars += len(x.text)
+            if len(records) + len(dead) >= size or nchars >= max_chars:
                 tally.flush()
                 yield records, dead
-                records, dead, nbytes = [], [], 0
+                records, dead, nchars = [], [], 0
         tally.flush()
         if records or dead:
             yield records, dead

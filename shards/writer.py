@@ -3,7 +3,6 @@ byte-exact fast way to serialise and frame samples (cached tar and ``.npy`` head
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
 from collections.abc import Iterable
 from typing import Any
@@ -52,15 +51,9 @@ def write_encoded(
         count += 1
         for k, v in sample_tok.items():
             tokens[k] = tokens.get(k, 0) + v
-    data = tar_bytes(members)
-    if compression == "zstd":
-        import zstandard
-
-        data = zstandard.ZstdCompressor(level=3).compress(data)
-    elif compression != "none":
-        raise ValueError(f"unknown compression {compression!r}; expected 'none' or 'zstd'")
-    storage.write_atomic(storage.join(root, name), data)
-    return ShardInfo(name=name, samples=count, tokens=tokens, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    data = _compressed(tar_bytes(members), compression)
+    sha256 = storage.write_atomic(storage.join(root, name), data)
+    return ShardInfo(name=name, samples=count, tokens=tokens, bytes=len(data), sha256=sha256)
 
 
 # Byte-exact fast paths. Serialising a sample with ``tarfile`` and ``np.save`` costs ~50 µs
@@ -155,10 +148,16 @@ def write_framed(root: str, name: str, framed: Iterable[bytes], compression: str
     parts.append(tar_end(sum(len(p) for p in parts)))
     data = b"".join(parts)
     del parts
+    data = _compressed(data, compression)
+    return n, len(data), storage.write_atomic(storage.join(root, name), data)
+
+
+def _compressed(data: bytes, compression: str) -> bytes:
+    """A shard's bytes as stored: as they are, or zstd (level 3)."""
     if compression == "zstd":
         import zstandard
 
-        data = zstandard.ZstdCompressor(level=3).compress(data)
-    elif compression != "none":
+        return zstandard.ZstdCompressor(level=3).compress(data)
+    if compression != "none":
         raise ValueError(f"unknown compression {compression!r}; expected 'none' or 'zstd'")
-    return n, len(data), storage.write_atomic(storage.join(root, name), data)
+    return data
