@@ -79,6 +79,8 @@ class ImageTextPipelineConfig(common.PipelineConfig):
     seed: int = option(0, help="salt of the per-record preprocessing seed")
     max_caption_tokens: int | None = option(None, help="longer captions are filtered (default: keep all)")
     allow_tf32: bool = option(False, help="faster on GPU; codes may then differ from CPU-made shards")
+    batch_invariant: bool = option(True, help="CPU: encode each image alone with oneDNN off, so codes do not depend "
+                                              "on batch-mates or threads (byte-identical on any runner); ~3x slower")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -106,13 +108,15 @@ class _ImageTokenizerHolder:
         self.tok = tok
 
 
-def load_image_tokenizer_shared(path: str, device: str, batch_size: int, allow_tf32: bool = False) -> MoVQGANTokenizer:
+def load_image_tokenizer_shared(path: str, device: str, batch_size: int, allow_tf32: bool = False,
+                                batch_invariant: bool = True) -> MoVQGANTokenizer:
     device = str(resolve_device(device))
     return _IMAGE_TOKENIZERS.acquire(
         lambda: _ImageTokenizerHolder(
-            MoVQGANTokenizer.from_path(path, device=device, batch_size=batch_size, allow_tf32=allow_tf32)
+            MoVQGANTokenizer.from_path(path, device=device, batch_size=batch_size, allow_tf32=allow_tf32,
+                                       batch_invariant=batch_invariant)
         ),
-        tag=f"movqgan:{path}:{device}:{batch_size}:{allow_tf32}",
+        tag=f"movqgan:{path}:{device}:{batch_size}:{allow_tf32}:{batch_invariant}",
     ).tok
 
 
@@ -175,11 +179,14 @@ class EncodeImages(beam.DoFn):
 
     stage = "encode"
 
-    def __init__(self, tokenizer_path: str, device: str, batch_size: int, allow_tf32: bool = False):
+    def __init__(self, tokenizer_path: str, device: str, batch_size: int, allow_tf32: bool = False,
+                 batch_invariant: bool = True):
         self.tokenizer_path, self.device, self.batch_size, self.allow_tf32 = tokenizer_path, device, batch_size, allow_tf32
+        self.batch_invariant = batch_invariant
 
     def setup(self) -> None:
-        self.tok = load_image_tokenizer_shared(self.tokenizer_path, self.device, self.batch_size, self.allow_tf32)
+        self.tok = load_image_tokenizer_shared(self.tokenizer_path, self.device, self.batch_size, self.allow_tf32,
+                                               self.batch_invariant)
 
     def process(self, batch: list[Record]):
         t0 = time.perf_counter()
@@ -205,7 +212,7 @@ class _Encode(beam.PTransform):
             pcoll
             | "Batch" >> beam.BatchElements(min_batch_size=cfg.batch_size, max_batch_size=cfg.batch_size)
             | "EncodeImages" >> beam.ParDo(
-                EncodeImages(cfg.image_tokenizer, cfg.device, cfg.batch_size, cfg.allow_tf32)
+                EncodeImages(cfg.image_tokenizer, cfg.device, cfg.batch_size, cfg.allow_tf32, cfg.batch_invariant)
             ).with_outputs(FILTERED, REJECTED, main="ok")
         )
 

@@ -179,3 +179,23 @@ def check_val_split():
         return sizes
 
     return check
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    """Every test leaves torch's process-global numerics as it found them: thread count, oneDNN,
+    default dtype, deterministic mode, matmul precision (a flag one test sets must not change the
+    codes or losses another test computes)."""
+    import torch
+
+    saved = (torch.get_num_threads(), torch.backends.mkldnn.enabled, torch.get_default_dtype(),
+             torch.are_deterministic_algorithms_enabled(), torch.get_float32_matmul_precision())
+    yield
+    now = (torch.get_num_threads(), torch.backends.mkldnn.enabled, torch.get_default_dtype(),
+           torch.are_deterministic_algorithms_enabled(), torch.get_float32_matmul_precision())
+    if now != saved:
+        torch.set_num_threads(saved[0])
+        torch.backends.mkldnn.enabled = saved[1]
+        torch.set_default_dtype(saved[2])
+        torch.use_deterministic_algorithms(saved[3])
+        torch.set_float32_matmul_precision(saved[4])

@@ -589,6 +589,12 @@ class MoVQGANTokenizer:
 
     ``allow_tf32`` is off by default so that GPU and CPU runs pick the same codes wherever the
     nearest codebook entry is not a near tie (a re-run must give the same tokens).
+
+    ``batch_invariant`` (default on): on CPU each image is encoded alone with oneDNN off, so its
+    codes do not depend on the images that share a call nor on the thread count (see
+    :mod:`trimodal.tokenizers.runtime`); this costs about 3x the batched oneDNN time on CPU.
+    Off, or on CUDA, images are encoded ``batch_size`` at a time: a code whose two nearest
+    codebook entries are within float32 noise (~1e-6) can then differ with the batch.
     """
 
     def __init__(
@@ -597,6 +603,7 @@ class MoVQGANTokenizer:
         device: str | torch.device = "cpu",
         batch_size: int = 16,
         allow_tf32: bool = False,
+        batch_invariant: bool = True,
     ) -> None:
         if model.config.n_embed > np.iinfo(np.uint16).max + 1:
             raise ValueError(f"codebook of {model.config.n_embed} does not fit uint16 codes")
@@ -604,6 +611,7 @@ class MoVQGANTokenizer:
         self.model = model.to(self.device).eval()
         self.batch_size = int(batch_size)
         self.allow_tf32 = allow_tf32
+        self.batch_invariant = bool(batch_invariant)
         self._fingerprint: str | None = None
 
     @classmethod
@@ -614,10 +622,11 @@ class MoVQGANTokenizer:
         device: str | torch.device = "cpu",
         batch_size: int = 16,
         allow_tf32: bool = False,
+        batch_invariant: bool = True,
     ) -> "MoVQGANTokenizer":
         """Load a checkpoint (see :func:`load_movqgan`) straight onto ``device``."""
         model = load_movqgan(path, config, device=resolve_device(device))
-        return cls(model, device=device, batch_size=batch_size, allow_tf32=allow_tf32)
+        return cls(model, device=device, batch_size=batch_size, allow_tf32=allow_tf32, batch_invariant=batch_invariant)
 
     @property
     def vocab_size(self) -> int:
@@ -641,17 +650,22 @@ class MoVQGANTokenizer:
             self._fingerprint = state_dict_fingerprint(self.model.state_dict(), self.config.to_dict())
         return self._fingerprint
 
-    def _chunks(self, n: int) -> Iterable[slice]:
-        for start in range(0, n, self.batch_size):
-            yield slice(start, min(n, start + self.batch_size))
+    @property
+    def _invariant(self) -> bool:
+        return self.batch_invariant and self.device.type == "cpu"
+
+    def _chunks(self, n: int, size: int | None = None) -> Iterable[slice]:
+        size = size or self.batch_size
+        for start in range(0, n, size):
+            yield slice(start, min(n, start + size))
 
     def encode(self, images: Any) -> np.ndarray:
         """Images (see :func:`_as_batch`; values in [-1, 1]) -> uint16 codes [N, h, w]."""
         x = _as_batch(images)
         h, w = self.model.latent_grid(x.shape[-2], x.shape[-1])
         out = np.empty((x.shape[0], h, w), dtype=np.uint16)
-        with inference(self.device, self.allow_tf32):
-            for sl in self._chunks(x.shape[0]):
+        with inference(self.device, self.allow_tf32, batch_invariant=self._invariant):
+            for sl in self._chunks(x.shape[0], 1 if self._invariant else None):
                 codes = self.model.encode_codes(x[sl].to(self.device, non_blocking=True))
                 out[sl] = codes.reshape(-1, h, w).cpu().numpy().astype(np.uint16)
         return out

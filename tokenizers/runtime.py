@@ -6,6 +6,15 @@ builds) and one error lists every offending key, so a wrong or truncated file is
 Inference runs with TF32 off on CUDA unless a caller opts in: TF32 convolutions carry ~1e-3
 relative error, enough to flip a code whose nearest and second-nearest codebook entries are
 close, and GPU workers would then write other tokens than CPU workers.
+
+**Batch invariance on CPU.** oneDNN (and NNPACK, for batches of 16 or more) pick convolution
+algorithms by batch size and thread count, so an image's float32 latent moves by ~1e-6 with the
+images that share its batch and with ``torch.get_num_threads()``; an argmin whose two nearest
+codebook entries are that close (about 1 position in 10^4 with a random 512-entry codebook) then
+flips. :func:`inference` with ``batch_invariant=True`` turns oneDNN off (ATen's own convolution
+loops over the batch, one GEMM per item), and callers encode one item per call: the codes of an
+input then depend on nothing but the input and the weights (checked bit for bit over batch
+sizes and thread counts in the tests).
 """
 
 from __future__ import annotations
@@ -94,12 +103,38 @@ def _no_tf32() -> Iterator[None]:
                 torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = _tf32_saved
 
 
+_onednn_users = 0
+_onednn_saved = True
+
+
 @contextmanager
-def inference(device: torch.device, allow_tf32: bool = False) -> Iterator[None]:
-    """``torch.inference_mode`` plus, on CUDA without ``allow_tf32``, TF32 off."""
+def _no_onednn() -> Iterator[None]:
+    """oneDNN off while any caller is inside (a process-global flag, reference counted as above)."""
+    global _onednn_users, _onednn_saved
+    with _tf32_lock:
+        if _onednn_users == 0:
+            _onednn_saved = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
+        _onednn_users += 1
+    try:
+        yield
+    finally:
+        with _tf32_lock:
+            _onednn_users -= 1
+            if _onednn_users == 0:
+                torch.backends.mkldnn.enabled = _onednn_saved
+
+
+@contextmanager
+def inference(device: torch.device, allow_tf32: bool = False, batch_invariant: bool = False) -> Iterator[None]:
+    """``torch.inference_mode`` plus, on CUDA without ``allow_tf32``, TF32 off; on CPU with
+    ``batch_invariant``, oneDNN off (see the module docstring)."""
     with torch.inference_mode():
         if device.type == "cuda" and not allow_tf32:
             with _no_tf32():
+                yield
+        elif device.type == "cpu" and batch_invariant:
+            with _no_onednn():
                 yield
         else:
             yield

@@ -193,6 +193,35 @@ def test_missing_key_and_wrong_shape_are_named(reference_dir: Path, tmp_path: Pa
 # ---------------------------------------------------------------------------------------------
 
 
+def test_codes_do_not_depend_on_batch_mates_or_threads(tiny_path: Path) -> None:
+    """Batch invariance (the default on CPU): an image's codes and its latent are bit for bit the
+    same alone, among 12 others, and under 1 or 2 threads. Without it the latent moves by ~1e-6
+    with the batch (oneDNN/NNPACK pick algorithms by batch size), enough to flip near ties."""
+    from trimodal.tokenizers.runtime import inference
+
+    x = _images(13)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = MoVQGANTokenizer.from_path(tiny_path, device="cpu", batch_size=1).encode(x)
+        torch.set_num_threads(2)
+        big = MoVQGANTokenizer.from_path(tiny_path, device="cpu", batch_size=16).encode(x)
+        odd = MoVQGANTokenizer.from_path(tiny_path, device="cpu", batch_size=5).encode(x)
+        np.testing.assert_array_equal(big, alone)
+        np.testing.assert_array_equal(odd, alone)
+        model = MoVQGANTokenizer.from_path(tiny_path, device="cpu").model
+        xt = torch.from_numpy(x)
+        latents = {}
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with inference(torch.device("cpu"), batch_invariant=True):
+                latents[n] = torch.cat([model.encode_latent(xt[i:i + 1]) for i in range(len(x))])
+        assert torch.equal(latents[1], latents[2])
+        assert torch.backends.mkldnn.enabled  # the switch is restored on the way out
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_tokenizer_encode_decode(tiny_path: Path) -> None:
     tok = MoVQGANTokenizer.from_path(tiny_path, device="cpu", batch_size=2)
     assert isinstance(tok, Tokenizer)
