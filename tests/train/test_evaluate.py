@@ -252,10 +252,37 @@ def test_an_evaluation_source_of_another_tokenizer_is_refused(split_dataset, tmp
     assert {k.split("/")[1] for k in ev if k.startswith("source/")} == {"heldout"}  # only the root it was given
 
 
-def test_choice_scoring_picks_the_right_answer_on_an_overfitted_corpus(sp_model, tmp_path, capsys):
+def _direct_choice_score(model, layout, prompt: list[int], choice: list[int], samples: int, seed: int = 0,
+                         eps: float = 1e-3) -> float:
+    """The conditional ELBO of ``choice`` written out by hand: for each of the fixed t levels,
+    mask the choice span where the level's uniforms fall below t, run the model, and add
+    (1/t) x the text head's cross-entropy at each masked position; average over levels."""
+    from trimodal.train.evaluate import _CHOICE_SALT
+
+    t = layout.text
+    ids = [layout.task_token("text"), t.bos, *(t.offset + i for i in prompt), *(t.offset + i for i in choice), t.eos]
+    start = 2 + len(prompt)
+    times = t_grid(samples, eps, seed, 0).double()
+    u = level_uniforms(seed, 0, samples, len(ids), _CHOICE_SALT)
+    total = 0.0
+    with torch.no_grad():
+        for k in range(samples):
+            masked = [j for j in range(start, start + len(choice)) if float(u[k][j]) < float(times[k])]
+            noisy = torch.tensor([t.mask if j in masked else x for j, x in enumerate(ids)])[None]
+            hidden = model(noisy, torch.ones_like(noisy, dtype=torch.bool))
+            for j in masked:
+                logp = torch.log_softmax(model.heads["text"](hidden[0, j]).double(), -1)
+                total += -float(logp[ids[j] - t.offset]) / float(times[k])
+    return -total / samples
+
+
+def test_choice_scores_equal_a_direct_computation_and_the_command_picks_their_argmax(sp_model, tmp_path, capsys):
+    """Deterministic on any machine: each choice's score is checked against the ELBO written out
+    by hand (float64), the prediction against the argmax of those scores, and the command line
+    against the in-process result; no threshold on what a tiny model learned."""
     from trimodal.shards.writer import write_shard
     from trimodal.tokenizers.text import TextTokenizer
-    from trimodal.train.evaluate import ChoiceItem, evaluate_choices
+    from trimodal.train.evaluate import ChoiceItem, evaluate_choices, score_choices
 
     tok = TextTokenizer.from_path(sp_model)
     facts = ["the model reads a corpus", "images and audio share one sequence", "the cat sat on a mat",
@@ -265,13 +292,8 @@ def test_choice_scoring_picks_the_right_answer_on_an_overfitted_corpus(sp_model,
     info = write_shard(str(tmp_path / "facts"), "shard-00000-of-00001.tar", samples)
     Manifest(kind="tokenized", modality="text", tokenizers={"text": tok.info()}, shards=[info]).save(str(tmp_path / "facts"))
     out = tmp_path / "run"
-    sets = [x for x in _sets(str(tmp_path / "facts"), out, 300) if not x.startswith(("data.seq_len", "model.max_seq_len",
-                                                                                    "run.batch_size"))]
-    # short rows (a fact or two each), so that the scoring rows look like training rows
-    res = train(TrainConfig.load(None, sets + ["data.seq_len=32", "model.max_seq_len=32", "run.batch_size=8",
-                                              "model.dim=64", "optim.lr=5e-3", "optim.warmup_steps=10",
-                                              "run.ckpt_final=true"]))
-    assert res["last_loss"] < res["first_loss"]
+    sets = [x for x in _sets(str(tmp_path / "facts"), out, 4) if not x.startswith(("data.seq_len", "model.max_seq_len"))]
+    train(TrainConfig.load(None, sets + ["data.seq_len=32", "model.max_seq_len=32", "run.ckpt_final=true"]))
     import trimodal
 
     m = trimodal.load(str(out), device="cpu")
@@ -279,8 +301,19 @@ def test_choice_scoring_picks_the_right_answer_on_an_overfitted_corpus(sp_model,
              ChoiceItem("images and audio share", [" a mat", " one sequence", " masked tokens"], 1),
              ChoiceItem("the cat sat on", [" a corpus", " one sequence", " a mat"], 2),
              ChoiceItem("captions and transcripts fill", [" a mat", " masked tokens", " a corpus"], 1)]
-    result = evaluate_choices(m.model, m.layout, m.tokenizer("text"), items, samples=8)
-    assert result.accuracy >= 0.75, result
+    text_tok = m.tokenizer("text")
+    expected_preds = []
+    for it in items:
+        prompt = [int(x) for x in text_tok.encode_one(it.prompt)]
+        choices = [[int(x) for x in text_tok.encode_one(c)] for c in it.choices]
+        got = score_choices(m.model, m.layout, prompt, choices, samples=8)
+        direct = [_direct_choice_score(m.model, m.layout, prompt, c, samples=8) for c in choices]
+        np.testing.assert_allclose(got, direct, rtol=1e-4, atol=1e-4)
+        assert all(v < 0 for v in got)  # a lower bound on a log-probability
+        expected_preds.append(int(np.argmax(got)))
+    result = evaluate_choices(m.model, m.layout, text_tok, items, samples=8)
+    assert result.predictions == expected_preds and result.n == 4
+    assert result.accuracy == sum(p == it.answer for p, it in zip(expected_preds, items)) / 4
     # the command line scores the same file to the same accuracy
     path = tmp_path / "choices.jsonl"
     path.write_text("".join(json.dumps({"prompt": it.prompt, "choices": it.choices, "answer": it.answer}) + "\n"
