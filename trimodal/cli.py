@@ -348,7 +348,8 @@ def _split_unknown(unknown: list[str], known: list[str], beam: bool) -> list[str
         hint = f"; did you mean {' or '.join(near)}?" if near else ""
         raise ConfigError(f"unknown option {name}{hint}")
     if not beam and passed:
-        raise ConfigError(f"unexpected argument {passed[0]}")
+        raise ConfigError(f"unexpected argument {passed[0]} (give positional arguments together, before or after the "
+                          f"options)")
     return passed
 
 
@@ -385,7 +386,7 @@ def build_parser(chosen: Command | None = None) -> tuple[argparse.ArgumentParser
         p = subs[words[:-1]].add_parser(words[-1], help=c.help, description=c.help, allow_abbrev=False,
                                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=describe(cls))
         p.set_defaults(_command=c, _config_cls=cls)
-        p.add_argument("--config", default=None, help="config file (JSON, YAML or TOML)")
+        p.add_argument("--config", default=None, action=_Once, help="config file (JSON, YAML or TOML)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key (repeatable)")
         names = (c.positional,) if isinstance(c.positional, str) else (c.positional or ())
@@ -402,6 +403,16 @@ def build_parser(chosen: Command | None = None) -> tuple[argparse.ArgumentParser
             p.add_argument("--overwrite", action="store_true", help="start afresh, deleting the run folder's contents")
         leaf = p
     return parser, leaf
+
+
+class _Once(argparse.Action):
+    """A flag that may be given once: a second ``--config`` would silently drop the first file."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)} and {values}); give one file "
+                         f"and override single keys with --set")
+        setattr(namespace, self.dest, values)
 
 
 def parse(argv: list[str]) -> tuple[Command, Any, list[str]]:

@@ -112,17 +112,28 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         value = float(value)  # YAML 1.1 reads 1e9 (no dot) as text: take the number it spells
     if tp is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {value!r}{_quoted_hint(value)}")
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {value!r}{_quoted_hint(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _quoted_hint(value: Any) -> str:
+    """Why a number-looking value was refused: quotes make it text in JSON, YAML and TOML."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return f" (text: the quotes make it a string; write {value.strip()} without quotes)"
+    return ""
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -188,29 +199,63 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+CONFIG_FORMATS = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML", ".toml": "TOML"}
+
+
+def _yaml_loader():
+    """PyYAML's safe loader without anchors and aliases: an alias bomb (``&a [*b, *b, ...]``)
+    expands to gigabytes downstream, and config files have no need for them."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.MarkedYAMLError(None, None, f"alias *{event.anchor} is not accepted in a config file "
+                                           f"(anchors and aliases are refused; write the values out)",
+                                           event.start_mark)
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
+def _parse_error(e: Exception) -> str:
+    """One line naming where a parser stopped: line and column for YAML, JSON and TOML."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is not None:  # yaml.MarkedYAMLError
+        return f"line {mark.line + 1}, column {mark.column + 1}: {getattr(e, 'problem', None) or str(e).splitlines()[0]}"
+    if isinstance(e, json.JSONDecodeError):
+        return f"line {e.lineno}, column {e.colno}: {e.msg}"
+    return str(e).splitlines()[0]  # tomllib names the line and column in its message
+
+
 def load_file(path: str) -> dict[str, Any]:
-    """A config file as a dict: ``.json``, ``.yaml``/``.yml`` or ``.toml`` (any fsspec URL)."""
+    """A config file as a dict: ``.json``, ``.yaml``/``.yml`` or ``.toml`` (any fsspec URL),
+    chosen by the extension; any other extension is refused, naming those accepted."""
     from trimodal import storage
 
+    suffix = PurePath(path).suffix.lower()
+    kind = CONFIG_FORMATS.get(suffix)
+    if kind is None:
+        raise ConfigError(f"{path}: unknown config format {suffix or '(no extension)'!r}; name the file "
+                          f".json, .yaml/.yml or .toml (the extension picks the parser)")
     try:
         raw = storage.read_bytes(path)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    suffix = PurePath(path).suffix.lower()
     try:
-        if suffix in (".yaml", ".yml"):
+        if kind == "YAML":
             import yaml
 
-            data = yaml.safe_load(raw.decode("utf-8")) or {}
-        elif suffix == ".toml":
+            data = yaml.load(raw.decode("utf-8"), Loader=_yaml_loader()) or {}
+        elif kind == "TOML":
             import tomllib
 
             data = tomllib.loads(raw.decode("utf-8"))
         else:
             data = json.loads(raw)
     except Exception as e:  # each parser has its own error type; all mean "not this format"
-        kind = {".yaml": "YAML", ".yml": "YAML", ".toml": "TOML"}.get(suffix, "JSON")
-        raise ConfigError(f"{path}: not valid {kind}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: not valid {kind}: {_parse_error(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
@@ -323,7 +368,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] 
             elif meta.get("convert") is None and elem in (int, float):
                 kwargs["type"] = elem
             if is_list:
+                # `--input A --input B` means both: a repeated list flag extends, never replaces
                 kwargs["nargs"] = "+"
+                kwargs["action"] = "extend"
             kwargs["metavar"] = f.name.upper() if not kwargs.get("choices") else None
         parser.add_argument(_flag_name(f), **{k: v for k, v in kwargs.items() if v is not None or k == "default"})
         dests[dest] = f.name
