@@ -268,6 +268,20 @@ def build_batched(p: beam.Pipeline, inputs: list[str], reader: Reader, step: Bat
     return (res.ok, dead, n_read) | "WriteDataset" >> WriteDataset(sink)
 
 
+#: What a pipeline writes or removes under its root (see :func:`~trimodal.pipelines.sink.remove_stale`).
+OUTPUT_NAMES = ["shard-*", "*-shard-*", "deadletter", "deadletter/*", MANIFEST_NAME, ".trimodal-lock"]
+
+
+def check_contained(root: str) -> None:
+    """Refuse, in one line, a root whose outputs are symbolic links that leave it: a re-run's
+    stale-file cleanup and dead-letter writes would otherwise delete or write files elsewhere."""
+    leaving = storage.links_leaving(root, OUTPUT_NAMES)
+    if leaving:
+        raise ValueError(f"{leaving[0]} is a symbolic link to {os.path.realpath(leaving[0])}, outside the output "
+                         f"root {root}: a pipeline only writes and removes files inside its root; remove the link "
+                         f"or choose another --out")
+
+
 def prepare_output(root: str) -> None:
     """A re-run first removes the old manifest: until the new one is written the root is
     incomplete, so no reader can pair an old manifest with new shards."""
@@ -331,6 +345,7 @@ def run(build_fn: Callable[[beam.Pipeline, str], Any], root: str, beam_args: Seq
         with beam.Pipeline(options=options) as p:
             build_fn(p, "dry-run")
         return None
+    check_contained(root)
     lock = DatasetLock.acquire(root)
     local = is_local_runner(options)
     try:

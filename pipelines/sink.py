@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,15 +206,24 @@ def finalize_dataset(_, cfg: SinkConfig, shards: list[ShardInfo], dead: list[tup
 
 
 def remove_stale(root: str, keep_shards: set[str], keep_dead: set[str]) -> list[str]:
-    """Delete shards/dead-letter files of earlier runs and temporary leftovers under ``root``."""
+    """Delete shards/dead-letter files of earlier runs and temporary leftovers under ``root``.
+
+    Never follows a link: a symlinked ``deadletter/`` is not listed, and a link among the
+    candidates is removed itself (``os.unlink``), never what it points to."""
     fs, path = storage.fs_and_path(root)
+    local = storage.is_local(root)
     removed = []
-    candidates = fs.glob(f"{path}/shard-*") + fs.glob(f"{path}/*-shard-*") + fs.glob(f"{path}/{DEAD_LETTER_DIR}/*")
+    candidates = fs.glob(f"{path}/shard-*") + fs.glob(f"{path}/*-shard-*")
+    if not (local and os.path.islink(f"{path}/{DEAD_LETTER_DIR}")):
+        candidates += fs.glob(f"{path}/{DEAD_LETTER_DIR}/*")
     for full in candidates:
         rel = full[len(path) :].lstrip("/")
         if rel in keep_shards or rel in keep_dead:
             continue
-        fs.rm(full)
+        if local and os.path.islink(full):
+            os.unlink(full)
+        else:
+            fs.rm(full)
         removed.append(rel)
     return removed
 

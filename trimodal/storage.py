@@ -85,6 +85,25 @@ def local_path(url: str) -> str:
     return fs_and_path(url)[1]
 
 
+def links_leaving(root: str, names: list[str]) -> list[str]:
+    """Entries of a local ``root`` (its ``names`` and what the globs among them match) that are
+    symbolic links resolving outside ``root``: writing or cleaning through them would touch
+    files elsewhere. Object stores have no links: always empty there."""
+    if not is_local(root):
+        return []
+    import glob as _glob
+
+    base = os.path.realpath(local_path(root))
+    found = []
+    for name in names:
+        for entry in sorted(_glob.glob(os.path.join(local_path(root), name))):
+            if os.path.islink(entry):
+                target = os.path.realpath(entry)
+                if target != base and not target.startswith(base + os.sep):
+                    found.append(entry)
+    return found
+
+
 def write_atomic(url: str, data: bytes) -> str:
     """Write ``data`` to ``url`` atomically; returns its sha256."""
     fs, path = fs_and_path(url)
