@@ -380,7 +380,7 @@ def build_mix_pipeline(p: beam.Pipeline, job: MixJob, run_id: str | None = None)
         p
         | "Units" >> beam.Create(job.units)
         | "SpreadUnits" >> beam.Reshuffle()
-        | "Pack" >> beam.ParDo(PackUnit(spec["layout"], L, "sha256" if job.cfg.verify_inputs else "size",
+        | "Pack" >> beam.ParDo(PackUnit(spec["layout"], L, "sha256" if job.cfg.verify_inputs else "xxh3",
                                         job.cfg.pack_paired, job.cfg.pack_lookahead)).with_outputs(
             FRAGMENT, STATS, main="rows")
     )

@@ -151,9 +151,9 @@ def write_split_shard(cfg: SinkConfig, split: str, index: int, n: int, framed: l
     so that even duplicate ids give the same shard on every runner)."""
     framed.sort()
     name = _split_shard_name(split, index, n, cfg.compression)
-    samples, nbytes, sha = write_framed(cfg.root, name, (f for _, f in framed), cfg.compression)
+    samples, nbytes, sha, xxh3 = write_framed(cfg.root, name, (f for _, f in framed), cfg.compression)
     return ShardInfo(name=name, samples=samples, tokens=tokens, bytes=nbytes, sha256=sha, split=split,
-                     text_bytes=text_bytes)
+                     text_bytes=text_bytes, xxh3=xxh3)
 
 
 def dead_line(r: DeadLetter) -> str:

@@ -3,9 +3,12 @@
     bytes (read through fsspec; checked against the manifest) → member index → samples
           → bounded prefetch
 
-- :func:`read_shard`: a shard's bytes, decompressed. ``verify`` is ``"size"`` (the default: the
-  byte size the manifest records, which catches truncation and most concurrent rewrites),
-  ``"sha256"`` (full checksum) or ``"none"``.
+- :func:`read_shard`: a shard's bytes, decompressed. ``verify`` is ``"xxh3"`` (the default: the
+  byte size and the xxh3-64 content hash the manifest records, so a shard rewritten by another
+  job is refused before any of its samples is used, at a few per cent of the loader's time;
+  manifests written before the hash existed get the size check), ``"size"`` (size only, which
+  misses a rewrite of the same size — tars pad to 10 KiB, so most rewrites), ``"sha256"``
+  (the archival checksum) or ``"none"``.
 - :func:`index_shard`: the samples of a tar as a :class:`ShardIndex`, a sequence of
   ``(key, ((ext, start, end), ...))`` offsets into the bytes; the tar headers are found with a
   few numpy passes (:func:`~trimodal.shards.format.scan_tar`), not a Python step per member, and
@@ -35,9 +38,10 @@ import numpy as np
 
 from trimodal import storage
 from trimodal.shards.format import BLOCK, NPY_MAGIC, ShardError, iter_tar_offsets, npy_at, npy_info, scan_tar
-from trimodal.shards.manifest import ShardInfo
+from trimodal.shards.manifest import ShardInfo, content_hash
 
-VERIFY_MODES = ("none", "size", "sha256")
+VERIFY_MODES = ("none", "size", "xxh3", "sha256")
+DEFAULT_VERIFY = "xxh3"
 Member = tuple[str, int, int]  # (extension, payload start, payload end)
 Entry = tuple[str, tuple[Member, ...]]  # (sample key, its members in tar order)
 T = TypeVar("T")
@@ -47,7 +51,7 @@ __all__ = ["Sample", "ShardError", "ShardIndex", "VERIFY_MODES", "decode_sample"
            "iter_samples", "iter_shards", "prefetch", "read_shard"]
 
 
-def read_shard(root: str, info: ShardInfo, verify: str = "size") -> bytes:
+def read_shard(root: str, info: ShardInfo, verify: str = DEFAULT_VERIFY) -> bytes:
     """The (decompressed) tar bytes of one shard, checked against its manifest entry."""
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
@@ -59,7 +63,13 @@ def read_shard(root: str, info: ShardInfo, verify: str = "size") -> bytes:
     except OSError as e:
         raise ShardError(url, f"unreadable ({type(e).__name__}: {e})") from None
     if verify != "none" and len(data) != info.bytes:
-        raise ShardError(url, f"{len(data)} bytes, manifest says {info.bytes}")
+        raise ShardError(url, f"{len(data)} bytes, manifest says {info.bytes}: rewritten or damaged since the "
+                              f"manifest of {root} was written")
+    if verify == "xxh3" and info.xxh3:
+        digest = content_hash(data)
+        if digest != info.xxh3:
+            raise ShardError(url, f"content hash xxh3 {digest} does not match the manifest ({info.xxh3}): rewritten or "
+                                  f"damaged since the manifest of {root} was written")
     if verify == "sha256":
         digest = hashlib.sha256(data).hexdigest()
         if digest != info.sha256:
@@ -472,12 +482,12 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int = 2) -> Iterat
             yield item, fut.result()
 
 
-def iter_shards(root: str, shards: Iterable[ShardInfo], verify: str = "size", depth: int = 2) -> Iterator[tuple[ShardInfo, bytes]]:
+def iter_shards(root: str, shards: Iterable[ShardInfo], verify: str = DEFAULT_VERIFY, depth: int = 2) -> Iterator[tuple[ShardInfo, bytes]]:
     """Shard bytes in the given order, ``depth`` shards read ahead."""
     return prefetch(lambda info: read_shard(root, info, verify), shards, depth)
 
 
-def iter_samples(root: str, shards: Iterable[ShardInfo], verify: str = "size", want_json: bool = True,
+def iter_samples(root: str, shards: Iterable[ShardInfo], verify: str = DEFAULT_VERIFY, want_json: bool = True,
                  depth: int = 2) -> Iterator[tuple[ShardInfo, dict[str, Any]]]:
     """Every sample of the given shards, in shard then tar order, each with its shard's info."""
     for info, data in iter_shards(root, shards, verify, depth):

@@ -28,7 +28,7 @@ from typing import Any
 
 from trimodal import storage
 from trimodal.shards.format import ShardError
-from trimodal.shards.manifest import MANIFEST_NAME, Manifest, ShardInfo
+from trimodal.shards.manifest import MANIFEST_NAME, Manifest, ShardInfo, content_hash
 from trimodal.shards.reader import decode_sample, index_shard, prefetch
 
 MISSING = "missing"
@@ -196,6 +196,8 @@ def verify(root: str, workers: int = 4, progress: Callable[[int, int, str], None
                 problems.append(
                     ShardProblem(info.name, CHECKSUM_MISMATCH, f"sha256 {digest[:16]}…, manifest says {info.sha256[:16]}…")
                 )
+            elif info.xxh3 and content_hash(data) != info.xxh3:  # a manifest whose two checksums disagree
+                problems.append(ShardProblem(info.name, CHECKSUM_MISMATCH, f"xxh3 {content_hash(data)}, manifest says {info.xxh3}"))
             try:
                 n, tokens, row_lengths = _parse(data, info, where, seq_len)
             except (ShardError, ValueError, UnicodeDecodeError, SyntaxError, KeyError, TypeError) as e:

@@ -11,7 +11,7 @@ import numpy as np
 
 from trimodal import storage
 from trimodal.shards.format import encode_sample, npy_bytes, tar_bytes
-from trimodal.shards.manifest import ShardInfo
+from trimodal.shards.manifest import ShardInfo, content_hash
 
 
 def shard_name(index: int, count: int, compression: str = "none") -> str:
@@ -53,7 +53,7 @@ def write_encoded(
             tokens[k] = tokens.get(k, 0) + v
     data = _compressed(tar_bytes(members), compression)
     sha256 = storage.write_atomic(storage.join(root, name), data)
-    return ShardInfo(name=name, samples=count, tokens=tokens, bytes=len(data), sha256=sha256)
+    return ShardInfo(name=name, samples=count, tokens=tokens, bytes=len(data), sha256=sha256, xxh3=content_hash(data))
 
 
 # Byte-exact fast paths. Serialising a sample with ``tarfile`` and ``np.save`` costs ~50 µs
@@ -140,16 +140,16 @@ def fast_encode_sample(key: str, meta: dict[str, Any], arrays: dict[str, np.ndar
     return encode_sample(key, meta, arrays, npy=fast_npy_bytes)
 
 
-def write_framed(root: str, name: str, framed: Iterable[bytes], compression: str = "none") -> tuple[int, int, str]:
+def write_framed(root: str, name: str, framed: Iterable[bytes], compression: str = "none") -> tuple[int, int, str, str]:
     """Write already framed samples (:func:`frame_sample`, in shard order) as ``root/name``,
-    atomically; returns (samples, bytes written, sha256)."""
+    atomically; returns (samples, bytes written, sha256, xxh3)."""
     parts = list(framed)
     n = len(parts)
     parts.append(tar_end(sum(len(p) for p in parts)))
     data = b"".join(parts)
     del parts
     data = _compressed(data, compression)
-    return n, len(data), storage.write_atomic(storage.join(root, name), data)
+    return n, len(data), storage.write_atomic(storage.join(root, name), data), content_hash(data)
 
 
 def _compressed(data: bytes, compression: str) -> bytes:

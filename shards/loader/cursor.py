@@ -114,12 +114,25 @@ class Cursor:
         if self._failures > len(self.shard_ids):
             raise ShardError(self.source.root, f"every shard of stream {self.stream} is damaged (last: {err})")
 
+    def _check_not_rewritten(self, where: str) -> None:
+        """Each shard open asks whether a pipeline holds the root's writer lock for another run
+        than the manifest's (one small read): a rewrite is refused from its first moment, before
+        any rewritten shard is opened; the content hash catches one that already finished."""
+        from trimodal.shards.lock import DatasetLocked, check_readable
+
+        try:
+            check_readable(self.source.root, self.source.manifest.run_id)
+        except DatasetLocked as e:
+            raise DatasetLocked(f"{where}: not opened: {e}") from None
+
     def _load(self, shard: int) -> bool:
         """Read and index shard ``shard`` (arrays are decoded lazily, only for this stream's
         samples); False when it was damaged and skipped. Under sample striding the bytes and
         index come from :class:`SharedShards` (each shard read once by the process's streams)."""
         info = self.source.shards[shard]
         where = storage.join(self.source.root, info.name)
+        if self.verify != "none":
+            self._check_not_rewritten(where)
         try:
             if self.stride:
                 data, index = self.shared.get(self.source.root, info, self.verify, where)

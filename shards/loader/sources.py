@@ -45,7 +45,7 @@ class LoaderConfig:
     num_streams: int = option(8, help="logical streams, fixed for a run; a multiple of every world size used")
     num_workers: int = option(0, help="StatefulDataLoader worker processes per rank (0: load in the training process)")
     split: str = option("train", help="which split of each dataset to read")
-    verify: Literal["none", "size", "sha256"] = option("size", help="check each shard against the manifest before use")
+    verify: Literal["none", "size", "xxh3", "sha256"] = option("xxh3", help="check each shard against the manifest before use: size + xxh3 content hash (catches a rewrite before its samples are used), size only, sha256, or none")
     on_corrupt: Literal["error", "skip"] = option("error", help="a damaged shard stops the run, or is skipped and counted")
     cycle: bool = option(True, help="restart every source when it runs out (training); false: one pass")
     task_weights: dict[str, float] | None = option(None, help="mixing weight per task (default: equal)")

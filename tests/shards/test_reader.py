@@ -298,9 +298,9 @@ def test_a_mapped_file_reads_like_its_bytes(tmp_path):
         assert np.array_equal(index.array(mapped, i, "image"), arrays["image"])
 
 
-def test_reads_check_each_shard_size_by_default_and_sha256_on_request(tmp_path):
-    """A shard rewritten behind the manifest's back: a changed size is caught by the default
-    check; a same-size change only by ``verify="sha256"``."""
+def test_reads_check_each_shard_size_and_content_hash_by_default(tmp_path):
+    """A shard rewritten behind the manifest's back: a changed size and a same-size change are
+    both caught by the default check (size + xxh3); ``verify="size"`` misses the second."""
     from trimodal.shards.manifest import ShardInfo
 
     info: ShardInfo = write_shard(str(tmp_path), shard_name(0, 1), text_samples())
@@ -313,6 +313,12 @@ def test_reads_check_each_shard_size_by_default_and_sha256_on_request(tmp_path):
     flipped = bytearray(data)
     flipped[data.rfind(b"\x93NUMPY") + 200] ^= 0xFF
     path.write_bytes(bytes(flipped))
-    assert reader.read_shard(str(tmp_path), info) == bytes(flipped)  # same size: the default cannot tell
+    assert reader.read_shard(str(tmp_path), info, verify="size") == bytes(flipped)  # same size: size cannot tell
+    with pytest.raises(ShardError, match=rf"{info.name}.*content hash xxh3 .* does not match the manifest.*rewritten"):
+        reader.read_shard(str(tmp_path), info)
     with pytest.raises(ShardError, match=rf"{info.name}.*sha256 .* does not match the manifest"):
         reader.read_shard(str(tmp_path), info, verify="sha256")
+    # a manifest from before the hash existed: the default falls back to the size check
+    import dataclasses
+
+    assert reader.read_shard(str(tmp_path), dataclasses.replace(info, xxh3="")) == bytes(flipped)
