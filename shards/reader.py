@@ -59,7 +59,8 @@ def read_shard(root: str, info: ShardInfo, verify: str = DEFAULT_VERIFY) -> byte
     try:
         data = storage.read_bytes(url)
     except FileNotFoundError:
-        raise ShardError(url, "missing") from None
+        raise ShardError(url, f"missing, though the manifest of {root} lists it: removed or renamed by a rewrite, or "
+                              f"the dataset is incomplete") from None
     except OSError as e:
         raise ShardError(url, f"unreadable ({type(e).__name__}: {e})") from None
     if verify != "none" and len(data) != info.bytes:
