@@ -104,7 +104,7 @@ class MixPipelineConfig:
     target_shard_bytes: int | None = option(128 * 2**20, flag="shard-mb", convert=common._mb, help="target shard size (flag in MB)")
     compression: str = option("none", help="shard compression: none or zstd")
     group_bytes: int = option(64 * 2**20, help="input bytes per packing unit")
-    verify_inputs: bool = option(True, help="check each input shard's sha256 (else its size)")
+    verify_inputs: bool = option(True, help="check each input shard's sha256 (else its size and xxh3 content hash)")
     audio_shared_block: bool = option(True, help="all audio levels share one id block [paper]")
     pack_paired: bool = option(False, help="several paired samples of a source share a row (train with data.pack_paired=true)")
     pack_lookahead: int = option(8, help="with --pack-paired: samples held back to fill rows first-fit")

@@ -35,6 +35,8 @@ CASES = {
     # each size in a fresh process: the peak RSS of a tiny run (the ratio says nothing here)
     "bench_pipeline_memory": ["--mb", "0.05", "0.1", "--base-mb", "0.05", "--vocab-size", "320", "--min-words", "20",
                               "--max-words", "200"],
+    "bench_verify": ["--samples", "200", "--shards", "2", "--min-len", "20", "--max-len", "300", "--seq-len", "256",
+                     "--repeats", "1"],
     "bench_loader": ["--samples", "200", "--shards", "4", "--min-len", "20", "--max-len", "300",
                      "--seq-len", "256", "--repeats", "1"],
     # the peers (LitData, webdataset, Mosaic) run when .bench-venv exists, else are reported skipped
