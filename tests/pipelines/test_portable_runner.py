@@ -91,10 +91,15 @@ def portable(s3, tmp_path_factory):
         "worker pool": [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
                         "--service_port", str(pool_port)],
     }
+    # the pool starts each worker as plain `python`: this interpreter's folder first on PATH, so
+    # that the workers run this venv (with this package) whether or not it was activated; away
+    # from the repository root, where ./tokenizers would shadow Hugging Face's package
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     procs = {}
     for name, cmd in cmds.items():
         log = open(logs / f"{name.replace(' ', '_')}.log", "wb")
-        procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                       cwd=logs)
         log.close()
     try:
         deadline = time.monotonic() + WAIT_S
