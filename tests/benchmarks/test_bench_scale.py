@@ -44,5 +44,14 @@ def test_scale_path_reads_from_the_manifest_alone(tmp_path):
     assert stats["shards"] == 150 and stats["listings"] == 0
     ver = bench.op_verify(str(root), args)
     assert ver["ok"] and ver["shards"] == 150 and ver["listings"] == 0
+    # the progress callbacks of stats and verify: once per shard, in order, with the total
+    from trimodal.shards.stats import compute_stats
+    from trimodal.shards.verify import verify
+
+    sub = bench._limited(str(root), 40)
+    for run in (lambda cb: compute_stats(sub, progress=cb), lambda cb: verify(sub, progress=cb)):
+        calls = []
+        run(lambda done, total, name: calls.append((done, total)))
+        assert calls == [(i, 40) for i in range(1, 41)]
     mix = bench.op_mix_plan(str(root), args)
     assert mix["input_shards"] == 2000 and mix["units"] >= 1 and mix["listings"] == 0
