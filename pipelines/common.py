@@ -370,18 +370,19 @@ class JobFailed(RuntimeError):
 _ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit)\b):\s*(.*\S)")
 
 
+_WRAPPERS = ("Traceback (most recent call last)", "Pipeline ", "Error received from SDK harness")
+
+
 def job_error(text: str) -> str:
     """One line out of a runner's failure report (the worker's whole traceback, often repeated
-    per retry): the innermost exception and its message, which says what the worker could not do."""
-    found = None
+    per retry): the first exception it names that is not Beam's wrapping of another, i.e. the
+    root cause, whose message says what the worker could not do."""
     for raw in text.splitlines():
         m = _ERROR_LINE.match(raw)
-        if m and not m.group(2).startswith("Traceback"):
-            found = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
-            if not found.startswith("RuntimeError: Pipeline"):
-                break  # the first one is the root cause; later ones are Beam wrapping it
+        if m and not any(w in m.group(2) for w in _WRAPPERS):
+            return f"the job failed on a worker: {m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
     first = text.strip().splitlines()[0] if text.strip() else "unknown error"
-    return f"the job failed on a worker: {found or first}"
+    return f"the job failed on a worker: {first}"
 
 
 def job_counters(result: Any) -> dict[str, int]:

@@ -343,4 +343,9 @@ def test_job_error_keeps_the_root_cause():
               "RuntimeError: Pipeline job_1 failed\n")
     assert common.job_error(report) == ("the job failed on a worker: OSError: could not read the text tokenizer "
                                         "/data/tok.model: No such file")
+    harness = ("Pipeline job_2 failed in state FAILED: RuntimeError: Error received from SDK harness for "
+               "instruction 7: Traceback (most recent call last):\n  File \"y.py\", line 2\n"
+               "FileNotFoundError: text tokenizer model not found: /tok.model [while running 'Tokenize']\n")
+    assert common.job_error(harness) == ("the job failed on a worker: FileNotFoundError: text tokenizer model not "
+                                         "found: /tok.model [while running 'Tokenize']")
     assert common.job_error("no exception named\nhere") == "the job failed on a worker: no exception named"
