@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,7 @@ DIRECT = ["--runner=DirectRunner"]
 BUCKET = "trimodal-test"  # the bucket of the s3 fixture
 SR = 16000
 WAIT_S = 120  # for the services to listen (a busy 2-core machine takes ~10 s)
+JOB_LIMIT_S = 300  # one portable job at most (~30 s on a busy 2-core machine)
 
 
 def _free_port() -> int:
@@ -110,9 +112,34 @@ def portable(s3, tmp_path_factory):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the {name} did not listen on port {port} within {WAIT_S} s")
                 time.sleep(0.2)
+        def run(fn, *args, **kwargs):
+            """``fn(*args, **kwargs)`` with a watchdog: a job the runner never finishes (a worker
+            that died at start-up leaves the job service waiting for it) stops the services after
+            JOB_LIMIT_S and fails the test instead of hanging the suite."""
+            fired = threading.Event()
+
+            def stop_all() -> None:
+                fired.set()
+                for proc in procs.values():
+                    _stop(proc)
+
+            timer = threading.Timer(JOB_LIMIT_S, stop_all)
+            timer.daemon = True
+            timer.start()
+            try:
+                return fn(*args, **kwargs)
+            except Exception:
+                if fired.is_set():
+                    log = (logs / "worker_pool.log").read_text(errors="replace")[-2000:]
+                    raise AssertionError(f"the portable job ran past {JOB_LIMIT_S} s; services stopped. "
+                                         f"Worker pool log:\n{log}") from None
+                raise
+            finally:
+                timer.cancel()
+
         yield {"args": ["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
                         "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"],
-               "procs": procs}
+               "procs": procs, "run": run}
     finally:
         for proc in procs.values():
             _stop(proc)
@@ -180,7 +207,7 @@ def direct_text(tmp_path_factory, corpus, sp_model) -> str:
 
 def test_text_portable_matches_direct(portable, direct_text, corpus, sp_model, tmp_path, capfd):
     out = str(tmp_path / "text")
-    run_text_pipeline(_text_cfg(corpus, sp_model, out), portable["args"])
+    portable["run"](run_text_pipeline, _text_cfg(corpus, sp_model, out), portable["args"])
     m = _check_same(direct_text, out)
     assert m.splits() == ["train", "val"]
     _check_accounting(m, out, corpus["planted"])
@@ -194,7 +221,7 @@ def test_text_portable_writes_to_s3(portable, s3, tmp_path, capfd):
     local = str(tmp_path / "direct")
     run_text_pipeline(TextPipelineConfig(out=local, **cfg), DIRECT)
     remote = f"s3://{BUCKET}/portable/text"
-    m = run_text_pipeline(TextPipelineConfig(out=remote, **cfg), portable["args"])
+    m = portable["run"](run_text_pipeline, TextPipelineConfig(out=remote, **cfg), portable["args"])
     fs = s3["fs"]
     objects = {p.split(f"{BUCKET}/portable/text/", 1)[1]: fs.cat_file(p) for p in fs.find(f"{BUCKET}/portable/text")}
     assert objects.pop(MANIFEST_NAME)
@@ -222,7 +249,7 @@ def test_worker_that_cannot_read_the_tokenizer_fails_in_one_line(portable, corpu
         return out
 
     monkeypatch.setattr(text, "build_text_pipeline", build_then_hide)
-    code = cli.main(["pipeline", "text", "--input", str(corpus["path"]), "--text-tokenizer", str(tok),
+    code = portable["run"](cli.main, ["pipeline", "text", "--input", str(corpus["path"]), "--text-tokenizer", str(tok),
                      "--out", str(tmp_path / "out"), *portable["args"]])
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 1
@@ -259,7 +286,7 @@ def image_setup(tmp_path_factory, sp_model, movq_ckpt):
 
 def test_image_text_portable_matches_direct(portable, image_setup, tmp_path, capfd):
     out = str(tmp_path / "image_text")
-    run_image_text_pipeline(image_setup["cfg"](out), portable["args"])
+    portable["run"](run_image_text_pipeline, image_setup["cfg"](out), portable["args"])
     m = _check_same(image_setup["direct"], out)
     _check_accounting(m, out, image_setup["corpus"]["bad"])
     _check_job_line(capfd.readouterr().err, m)
@@ -307,7 +334,7 @@ def audio_setup(tmp_path_factory, sp_model):
 
 def test_audio_text_portable_matches_direct(portable, audio_setup, tmp_path, capfd):
     out = str(tmp_path / "audio_text")
-    run_audio_text_pipeline(audio_setup["cfg"](out), portable["args"])
+    portable["run"](run_audio_text_pipeline, audio_setup["cfg"](out), portable["args"])
     m = _check_same(audio_setup["direct"], out)
     _check_accounting(m, out, audio_setup["bad"])
     _check_job_line(capfd.readouterr().err, m)
@@ -326,7 +353,7 @@ def test_mix_portable_matches_direct(portable, direct_text, image_setup, audio_s
     direct = str(tmp_path / "direct_mix")
     run_mix_pipeline(cfg(direct), DIRECT)
     out = str(tmp_path / "mix")
-    m = run_mix_pipeline(cfg(out), portable["args"])
+    m = portable["run"](run_mix_pipeline, cfg(out), portable["args"])
     assert _check_same(direct, out).counts == m.counts
     assert m.kind == "mixed" and m.counts["written"] > 0
     assert set(m.counts["sources"]) == {"text", "image", "audio"}
