@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,7 +30,7 @@ from apache_beam.transforms.window import GlobalWindows
 from trimodal import storage
 from trimodal.config import option
 from trimodal.pipelines import progress
-from trimodal.pipelines.outcomes import FILTERED, REJECTED, BatchStep, Step, Tally, run_step
+from trimodal.pipelines.outcomes import FILTERED, NAMESPACE, REJECTED, BatchStep, Step, Tally, run_step
 from trimodal.pipelines.readers import Reader
 from trimodal.pipelines.records import DeadLetter, Record
 from trimodal.pipelines.sink import SinkConfig, WriteDataset
@@ -353,8 +355,18 @@ def run(build_fn: Callable[[beam.Pipeline, str], Any], root: str, beam_args: Seq
         if local:
             sweep_spills()
         with progress.report(show_progress and local):
-            with beam.Pipeline(runner=direct_runner(options), options=options) as p:
-                build_fn(p, lock.run_id)
+            p = beam.Pipeline(runner=direct_runner(options), options=options)
+            build_fn(p, lock.run_id)
+            result = p.run()
+            try:
+                result.wait_until_finish()
+            except Exception as e:
+                if local:
+                    raise
+                raise JobFailed(job_error(str(e))) from e
+        if not local and show_progress:
+            # workers elsewhere share no progress folder: the job's own counters, once it is done
+            print(final_line(job_counters(result)), file=sys.stderr)
     except BaseException:
         if local:
             lock.release()  # the local job is over: nothing else writes under this lock
@@ -364,6 +376,61 @@ def run(build_fn: Callable[[beam.Pipeline, str], Any], root: str, beam_args: Seq
             remove_spill(spill_folder(lock.run_id))  # normally removed by the job's last step already
     lock.release()  # normally released by the job's last step already; idempotent
     return Manifest.load(root)
+
+
+class JobFailed(RuntimeError):
+    """A job on a remote runner (portable job server, Dataflow) failed on a worker."""
+
+
+_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit)\b):\s*(.*\S)")
+
+
+_WRAPPERS = ("Traceback (most recent call last)", "Pipeline ", "Error received from SDK harness")
+
+
+def job_error(text: str) -> str:
+    """One line out of a runner's failure report (the worker's whole traceback, often repeated
+    per retry): the first exception it names that is not Beam's wrapping of another, i.e. the
+    root cause, whose message says what the worker could not do."""
+    for raw in text.splitlines():
+        m = _ERROR_LINE.match(raw)
+        if m and not any(w in m.group(2) for w in _WRAPPERS):
+            return f"the job failed on a worker: {m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+    first = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    return f"the job failed on a worker: {first}"
+
+
+def job_counters(result: Any) -> dict[str, int]:
+    """The job's ``trimodal`` counters by name, summed over steps (empty where the runner keeps none)."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    except Exception:  # a runner without metrics: nothing to show, the manifest has the totals
+        return {}
+    out: dict[str, int] = {}
+    for c in counters:
+        v = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(v or 0)
+    return out
+
+
+def final_line(counters: dict[str, int]) -> str:
+    """The progress line of a finished remote job, from its counters: records read, written,
+    filtered and rejected, and the shards each sink wrote (``WriteDataset``: the Beam graph sink)."""
+    totals = {k: 0 for k in progress.KINDS}
+    sinks: dict[str, int] = {}
+    readers = {name.split("/")[0] for name in counters if name.split("/")[1:2] == ["read"]}
+    for name, n in counters.items():
+        parts = name.split("/")
+        if len(parts) >= 2 and parts[1] in totals:
+            totals[parts[1]] += n
+        if parts[0] in readers and parts[1:2] == [REJECTED]:
+            totals["read"] += n  # a reader counts what it parses as read, what it cannot as rejected
+        if len(parts) == 2 and parts[1] == "shards":
+            sinks[parts[0]] = sinks.get(parts[0], 0) + n
+    line = progress.line(totals, 0).strip().split("] ", 1)[-1]
+    return f"job done: {line}" + "".join(f"  (sink {k}: {n} shards)" for k, n in sorted(sinks.items()))
 
 
 def summary(manifest: Manifest, root: str) -> str:

@@ -142,6 +142,7 @@ class _WriteShard(beam.DoFn):
             for k, v in s["tokens"].items():
                 tokens[k] = tokens.get(k, 0) + v
             text_bytes += s["text_bytes"]
+        count("WriteDataset", "shards")  # which sink ran: the job's counters say
         yield write_split_shard(self.cfg, split, index, n_shards[split], framed, tokens, text_bytes)
 
 

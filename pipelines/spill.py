@@ -37,6 +37,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
+from trimodal.pipelines.outcomes import count
 from trimodal.pipelines.records import DeadLetter
 from trimodal.pipelines.sink import (SinkConfig, bucket_of, dead_line, finalize_dataset, hash64, num_shards, split_of,
                                      write_dead_file, write_split_shard)
@@ -229,6 +230,7 @@ def assemble(parts: list[SpillPart], cfg: SinkConfig) -> Manifest:
                         tokens[name] = tokens.get(name, 0) + int(col[col >= 0].sum())
                 del rows
             if framed:
+                count("AssembleDataset", "shards")  # which sink ran: the job's counters say
                 shards.append(write_split_shard(cfg, split, i, n_shards[split], framed, tokens, text_bytes))
             del framed
     n_dead = sum(p.n_dead for p in parts)

@@ -14,7 +14,10 @@ still load.
 
 from __future__ import annotations
 
+import gc
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,7 +47,21 @@ def check_plain_name(name: Any, where: str) -> None:
         raise ValueError(f"{where}: shard name {name!r} is not a plain file name inside the root")
 
 
-@dataclass
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cycle collector paused while a manifest is parsed: building 200,000 shard
+    entries (no cycles among them) otherwise triggers collections that rescan the growing heap,
+    which took as long as the parse itself (``benchmarks/bench_scale.py``)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+@dataclass(slots=True)
 class ShardInfo:
     name: str
     samples: int
@@ -137,11 +154,12 @@ class Manifest:
             raw = storage.read_bytes(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"no manifest at {path}: not a dataset root, or its pipeline did not finish") from None
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data, where=path), raw
+        with _gc_paused():
+            try:
+                data = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from None
+            return cls.from_dict(data, where=path), raw
 
     @property
     def unaccounted(self) -> int:

@@ -27,6 +27,8 @@ tokens past the row's end over the codec's tokens per second), before any traini
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from typing import Any
 
 import numpy as np
@@ -351,7 +353,7 @@ def _mixed_shard(data: bytes, where: str, split: str, manifest: Manifest, groups
 # public API
 # --------------------------------------------------------------------------------------------
 def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_levels: int | None = None,
-                  packed: bool = False) -> dict[str, Any]:
+                  packed: bool = False, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Statistics of one or more dataset roots (tokenized or mixed), as a JSON-ready dict.
 
     Top-level keys: ``samples``, ``tokens`` (per modality/array name), ``shards``, ``bytes``,
@@ -364,6 +366,8 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
     ``seq_len`` is the row length L for the padding figures of tokenized data (mixed data
     reports padding at its own row length). ``audio_levels`` caps k, the audio levels a row
     keeps (default: all stored levels). A missing or unparsable shard raises ``ShardError`` naming it.
+    ``progress(done, total, shard_name)`` is called after each shard when given (shards are read
+    one at a time, so memory does not grow with their number).
     """
     if isinstance(roots, str):
         roots = [roots]
@@ -376,9 +380,13 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
     filtered: dict[str, int] = {}
     rejected: dict[str, int] = {}
     n_shards = n_bytes = 0
+    done = 0
+    manifests = {}
     for root in roots:
         root = root.rstrip("/")
-        manifest = Manifest.load(root)
+        manifests[root] = Manifest.load(root)
+    total = sum(len(m.shards) for m in manifests.values())
+    for root, manifest in manifests.items():
         counts = manifest.counts or {}
         layout = VocabLayout.from_dict(manifest.layout) if manifest.layout else None
         frame_rate = _audio_frame_rate(manifest)
@@ -390,6 +398,9 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
                 n = _tokenized_shard(data, where, info.split, manifest, groups, audio_levels, frame_rate)
             if n != info.samples:
                 mismatches.append({"shard": where, "manifest": info.samples, "parsed": n})
+            done += 1
+            if progress is not None:
+                progress(done, total, info.name)
         for k in ("read", "written"):
             totals[k] += int(counts.get(k, 0) or 0)
         for src, dst in ((counts.get("filtered") or {}, filtered), (counts.get("rejected") or {}, rejected)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 import zlib
 
 import numpy as np
@@ -49,11 +50,17 @@ class ImageRejected(ValueError):
         self.detail = detail
 
 
+def _detail(e: BaseException) -> str:
+    """PIL's message without object addresses (``<_io.BytesIO object at 0x7f...>``): a dead
+    letter must be the same bytes on every run and every worker."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(e))
+
+
 def _decode_error(e: BaseException) -> ImageRejected:
     """PIL reports a short file as OSError("... truncated ...") or EOFError; all else is corrupt."""
     if isinstance(e, EOFError) or (isinstance(e, OSError) and "truncated" in str(e).lower()):
-        return ImageRejected("truncated", str(e))
-    return ImageRejected("corrupt", f"{type(e).__name__}: {e}")
+        return ImageRejected("truncated", _detail(e))
+    return ImageRejected("corrupt", f"{type(e).__name__}: {_detail(e)}")
 
 
 def load_image(data: bytes, max_pixels: int = 64_000_000, min_side: int = 16) -> Image.Image:
@@ -70,7 +77,7 @@ def load_image(data: bytes, max_pixels: int = 64_000_000, min_side: int = 16) ->
     except Image.DecompressionBombError as e:  # PIL's own (global) limit, checked in open()
         raise ImageRejected("decompression_bomb", str(e)) from e
     except UnidentifiedImageError as e:
-        raise ImageRejected("not_an_image", str(e)) from e
+        raise ImageRejected("not_an_image", _detail(e)) from e
     except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
         raise _decode_error(e) from e
     w, h = img.size

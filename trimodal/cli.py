@@ -16,6 +16,7 @@ import difflib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -158,11 +159,34 @@ def run_text_tokenizer(cfg: TextTokenizerConfig, _: list[str]) -> int:
     return 0
 
 
+class _ShardProgress:
+    """``progress(done, total, name)`` for commands that read shard after shard: a status line on
+    stderr refreshed at most once a second, none for a run shorter than a second."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.t0, self.last, self.shown = label, time.monotonic(), 0.0, False
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        now = time.monotonic()
+        if now - self.last >= 1.0 and now - self.t0 >= 1.0:
+            self.last, self.shown = now, True
+            print(f"\r[{now - self.t0:6.0f} s] {self.label} {done:,} of {total:,} shards", end="", file=sys.stderr,
+                  flush=True)
+
+    def close(self) -> None:
+        if self.shown:
+            print(file=sys.stderr)
+
+
 def run_stats(cfg: StatsConfig, _: list[str]) -> int:
     from trimodal.shards.report import format_stats, write_plots
     from trimodal.shards.stats import compute_stats
 
-    stats = compute_stats(cfg.roots, seq_len=cfg.seq_len, packed=cfg.packed)
+    bar = _ShardProgress("read")
+    try:
+        stats = compute_stats(cfg.roots, seq_len=cfg.seq_len, packed=cfg.packed, progress=bar)
+    finally:
+        bar.close()
     if cfg.plots:
         stats["plots"] = write_plots(stats, cfg.plots)
     print(json.dumps(stats, sort_keys=True) if cfg.json else format_stats(stats))
@@ -174,7 +198,11 @@ def run_verify(cfg: VerifyConfig, _: list[str]) -> int:
 
     bad = []
     for root in cfg.roots:
-        report = verify(root)
+        bar = _ShardProgress(f"verified {root}:")
+        try:
+            report = verify(root, progress=bar)
+        finally:
+            bar.close()
         print(report.format(), end="")
         if not report.ok:
             bad.append(f"{root}: {report.summary()}")

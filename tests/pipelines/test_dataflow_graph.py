@@ -211,3 +211,74 @@ def test_every_script_parses():
     assert {s.name for s in scripts} >= {"common.sh", "text.sh", "image_text.sh", "audio_text.sh", "mix.sh", "build_image.sh"}
     for s in scripts:
         subprocess.run(["bash", "-n", str(s)], check=True)
+
+
+# ----------------------------------------------------------------------------- staged package
+
+
+def _staged(job: apiclient.Job) -> dict[str, str]:
+    """What Beam would stage for the workers: staged name → the local file (every environment)."""
+    out = {}
+    for env in job.proto_pipeline.components.environments.values():
+        for dep in env.dependencies:
+            if dep.type_urn == common_urns.artifact_types.FILE.urn:
+                path = beam_runner_api_pb2.ArtifactFilePayload.FromString(dep.type_payload).path
+                name = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(dep.role_payload).staged_name
+                out[name] = path
+    return out
+
+
+def test_setup_file_route_stages_a_package_workers_can_run(text_tok, tmp_path):
+    """``--setup_file=pyproject.toml``: Beam builds the sdist it stages (``python -m build
+    --sdist --no-isolation``, offline); a wheel built from that sdist, alone on a worker's path,
+    unpickles and runs the job's DoFns (the tokenize step, the graph sink's shard writer)."""
+    pytest.importorskip("build")
+    import tarfile
+
+    argv = _script_argv(tmp_path, "text.sh", f"{BUCKET}/raw/c4/*.jsonl.gz", "c4")
+    _, cfg, beam_args = _parse(argv)
+    job = _dry_run(beam_args + [f"--setup_file={REPO / 'pyproject.toml'}"],
+                   lambda p: build_text_pipeline(p, cfg, [f"{BUCKET}/raw/c4/part-000.jsonl.gz"], text_tok))
+    staged = _staged(job)
+    assert "workflow.tar.gz" in staged, sorted(staged)  # the name Beam gives the --setup_file sdist
+    with tarfile.open(staged["workflow.tar.gz"]) as tf:
+        names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+    sources = {str(p.relative_to(REPO)) for d in ("trimodal", "tokenizers", "shards", "pipelines", "train", "experiments")
+               for p in (REPO / d).rglob("*.py")}
+    assert sources <= names, sorted(sources - names)[:5]
+
+    # the worker's side: install (here: unpack) a wheel of the staged sdist, nothing else of ours
+    sdist = tmp_path / "sdist"
+    sdist.mkdir()
+    with tarfile.open(staged["workflow.tar.gz"]) as tf:
+        tf.extractall(sdist, filter="data")
+    (src,) = sdist.iterdir()
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-q", "-w", str(wheels), str(src)], check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("trimodal-*.whl")
+    site = tmp_path / "site"
+    import zipfile
+
+    zipfile.ZipFile(wheel).extractall(site)
+    payloads = {}
+    for prefix in ("Tokenize", "WriteDataset/WriteShards"):
+        for t in job.proto_pipeline.components.transforms.values():
+            if t.spec.urn == common_urns.primitives.PAR_DO.urn and (t.unique_name == prefix
+                                                                     or t.unique_name.startswith(prefix + "/")):
+                payloads[prefix] = beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).do_fn.payload
+    assert set(payloads) == {"Tokenize", "WriteDataset/WriteShards"}
+    for name, payload in payloads.items():
+        (tmp_path / f"{name.replace('/', '_')}.pkl").write_bytes(payload)
+    check = (
+        "import sys, glob\n"
+        "from apache_beam.internal import pickler\n"
+        "fns = [pickler.loads(open(p, 'rb').read())[0] for p in sorted(glob.glob(sys.argv[2] + '/*.pkl'))]\n"
+        "import trimodal\n"
+        "assert trimodal.__file__.startswith(sys.argv[1]), trimodal.__file__\n"
+        "print(' '.join(sorted(type(f).__module__ + '.' + type(f).__name__ for f in fns)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", check, str(site), str(tmp_path)], check=True, capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=120).stdout.split()
+    assert out == ["trimodal.pipelines.sink._WriteShard", "trimodal.pipelines.text.TokenizeText"], out

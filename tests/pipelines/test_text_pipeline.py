@@ -217,6 +217,8 @@ def test_counters_are_the_same_on_both_graphs(tmp_path, corpus, sp_model):
         result.wait_until_finish()
         got[graph] = {c.key.metric.name: c.committed for c in result.metrics().query(MetricsFilter())["counters"]}
     m = Manifest.load(str(tmp_path / "auto"))
+    # which sink wrote the shards: the spill sink on the local graph, the Beam graph sink else
+    assert got["auto"].pop("AssembleDataset/shards") == len(m.shards) == got["beam"].pop("WriteDataset/shards")
     c = got["auto"]
     assert c == got["beam"]
     assert c["read/read"] + sum(v for k, v in c.items() if k.startswith("read/rejected/")) == m.counts["read"]
