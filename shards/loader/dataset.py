@@ -25,7 +25,7 @@ from trimodal.shards.loader.sources import LoaderConfig, load_manifests, resolve
 from trimodal.shards.loader.stream import Context, Stream
 from trimodal.shards.manifest import Manifest
 from trimodal.shards.rows import row_dict
-from trimodal.tokenizers.vocab import VocabLayout
+from trimodal.tokenizers.vocab import TASK, VocabLayout
 
 STATE_FORMAT = "trimodal-loader"
 # 2: with fewer shards than streams, every stream of a source walks one shard order (seeded
@@ -146,7 +146,8 @@ class TrimodalDataset(IterableDataset):
 
     def _generate(self, order: list[Stream], arrays: bool = False):
         """Rows round-robin over ``order``: dicts of tensors, or with ``arrays`` the light
-        ``(tokens, task, segment lengths)`` tuples :class:`BatchCollate` writes into a batch."""
+        ``(tokens, task, parts)`` tuples :class:`BatchCollate` writes into a batch (``parts``:
+        the row's make-up, :meth:`Stream.next_row`)."""
         from trimodal.shards.packing import segment_ids, segments_from_lengths
 
         lut, pad = self._ctx.ids.modality_lut, self._ctx.ids.pad
@@ -165,18 +166,18 @@ class TrimodalDataset(IterableDataset):
                 continue
             tokens, task, source = out
             st.count(tokens, task, source, st.comp)
-            lengths = None if documents else st.lengths  # per-document segments: found in the tokens
+            parts = st.parts
             if arrays:
-                yield tokens, task, lengths
+                yield tokens, task, parts
                 continue
             valid = tokens != pad
             row = row_dict(tokens, valid, lut[tokens], task)
             if segmented:
-                if lengths is None:
+                if documents or parts is None:  # per-document segments: found in the tokens
                     seg, pos = segment_ids(tokens, valid, layout, documents)
                 else:
                     seg, pos = np.empty(tokens.size, dtype=np.int64), np.empty(tokens.size, dtype=np.int64)
-                    segments_from_lengths(lengths, seg, pos)
+                    segments_from_lengths([p[0] for p in parts], seg, pos)
                 row["segments"], row["positions"] = torch.from_numpy(seg), torch.from_numpy(pos)
             yield row
 
@@ -279,33 +280,44 @@ def counters_from_loader_state(state: Any) -> dict[str, int]:
 
 
 class BatchCollate:
-    """Light rows ``(tokens, task, segment lengths)`` → one batch: every row copied into a
-    preallocated ``[B, L]`` array, modality (one look-up), valid (``tokens != PAD``: PAD is
-    never inside a segment) and the segments computed on the whole batch, each array wrapped
-    once as a tensor (the same dict of ``[B, …]`` tensors as stacking the dataset's rows)."""
+    """Light rows ``(tokens, task, parts)`` → one batch: every row copied into a preallocated
+    ``[B, L]`` array, valid (``tokens != PAD``: PAD is never inside a segment) computed on the
+    whole batch, modality and segments written from each row's make-up (a few slice writes per
+    segment; a look-up over the tokens only for a row without one), each array wrapped once as
+    a tensor (the same dict of ``[B, …]`` tensors as stacking the dataset's rows)."""
 
     def __init__(self, dataset: TrimodalDataset) -> None:
         ids = dataset._ctx.ids
         self.lut, self.pad, self.seq_len = ids.modality_lut, ids.pad, dataset.config.seq_len
         self.segmented, self.documents, self.layout = dataset.segmented, dataset.config.document_attention, dataset.layout
 
-    def __call__(self, rows: list[tuple[np.ndarray, int, tuple[int, ...] | None]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[tuple[np.ndarray, int, tuple | None]]) -> dict[str, torch.Tensor]:
         from trimodal.shards.packing import segment_ids, segments_from_lengths
 
         b, L = len(rows), self.seq_len
         tokens = np.empty((b, L), dtype=np.int64)
-        for i, r in enumerate(rows):
-            tokens[i] = r[0]
+        modality = np.zeros((b, L), dtype=np.int64)  # TEXT (PAD counts as TEXT)
+        for i, (row, _, parts) in enumerate(rows):
+            tokens[i] = row
+            if parts is None:
+                self.lut.take(row, out=modality[i])
+                continue
+            mod, a = modality[i], 0
+            for n, media, kind in parts:
+                mod[a] = TASK
+                if media:
+                    mod[a + 1 : a + 1 + media] = kind
+                a += n
         valid = tokens != self.pad
-        out = {"tokens": torch.from_numpy(tokens), "modality": torch.from_numpy(self.lut.take(tokens)),
+        out = {"tokens": torch.from_numpy(tokens), "modality": torch.from_numpy(modality),
                "valid": torch.from_numpy(valid), "task": torch.tensor([r[1] for r in rows], dtype=torch.int64)}
         if self.segmented:
             seg, pos = np.empty((b, L), dtype=np.int64), np.empty((b, L), dtype=np.int64)
             for i, r in enumerate(rows):
-                if r[2] is None:
+                if r[2] is None or self.documents:
                     seg[i], pos[i] = segment_ids(tokens[i], valid[i], self.layout, self.documents)
                 else:
-                    segments_from_lengths(r[2], seg[i], pos[i])
+                    segments_from_lengths([p[0] for p in r[2]], seg[i], pos[i])
             out["segments"], out["positions"] = torch.from_numpy(seg), torch.from_numpy(pos)
         return out
 

@@ -19,15 +19,15 @@ import numpy as np
 
 from trimodal.shards.loader.stream import Stream
 from trimodal.shards.packing import RowPacker
-from trimodal.tokenizers.vocab import TASKS
+from trimodal.tokenizers.vocab import IMAGE, TASKS
 
 
 class PackedStream:
-    """Same interface as :class:`Stream` (``next_row``, ``count``, ``counters``, ``lengths``,
+    """Same interface as :class:`Stream` (``next_row``, ``count``, ``counters``, ``parts``,
     ``comp``, state).
 
-    The packer's segments carry their make-up as tags (``(image, audio)`` positions), so a
-    packed row's counters and segment lengths come from the packer, not from a pass over the
+    The packer's segments carry their make-up as tags (``(media positions, media modality)``),
+    so a packed row's counters, modality and segment lengths come from the packer, not from a pass over the
     row; segments restored from a saved state carry none, and their rows are counted from the
     tokens (the same numbers). The filler is a numpy buffer with a read position."""
 
@@ -45,7 +45,7 @@ class PackedStream:
         self._init_counters()
         self._task_text = ctx.ids.task[0]
         self._last_source = 0
-        self.lengths: tuple[int, ...] | None = None
+        self.parts: tuple[tuple[int, int, int], ...] | None = None
         self.comp: tuple[int, int, int, int] | None = None
 
     @property
@@ -95,17 +95,22 @@ class PackedStream:
             self._fbuf, self._fpos = _EMPTY, 0
             tokens, _ = self.packer.pop(None)
         self.counters["packed_rows"] += 1
-        lengths = self.packer.lengths
-        self.lengths = tuple(lengths)
-        if None in self.packer.placed:  # a segment restored from a state: count from the tokens
-            self.comp = None
-        else:
-            image = audio = 0
-            for im, au in self.packer.placed:
-                image += im
-                audio += au
-            used = sum(lengths)
-            self.comp = (image, audio, len(lengths), tokens.size - used)
+        lengths, placed = self.packer.lengths, self.packer.placed
+        if None in placed:  # a segment restored from a state: counted and segmented from the tokens
+            self.parts = self.comp = None
+            return tokens
+        image = audio = 0
+        parts = []
+        for n, (mp, mm) in zip(lengths, placed):
+            parts.append((n, mp, mm))
+            if mm == IMAGE:
+                image += mp
+            else:
+                audio += mp
+        if len(lengths) > len(placed):  # the text filler
+            parts.append((lengths[-1], 0, 0))
+        self.parts = tuple(parts)
+        self.comp = (image, audio, len(lengths), tokens.size - sum(lengths))
         return tokens
 
     # -- rows
@@ -119,10 +124,10 @@ class PackedStream:
                 break
             tokens, task, source = out
             if task == 0 or self.ctx.sources[source].kind == "mixed":
-                self.lengths, self.comp = inner.lengths, inner.comp
+                self.parts, self.comp = inner.parts, inner.comp
                 return out
-            image, audio, _, _ = inner.comp
-            self.packer.add(tokens, (image, audio))
+            _, mp, mm = inner.parts[0]
+            self.packer.add(tokens, (mp, mm))
             self.counters[f"segments_{TASKS[task]}"] += 1
             self._last_source = source
         tokens = self._pop()

@@ -76,7 +76,7 @@ class Stream:
         self._gen_at = -1
         self._gen: np.random.Generator | None = None
         self.segments_only = False  # PackedStream: paired rows without their PAD tail
-        self.lengths: tuple[int, ...] | None = None  # the last row's make-up (next_row)
+        self.parts: tuple[tuple[int, int, int], ...] | None = None  # the last row's make-up (next_row)
         self.comp: tuple[int, int, int, int] | None = None
 
     # -- state
@@ -142,10 +142,11 @@ class Stream:
     def next_row(self) -> tuple[np.ndarray, int, int] | None:
         """``(tokens int64[L], task index, source index)`` or None when every source is exhausted.
 
-        The row's make-up is left in ``self.lengths`` (its segments' lengths when the row is
-        one segment, the text rows and paired rows; else None) and ``self.comp`` (``(image,
-        audio, task, PAD)`` positions, or None when only the tokens say: a stored mixed row), so
-        neither the segments nor the counters need a pass over the row. Valid positions are the
+        The row's make-up is left in ``self.parts`` (per segment ``(positions, media positions,
+        media modality)``: a segment is its task token, its media block with BOS/EOS, then
+        text; None when only the tokens say: a stored mixed row) and ``self.comp`` (``(image,
+        audio, task, PAD)`` positions, or None), so neither the segments, the modality nor the
+        counters need a pass over the row. Valid positions are the
         non-PAD ones (PAD is never inside a text or paired segment). With ``segments_only`` a
         paired row is returned without its PAD tail (the packed stream packs it)."""
         while True:
@@ -179,7 +180,7 @@ class Stream:
             column.check(j, text, codes, "text")
             packer.add_checked(text)
         tokens = packer.pop()
-        self.lengths, self.comp = (tokens.size,), _TEXT_ROW
+        self.parts, self.comp = ((tokens.size, 0, 0),), _TEXT_ROW
         return tokens, 0
 
     def _fit_media(self, task: str, media: np.ndarray, text: np.ndarray, key: str, source: int) -> np.ndarray | None:
@@ -273,8 +274,10 @@ class Stream:
                 n = write_paired(tokens, ids, task, media, offset, text, seq_len)
                 tokens[n:] = ids.pad
             m = media.size + 2  # with BOS_m, EOS_m (their block's modality)
-            self.lengths = (n,)
-            self.comp = (m, 0, 1, seq_len - n) if task == "image_text" else (0, m, 1, seq_len - n)
+            if task == "image_text":
+                self.parts, self.comp = ((n, m, IMAGE),), (m, 0, 1, seq_len - n)
+            else:
+                self.parts, self.comp = ((n, m, AUDIO),), (0, m, 1, seq_len - n)
             return tokens, TASKS.index(task)
 
     def _mixed_row(self, i: int) -> tuple[np.ndarray, int] | None:
@@ -292,7 +295,7 @@ class Stream:
         task = int(tokens[0]) - ids.task[0]
         if not 0 <= task < len(TASKS):
             raise ShardError(source.root, "row does not start with a task token", key)
-        self.lengths = self.comp = None  # only the tokens say
+        self.parts = self.comp = None  # only the tokens say
         return tokens, task
 
     def count(self, tokens: np.ndarray, task: int, source: int, comp: tuple[int, int, int, int] | None) -> None:
