@@ -158,10 +158,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "clock": args.clock,
         "candidate": f"RowLoader batches of {B} rows of L={L}, {S} streams, cycle=False, num_workers=0",
         "baseline": "floor: iter_tar_offsets + numpy.frombuffer per .npy member, the same shards",
+        "ratio": bc.rnd(bc.median(text_ratio)),  # text rows over the floor, median of per-round ratios
         "goal": f">= {GOAL_TOKENS_PER_S / 1e6:.0f} M tokens/s per core (text and packed rows)",
+        "goal_met": bool(tps["loader_text"] >= GOAL_TOKENS_PER_S),  # every kind timed (below)
         "ratio_to_floor": {"text": summary(text_ratio)},
         "tokens_per_s": {k: bc.rnd(v) for k, v in tps.items()},
-        "goal_met": {"text": bool(tps["loader_text"] >= GOAL_TOKENS_PER_S)},
+        "goal_met_by_kind": {"text": bool(tps["loader_text"] >= GOAL_TOKENS_PER_S)},
         "loader_rows_per_s": bc.rnd(rows / bc.median(runs["loader_text"]["clock_s"])),
         "spread": {k: bc.rnd(bc.spread(v["clock_s"]), 2) for k, v in runs.items()},
         "data": {"samples": args.samples, "shards": args.shards, "tokens": tokens, "rows": rows,
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         krows, kc = runs["loader_packed"]["result"]
         result["ratio_to_floor"]["paired"] = summary(ratio_rounds(runs, "loader_paired", "floor_paired", payload))
         result["ratio_to_floor"]["packed"] = summary(ratio_rounds(runs, "loader_packed", "floor_both", payload))
-        result["goal_met"]["packed"] = bool(tps["loader_packed"] >= GOAL_TOKENS_PER_S)
+        result["goal_met_by_kind"]["packed"] = bool(tps["loader_packed"] >= GOAL_TOKENS_PER_S)
+        result["goal_met"] = all(result["goal_met_by_kind"].values())
         result["paired"] = {"rows": prows, "tokens": paired_tokens,
                             "rows_per_s": bc.rnd(prows / bc.median(runs["loader_paired"]["clock_s"])),
                             "pad_tokens": pc["pad_tokens"], "skipped_too_long": pc["rows_skipped_too_long"]}
