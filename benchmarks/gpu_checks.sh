@@ -11,7 +11,8 @@
 # into the repo: a second run does not nest copies).
 set -uo pipefail
 DRY=0
-[ "${1:-}" = "--dry-run" ] && DRY=1
+[ "${1:-}" = "--dry-run" ] && { DRY=1; shift; }
+# any further arguments go to bench_gpu_mfu.py (e.g. --batch 4 --steps 20)
 REPO=$(pwd)
 OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT"
@@ -57,7 +58,7 @@ fi
 # 1. MFU at the ~1B config (packed rows, flex attention, compiled blocks) and the trainer's step
 #    against a plain loop on the same rows and head; mfu.json is rewritten after every part
 cd /tmp && timeout -k 5 330 "$PY" "$REPO/benchmarks/bench_gpu_mfu.py" --budget-s 300 --json "$OUT/mfu.json" \
-  "${MFU[@]}" 2>&1 | tail -40 > "$OUT/mfu.log"
+  "${MFU[@]}" "$@" 2>&1 | tail -40 > "$OUT/mfu.log"
 record mfu "${PIPESTATUS[0]}"
 # 2. Higgs audio tokenizer throughput (random weights of the real size on CUDA)
 cd /tmp && timeout -k 5 70 "$PY" "$REPO/benchmarks/bench_higgs_encode.py" "${HIGGS[@]}" 2>&1 | tail -3 > "$OUT/higgs.log"
