@@ -74,6 +74,16 @@ class Column:
         if i in bad:
             raise _out_of_range(what, codes)
 
+    def clean(self, codes: int) -> bool:
+        """Whether every sample is in the flat array and every id in ``[0, codes)`` (the loader
+        may then slice samples without a per-sample check)."""
+        if self.values is None:
+            return False
+        bad = self._bad.get(codes)
+        if bad is None:
+            bad = self._bad[codes] = self._find_bad(codes)
+        return not bad
+
     def _find_bad(self, codes: int) -> frozenset[int]:
         """Samples with an id outside ``[0, codes)``: one reduction over the column, then
         per-sample ``reduceat`` only when the column has one."""

@@ -169,7 +169,28 @@ class Stream:
         packer, cursor = self.packers[i], self.cursors[i]
         names = ("text",)
         codes = self.ctx.ids.text_codes
+        need = packer.seq_len - 1
         while not packer.ready():
+            loaded = cursor._loaded
+            col = loaded[2].get("text") if loaded is not None else None
+            if col is not None and col.clean(codes):
+                # the shard's column is checked whole: take its next documents as slices, moving
+                # the cursor's state exactly as one next_columns call per document would
+                perm, pos, starts, ends, values = cursor._perm, cursor.sample_pos, col.starts, col.ends, col.values
+                n = len(perm)
+                while pos < n and packer._n < need:
+                    j = perm[pos]
+                    e = ends[j]
+                    if e < 0:
+                        break  # no text.npy: the per-sample path below raises it
+                    packer.add_checked(values[starts[j]:e])
+                    pos += 1
+                if pos > cursor.sample_pos:
+                    cursor._failures = 0
+                    cursor.sample_pos = pos
+                    if pos >= n:
+                        cursor._advance_shard()
+                    continue
             got = cursor.next_columns(names)  # no sample dict: a text row needs the one array
             if got is None:
                 self.counters["text_tokens_dropped"] += packer.clear()
