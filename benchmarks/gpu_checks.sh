@@ -19,12 +19,13 @@ mkdir -p "$OUT"
 SUMMARY="$OUT/gpu_checks.json"
 
 need='import numpy, torch, torchdata, yaml'
+[ $DRY = 0 ] && need="$need; assert torch.cuda.is_available()"  # a carried CPU venv cannot run the GPU parts
 PY=${PYTHON:-}
 for c in python3 "$REPO/.venv/bin/python"; do
   if [ -z "$PY" ] && command -v "$c" >/dev/null 2>&1 && "$c" -c "$need" 2>/dev/null; then PY=$c; fi
 done
 if [ -z "$PY" ]; then
-  echo '{"error": "no python with numpy, torch, torchdata, yaml: set PYTHON to a carried venv (nothing is installed here)"}' > "$SUMMARY"
+  echo '{"error": "no python with numpy, torch (with CUDA unless --dry-run), torchdata, yaml: set PYTHON to a carried venv (nothing is installed here)"}' > "$SUMMARY"
   cat "$SUMMARY"; exit 2
 fi
 
