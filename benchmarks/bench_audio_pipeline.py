@@ -5,8 +5,8 @@ Both sides do the same work per clip: read the file, decode + resample (``load_a
 length-bucketed batched codec encoding (DAC or Higgs) (``encode_clips``, same bucket width and batch size); the
 pipeline additionally tokenizes transcripts, counts outcomes and writes shards + manifest. The
 plain loop also loads the codec, as the pipeline must. Each side runs ``--repeats`` times,
-alternating, after one warm-up encode; the best run of each is compared (the machine may be
-shared). Prints one JSON line; ``ratio`` = pipeline throughput / loop throughput (goal >= 0.8).
+alternating, after one warm-up encode; ``ratio`` is the median of the per-round ratios (min and max
+beside it; the machine may be shared). Prints one JSON line; ``ratio`` = pipeline throughput / loop throughput (goal >= 0.8).
 
     python benchmarks/bench_audio_pipeline.py [--seconds 60] [--codec tiny|small|16khz|higgs_tiny|higgs] [--device cpu]
 

@@ -143,16 +143,21 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict[s
 
 def pipeline_vs_loop(pipes: list[tuple], loops: list[tuple], amount: float, unit: str) -> tuple[dict, dict[str, Any]]:
     """The media pipelines' comparison: ``pipes`` = ``(seconds, ..., counters)`` per pipeline run,
-    ``loops`` = ``(seconds, model seconds, ...)`` per plain-loop run; the best run of each.
-    Returns ``(counters of the best pipeline run, figures)``; ``ratio`` = loop s / pipeline s."""
-    loop_s = min(x[0] for x in loops)
-    model_s = min(x[1] for x in loops)
-    best = min(range(len(pipes)), key=lambda i: pipes[i][0])
-    pipe_s = pipes[best][0]
-    return pipes[best][2], {
+    ``loops`` = ``(seconds, model seconds, ...)`` per plain-loop run, one of each per interleaved
+    round. ``ratio`` = the median over rounds of loop s / pipeline s in that round (a slow moment
+    of a shared machine hits both sides of a round), with its min and max; seconds are medians.
+    Returns ``(counters of the pipeline run nearest the median, figures)``."""
+    per_round = [lp[0] / pp[0] for lp, pp in zip(loops, pipes)]
+    loop_s = median([x[0] for x in loops])
+    model_s = median([x[1] for x in loops])
+    pipe_s = median([x[0] for x in pipes])
+    mid = min(range(len(pipes)), key=lambda i: abs(pipes[i][0] - pipe_s))
+    return pipes[mid][2], {
         "pipeline_s": round(pipe_s, 2), "loop_s": round(loop_s, 2), "loop_model_only_s": round(model_s, 2),
         f"pipeline_{unit}_per_s": round(amount / pipe_s, 3), f"loop_{unit}_per_s": round(amount / loop_s, 3),
-        f"model_only_{unit}_per_s": round(amount / model_s, 3), "ratio": round(loop_s / pipe_s, 3),
+        f"model_only_{unit}_per_s": round(amount / model_s, 3), "ratio": round(median(per_round), 3),
+        "ratio_min": round(min(per_round), 3), "ratio_max": round(max(per_round), 3),
+        "ratio_per_round": [round(x, 3) for x in per_round],
         "runs_pipeline_s": [round(x[0], 2) for x in pipes], "runs_loop_s": [round(x[0], 2) for x in loops],
     }
 

@@ -7,8 +7,8 @@ of ``--batch-size``; the plain loop also loads the model, as the pipeline must. 
 additionally reads the tar, tokenizes captions, counts outcomes, shuffles records between
 stages and writes shards + dead-letter + manifest. The corpus is an img2dataset-style
 WebDataset tar of JPEGs of assorted sizes (300-640 px) with captions. Each side runs
-``--repeats`` times, alternating, after one warm-up encode; the best run of each is compared
-(the machine may be shared), and the codes of both sides are checked to be identical.
+``--repeats`` times, alternating, after one warm-up encode; ``ratio`` is the median of the
+per-round ratios (min and max reported beside it; the machine may be shared), and the codes of both sides are checked to be identical.
 Prints one JSON line; ``ratio`` = pipeline throughput / loop throughput (goal >= 0.8).
 
     python benchmarks/bench_image_pipeline.py [--images 128] [--image-size 128] [--model tiny] [--device cpu]

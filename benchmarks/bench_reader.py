@@ -31,7 +31,10 @@ Readers (every one decodes every sample of every shard, from the page cache):
   (its reader threads included); ``mds_get_item``: ``dataset.get_item(i)`` for every sample
   (its reader without the threads).
 
-The peers run in a subprocess with ``.bench-venv``'s python (``pip install torch==2.13.0`` then
+Rounds are interleaved: ours, then the peers', then the peers', then ours, ... (the peers' process
+stays up between rounds), so a slow moment of the shared machine hits both; ``ratio_per_round``
+is the median and range of ours over the baseline within each round. The peers run in a
+subprocess with ``.bench-venv``'s python (``pip install torch==2.13.0`` then
 ``litdata==0.2.76 mosaicml-streaming==0.10.0 webdataset==1.0.2 numpy==2.4.6`` with torch
 constrained; never the project's venv), in the same benchmark run, on the same files; ours runs in
 this process. Without that venv the peers are skipped and the result says so. Clock:
@@ -228,42 +231,80 @@ for n in names:  # warm-up: page cache, imports, lazy state
     except Exception as e:
         out["errors"][n] = f"{type(e).__name__}: {e}"
 names = [n for n in names if n not in out["errors"]]
-for r in range(args["repeats"]):
+# rounds on command: the parent interleaves them with its own (ours, peers, peers, ours, ...)
+print("PEER-READY " + json.dumps(names), flush=True)
+r = 0
+for line in sys.stdin:
+    if line.strip() != "round":
+        break
+    got = {}
     for n in (names if r % 2 == 0 else names[::-1]):
         if n in ("mds",) and r >= args["slow_repeats"]:
             continue
         t0, w0 = clock(), time.perf_counter()
         res = readers[n]()
-        out["runs"][n]["clock_s"].append(clock() - t0)
-        out["runs"][n]["wall_s"].append(time.perf_counter() - w0)
+        got[n] = (clock() - t0, time.perf_counter() - w0)
+        out["runs"][n]["clock_s"].append(got[n][0])
+        out["runs"][n]["wall_s"].append(got[n][1])
         out["runs"][n]["result"] = res
+    print("PEER-ROUND " + json.dumps(got), flush=True)
+    r += 1
 out["runs"] = {k: v for k, v in out["runs"].items() if v["clock_s"]}
 print("PEER-RESULT " + json.dumps(out))
 '''
 
 
-def run_peers(python: Path, paths: list[str], work: Path, tokens: int, samples: int, shards: int, repeats: int,
-              clock: str, slow_repeats: int, stamp: list[str], shard_bytes: int) -> dict[str, Any]:
-    """Run PEER_SCRIPT with the peers' python; ``{"runs", "versions", "errors"}`` or a skip reason."""
-    if not python.exists():
-        return {"skipped": f"no peer venv at {python.parent.parent} (see this module's docstring)"}
-    spec = {"paths": paths, "litdata_dir": str(work / "peers" / "litdata"), "mds_dir": str(work / "peers" / "mds"),
-            "per_shard": -(-samples // shards), "mds_size_limit": int(shard_bytes * 1.02) + 4096, "tokens": tokens,
-            "repeats": repeats, "clock": clock, "slow_repeats": slow_repeats, "stamp": stamp}
-    with tempfile.NamedTemporaryFile("w", suffix="_peers.py", delete=False) as f:
-        f.write(PEER_SCRIPT)
-        script = f.name
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    try:
-        proc = subprocess.run([str(python), script, json.dumps(spec)], capture_output=True, text=True, env=env,
-                              cwd=str(work), timeout=3600)
-    finally:
-        os.unlink(script)
-    for line in proc.stdout.splitlines():
-        if line.startswith("PEER-RESULT "):
-            return json.loads(line[len("PEER-RESULT "):])
-    return {"skipped": f"peer run failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-800:]}"}
+class Peers:
+    """The peers' process (their own venv), kept alive so that its rounds interleave with ours:
+    ``round()`` times every peer reader once (the order alternating), ``finish()`` returns
+    ``{"runs", "versions", "errors"}``. Setup (writing their formats, a warm-up read) happens
+    before the first round."""
+
+    def __init__(self, python: Path, paths: list[str], work: Path, tokens: int, samples: int, shards: int,
+                 clock: str, slow_repeats: int, stamp: list[str], shard_bytes: int) -> None:
+        spec = {"paths": paths, "litdata_dir": str(work / "peers" / "litdata"), "mds_dir": str(work / "peers" / "mds"),
+                "per_shard": -(-samples // shards), "mds_size_limit": int(shard_bytes * 1.02) + 4096,
+                "tokens": tokens, "clock": clock, "slow_repeats": slow_repeats, "stamp": stamp}
+        with tempfile.NamedTemporaryFile("w", suffix="_peers.py", delete=False) as f:
+            f.write(PEER_SCRIPT)
+            self.script = f.name
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+        self.proc = subprocess.Popen([str(python), self.script, json.dumps(spec)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(work))
+        self.names = json.loads(self._expect("PEER-READY ") or "[]")
+
+    def _expect(self, prefix: str) -> str | None:
+        for line in self.proc.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix):]
+            if line.startswith("PEER-RESULT "):
+                self._early = json.loads(line[len("PEER-RESULT "):])
+                return None
+        return None
+
+    def round(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("round\n")
+            self.proc.stdin.flush()
+            self._expect("PEER-ROUND ")
+
+    def finish(self) -> dict[str, Any]:
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write("done\n")
+                self.proc.stdin.flush()
+            got = self._expect("PEER-RESULT ")
+            if got is None and getattr(self, "_early", None):
+                return self._early
+            if got is None:
+                self.proc.wait(timeout=60)
+                return {"skipped": f"peer run failed (exit {self.proc.returncode}): {self.proc.stderr.read()[-800:]}"}
+            return json.loads(got)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            os.unlink(self.script)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -289,15 +330,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            "tarfile": lambda: read_tarfile(paths)}
     for fn in fns.values():  # warm-up: page cache, imports, header caches
         fn()
-    runs = bc.interleave(fns, args.repeats, args.clock)
-    for name, r in runs.items():
-        assert r["result"] == tokens, (name, r["result"], tokens)
-
+    peers = None
     peer: dict[str, Any] = {"skipped": "--peer-python none"}
     if args.peer_python != "none":
-        peer = run_peers(Path(args.peer_python), paths, root, tokens, args.samples, args.shards, args.repeats,
-                         args.clock, args.mds_repeats, [s.sha256 for s in manifest.shards],
-                         max(s.bytes for s in manifest.shards))
+        if Path(args.peer_python).exists():
+            peers = Peers(Path(args.peer_python), paths, root, tokens, args.samples, args.shards, args.clock,
+                          args.mds_repeats, [s.sha256 for s in manifest.shards], max(s.bytes for s in manifest.shards))
+        else:
+            peer = {"skipped": f"no peer venv at {Path(args.peer_python).parent.parent} (see this module's docstring)"}
+    # interleaved rounds: ours then the peers', then the peers' then ours, ... (one load for both)
+    runs: dict[str, dict[str, Any]] = {n: {"clock_s": [], "wall_s": [], "result": None} for n in fns}
+    names = list(fns)
+    for r in range(args.repeats):
+        if peers is not None and r % 2:
+            peers.round()
+        for n in (names if r % 2 == 0 else names[::-1]):
+            dt, w, res = bc.timed(fns[n], args.clock)
+            runs[n]["clock_s"].append(dt)
+            runs[n]["wall_s"].append(w)
+            runs[n]["result"] = res
+        if peers is not None and not r % 2:
+            peers.round()
+    if peers is not None:
+        peer = peers.finish()
+    for name, r in runs.items():
+        assert r["result"] == tokens, (name, r["result"], tokens)
     for name, r in peer.get("runs", {}).items():
         if r["result"] != tokens:
             peer.setdefault("errors", {})[name] = f"read {r['result']} tokens, expected {tokens}"
@@ -308,6 +365,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wall = {k: tokens / bc.median(v["wall_s"]) for k, v in runs.items()}
     base = "litdata" if "litdata" in tps else "tarfile"
     ratio = tps["ours"] / tps[base]
+    # per interleaved round: ours over the baseline in that round (median and range reported)
+    per_round = [b / a for a, b in zip(runs["ours"]["clock_s"], runs[base]["clock_s"])]
     result = {
         "benchmark": "reader",
         "metric": "payload tokens/s",
@@ -316,6 +375,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "baseline": "litdata.StreamingDataset iteration" if base == "litdata" else
                     "tarfile + numpy.load (LitData not measured: see peers)",
         "ratio": bc.rnd(ratio),
+        "ratio_per_round": {"median": bc.rnd(bc.median(per_round)), "min": bc.rnd(min(per_round)),
+                            "max": bc.rnd(max(per_round))},
         "goal": f"ours >= {GOAL} x LitData's reader",
         "goal_met": bool(base == "litdata" and bc.goal_met(ratio, GOAL)),
         "tokens_per_s": {k: bc.rnd(v) for k, v in sorted(tps.items(), key=lambda kv: -kv[1])},

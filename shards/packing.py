@@ -56,6 +56,31 @@ def segment_ids(tokens: np.ndarray, valid: np.ndarray, layout: VocabLayout, docu
     return np.where(valid, seg, -1), np.where(valid, pos, 0)
 
 
+def segments_from_lengths(lengths: tuple[int, ...] | list[int], segments: np.ndarray, positions: np.ndarray) -> None:
+    """Write what :func:`segment_ids` finds into ``segments``/``positions`` (int64 [L]) from the
+    lengths of a row's segments, which the packer knows (no pass over the tokens): segment k
+    over its positions counted from 0, then PAD (segment −1, position 0)."""
+    a = 0
+    ramp = _ramp(segments.size)
+    for k, n in enumerate(lengths):
+        segments[a : a + n] = k
+        positions[a : a + n] = ramp[:n]
+        a += n
+    segments[a:] = -1
+    positions[a:] = 0
+
+
+_RAMPS: dict[int, np.ndarray] = {}
+
+
+def _ramp(n: int) -> np.ndarray:
+    r = _RAMPS.get(n)
+    if r is None:
+        r = _RAMPS[n] = np.arange(n, dtype=np.int64)
+        r.setflags(write=False)
+    return r
+
+
 class RowPacker:
     """Packs segments (1-D int64 global ids, each ≤ L) into rows of exactly ``seq_len``.
 
@@ -67,7 +92,9 @@ class RowPacker:
 
     ``add(segment, tag)`` may tag a segment (the mix job tags each with its input sample key);
     after ``pop``, ``placed`` holds the tags of the segments that went into the row, in row
-    order. Tags are bookkeeping for the caller and are not part of the state."""
+    order, and ``lengths`` the lengths of the row's segments (the filler's last), from which
+    :func:`segments_from_lengths` writes what :func:`segment_ids` would find. Tags are
+    bookkeeping for the caller and are not part of the state."""
 
     def __init__(self, layout: VocabLayout, seq_len: int, lookahead: int = 8) -> None:
         if lookahead < 1:
@@ -77,13 +104,15 @@ class RowPacker:
         self.queue: list[np.ndarray] = []
         self.tags: list[Any] = []
         self.placed: list[Any] = []
+        self.lengths: list[int] = []
 
     @property
     def queued(self) -> int:
         return sum(s.size for s in self.queue)
 
     def add(self, segment: np.ndarray, tag: Any = None) -> None:
-        segment = np.asarray(segment, dtype=np.int64).reshape(-1)
+        if type(segment) is not np.ndarray or segment.dtype != np.int64 or segment.ndim != 1:
+            segment = np.asarray(segment, dtype=np.int64).reshape(-1)
         if not 0 < segment.size <= self.seq_len:
             raise ValueError(f"a segment of {segment.size} positions does not fit a row of {self.seq_len}")
         self.queue.append(segment)
@@ -95,13 +124,14 @@ class RowPacker:
     def pop(self, filler: Callable[[int], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         L = self.seq_len
         tokens = np.full(L, self.pad, dtype=np.int64)
-        used, kept, kept_tags, placed = 0, [], [], []
+        used, kept, kept_tags, placed, lengths = 0, [], [], [], []
         tags = self.tags if len(self.tags) == len(self.queue) else [None] * len(self.queue)
         for seg, tag in zip(self.queue, tags):
             if used + seg.size <= L:
                 tokens[used : used + seg.size] = seg
                 used += seg.size
                 placed.append(tag)
+                lengths.append(seg.size)
             else:
                 kept.append(seg)
                 kept_tags.append(tag)
@@ -112,8 +142,9 @@ class RowPacker:
             if fill.size != L - used:
                 raise ValueError(f"filler gave {fill.size} positions for {L - used}")
             tokens[used:] = fill
+            lengths.append(L - used)
             used = L
-        self.queue, self.tags, self.placed = kept, kept_tags, placed
+        self.queue, self.tags, self.placed, self.lengths = kept, kept_tags, placed, lengths
         valid = np.zeros(L, dtype=bool)
         valid[:used] = True
         return tokens, valid

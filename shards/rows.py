@@ -182,6 +182,31 @@ def paired_row(
     return tokens, valid
 
 
+def write_paired(out: np.ndarray, ids: _Ids, task: str, media: np.ndarray, media_offset: int,
+                 text: np.ndarray, seq_len: int) -> int:
+    """Write the paired segment ``[TASK_m, BOS_m, media…, EOS_m, BOS_text, text…, EOS_text]``
+    into ``out[:n]`` and return ``n`` (what :func:`paired_row` builds, without its PAD tail).
+
+    ``media`` are range-checked 1-D codes (``media_offset`` added while copying: local codes of
+    any integer dtype, or global ids with offset 0); ``text`` range-checked SentencePiece ids, cut
+    to the room ``seq_len`` leaves (EOS_text kept). Each piece is converted once, by the copy
+    into ``out``. The caller checks that the media fit (:func:`paired_media_fits`)."""
+    m = media.size
+    t = min(text.size, seq_len - paired_length(m, 0))
+    out[0] = ids.task[TASKS.index(task)]
+    out[1] = ids.media_bos[task]
+    if media_offset:
+        np.add(media, media_offset, out=out[2 : 2 + m], dtype=np.int64)
+    else:
+        out[2 : 2 + m] = media
+    out[2 + m] = ids.media_eos[task]
+    out[3 + m] = ids.text_bos
+    if t:
+        np.add(text[:t], ids.text_offset, out=out[4 + m : 4 + m + t], dtype=np.int64)
+    out[4 + m + t] = ids.text_eos
+    return m + t + PAIRED_FRAMING
+
+
 class TextPacker:
     """Packs text documents into rows of exactly ``seq_len`` ids, no padding.
 
@@ -232,7 +257,11 @@ class TextPacker:
     def add(self, text_ids_local: np.ndarray) -> None:
         """Feed one document (SentencePiece ids, 1-D). The array is kept, not copied, until its
         tokens are emitted (a shard's read-only view here): do not change it in between."""
-        doc = _checked(text_ids_local, self._ids.text_codes, "text")
+        self.add_checked(_checked(text_ids_local, self._ids.text_codes, "text"))
+
+    def add_checked(self, doc: np.ndarray) -> None:
+        """:meth:`add` of a 1-D document whose ids the caller has range-checked already (the
+        loader checks a shard's whole column at once)."""
         self._pieces.append([doc, 0, True])
         self._n += doc.size + DOC_FRAMING
 

@@ -157,7 +157,8 @@ def attention_mask(segments: Tensor, kind: str = "sdpa"):
             return (seg[b, q] == seg[b, kv]) & ((seg[b, kv] >= 0) | (q == kv))
 
         B, L = segments.shape
-        return create_block_mask(same_sample, B, None, L, L, device=segments.device)
+        # _compile: the eager path evaluates the mask over a dense [B, 1, L, L] every step
+        return create_block_mask(same_sample, B, None, L, L, device=segments.device, _compile=True)
     same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] >= 0)
     eye = torch.eye(segments.shape[1], dtype=torch.bool, device=segments.device)
     return (same | eye).unsqueeze(1)

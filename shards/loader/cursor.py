@@ -15,12 +15,14 @@ everything else is rebuilt from them.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
 
 from trimodal import storage
 from trimodal.shards.format import ShardError
+from trimodal.shards.loader.columns import Column
 from trimodal.shards.loader.sources import Source
 from trimodal.shards.manifest import ShardInfo
 from trimodal.shards.reader import Sample, ShardIndex, index_shard, read_shard
@@ -80,7 +82,7 @@ class Cursor:
         # live (rebuilt from the state)
         self._order: np.ndarray | None = None
         self._order_epoch = -1
-        self._loaded: tuple[bytes, ShardIndex] | None = None
+        self._loaded: tuple[bytes, ShardIndex, dict] | None = None
         self._perm: list[int] | None = None
         self._failures = 0
 
@@ -145,7 +147,10 @@ class Cursor:
         idx = np.arange(self.stream, len(index), self.n) if self.stride else np.arange(len(index))
         rng = np.random.default_rng([self.seed, self.epoch, self.stream, self.source.salt, shard])
         self._perm = idx[rng.permutation(idx.size)].tolist()
-        self._loaded = (data, index)
+        columns = _COLUMNS.get(index)
+        if columns is None:
+            columns = _COLUMNS[index] = {}
+        self._loaded = (data, index, columns)
         return True
 
     def _advance_shard(self) -> None:
@@ -153,8 +158,8 @@ class Cursor:
         self.shard_pos += 1
         self.sample_pos = 0
 
-    def _next_index(self) -> tuple[bytes, ShardIndex, int, tuple[int, int]] | None:
-        """``(shard bytes, index, sample, (epoch, shard position))`` of the next sample of this
+    def _next_index(self) -> tuple[tuple[bytes, ShardIndex, dict], int, tuple[int, int]] | None:
+        """``((shard bytes, index, columns), sample, (epoch, shard position))`` of the next sample of this
         source in this stream, or None when exhausted (no cycling); the state has moved past it."""
         while not self.exhausted:
             if self._loaded is None:
@@ -174,33 +179,40 @@ class Cursor:
             if pos >= len(perm):
                 self._advance_shard()
                 continue
-            data, index = self._loaded
+            loaded = self._loaded
             at = (self.epoch, self.shard_pos)
             self.sample_pos = pos + 1
             if pos + 1 >= len(perm):  # shard done: a state saved now points past it
                 self._advance_shard()
-            return data, index, perm[pos], at
+            return loaded, perm[pos], at
         return None
 
     def next(self) -> Sample | None:
         """The next sample of this source in this stream, or None when exhausted (no cycling)."""
-        return self._read(lambda data, index, i: index.sample(data, i))
+        return self._read(lambda loaded, i: loaded[1].sample(loaded[0], i))
 
     def next_array(self, name: str) -> tuple[str, np.ndarray | None] | None:
         """``(key, its <name>.npy array or None)`` of the next sample, or None when exhausted:
         :meth:`next` without the sample dict (what a text source needs)."""
-        return self._read(lambda data, index, i: (index.keys[i], index.array(data, i, name)))
+        return self._read(lambda loaded, i: (loaded[1].keys[i], loaded[1].array(loaded[0], i, name)))
+
+    def next_columns(self, names: tuple[str, ...]) -> tuple[str, int, list[Column], list[np.ndarray | None]] | None:
+        """``(key, sample, its shard's columns of names, the sample's arrays)`` of the next
+        sample, or None when exhausted; arrays are 1-D in the stored dtype (None when absent),
+        not yet range-checked: ``column.check`` does that (:mod:`~trimodal.shards.loader.columns`:
+        each column is gathered and range-checked once per shard, not per sample)."""
+        return self._read(lambda loaded, i: _arrays(loaded, i, names))
 
     def _read(self, decode):
-        """``decode(data, index, i)`` of the next sample that decodes; a damaged one skips the rest
-        of its shard (counted, or raised: :meth:`_skip_after_damage`)."""
+        """``decode((data, index, columns), i)`` of the next sample that decodes; a damaged one
+        skips the rest of its shard (counted, or raised: :meth:`_skip_after_damage`)."""
         while True:
             got = self._next_index()
             if got is None:
                 return None
-            data, index, i, at = got
+            loaded, i, at = got
             try:
-                out = decode(data, index, i)
+                out = decode(loaded, i)
             except ShardError as e:  # skip the rest of this shard
                 self._skip_after_damage(at, e)
                 continue
@@ -212,3 +224,21 @@ class Cursor:
         if (self.epoch, self.shard_pos) == at:  # still on that shard: leave it
             self._advance_shard()
         self._corrupt(err)
+
+
+# a shard index's columns by name, while the index lives: the streams of a process that share a
+# shard (SharedShards) share its columns too; a column holds no reference to its index or bytes
+_COLUMNS: weakref.WeakKeyDictionary[ShardIndex, dict[str, Column]] = weakref.WeakKeyDictionary()
+
+
+def _column(loaded: tuple[bytes, ShardIndex, dict], name: str) -> Column:
+    """The shard's column ``name``, built on first use."""
+    col = loaded[2].get(name)
+    if col is None:
+        col = loaded[2][name] = Column(loaded[0], loaded[1], name)
+    return col
+
+
+def _arrays(loaded: tuple[bytes, ShardIndex, dict], i: int, names: tuple[str, ...]):
+    cols = [_column(loaded, n) for n in names]
+    return loaded[1].keys[i], i, cols, [c.get(loaded[0], loaded[1], i) for c in cols]  # a damaged member raises ShardError here

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
@@ -24,7 +25,7 @@ from trimodal.shards.loader.sources import LoaderConfig, load_manifests, resolve
 from trimodal.shards.loader.stream import Context, Stream
 from trimodal.shards.manifest import Manifest
 from trimodal.shards.rows import row_dict
-from trimodal.tokenizers.vocab import VocabLayout
+from trimodal.tokenizers.vocab import TASK, VocabLayout
 
 STATE_FORMAT = "trimodal-loader"
 # 2: with fewer shards than streams, every stream of a source walks one shard order (seeded
@@ -133,17 +134,23 @@ class TrimodalDataset(IterableDataset):
         return self.config.pack_paired or self.config.document_attention
 
     def __iter__(self):
+        return self._iter(arrays=False)
+
+    def _iter(self, arrays: bool):
         self._check_owner()
         if self._streams is None or not self._fresh:
             self._materialise()
         self._fresh = False
         self._pending = None
-        return self._generate([self._streams[s] for s in self._owned])
+        return self._generate([self._streams[s] for s in self._owned], arrays)
 
-    def _generate(self, order: list[Stream]):
-        from trimodal.shards.packing import segment_ids
+    def _generate(self, order: list[Stream], arrays: bool = False):
+        """Rows round-robin over ``order``: dicts of tensors, or with ``arrays`` the light
+        ``(tokens, task, parts)`` tuples :class:`BatchCollate` writes into a batch (``parts``:
+        the row's make-up, :meth:`Stream.next_row`)."""
+        from trimodal.shards.packing import segment_ids, segments_from_lengths
 
-        lut = self._ctx.ids.modality_lut
+        lut, pad = self._ctx.ids.modality_lut, self._ctx.ids.pad
         segmented, documents, layout = self.segmented, self.config.document_attention, self.layout
         done = [False] * len(order)
         n = len(order)
@@ -157,12 +164,20 @@ class TrimodalDataset(IterableDataset):
             if out is None:
                 done[k] = True
                 continue
-            tokens, valid, task, source = out
-            modality = lut[tokens]
-            st.count(valid, modality, task, source)
-            row = row_dict(tokens, valid, modality, task)
+            tokens, task, source = out
+            st.count(tokens, task, source, st.comp)
+            parts = st.parts
+            if arrays:
+                yield tokens, task, parts
+                continue
+            valid = tokens != pad
+            row = row_dict(tokens, valid, lut[tokens], task)
             if segmented:
-                seg, pos = segment_ids(tokens, valid, layout, documents)
+                if documents or parts is None:  # per-document segments: found in the tokens
+                    seg, pos = segment_ids(tokens, valid, layout, documents)
+                else:
+                    seg, pos = np.empty(tokens.size, dtype=np.int64), np.empty(tokens.size, dtype=np.int64)
+                    segments_from_lengths([p[0] for p in parts], seg, pos)
                 row["segments"], row["positions"] = torch.from_numpy(seg), torch.from_numpy(pos)
             yield row
 
@@ -264,8 +279,65 @@ def counters_from_loader_state(state: Any) -> dict[str, int]:
     return sum_counters(v.get("counters", {}) for v in stream_states_from_loader_state(state).values())
 
 
-def _collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+class BatchCollate:
+    """Light rows ``(tokens, task, parts)`` → one batch: every row copied into a preallocated
+    ``[B, L]`` array, valid (``tokens != PAD``: PAD is never inside a segment) computed on the
+    whole batch, modality and segments written from each row's make-up (a few slice writes per
+    segment; a look-up over the tokens only for a row without one), each array wrapped once as
+    a tensor (the same dict of ``[B, …]`` tensors as stacking the dataset's rows)."""
+
+    def __init__(self, dataset: TrimodalDataset) -> None:
+        ids = dataset._ctx.ids
+        self.lut, self.pad, self.seq_len = ids.modality_lut, ids.pad, dataset.config.seq_len
+        self.segmented, self.documents, self.layout = dataset.segmented, dataset.config.document_attention, dataset.layout
+
+    def __call__(self, rows: list[tuple[np.ndarray, int, tuple | None]]) -> dict[str, torch.Tensor]:
+        from trimodal.shards.packing import segment_ids, segments_from_lengths
+
+        b, L = len(rows), self.seq_len
+        tokens = np.empty((b, L), dtype=np.int64)
+        modality = np.zeros((b, L), dtype=np.int64)  # TEXT (PAD counts as TEXT)
+        for i, (row, _, parts) in enumerate(rows):
+            tokens[i] = row
+            if parts is None:
+                self.lut.take(row, out=modality[i])
+                continue
+            mod, a = modality[i], 0
+            for n, media, kind in parts:
+                mod[a] = TASK
+                if media:
+                    mod[a + 1 : a + 1 + media] = kind
+                a += n
+        valid = tokens != self.pad
+        out = {"tokens": torch.from_numpy(tokens), "modality": torch.from_numpy(modality),
+               "valid": torch.from_numpy(valid), "task": torch.tensor([r[1] for r in rows], dtype=torch.int64)}
+        if self.segmented:
+            seg, pos = np.empty((b, L), dtype=np.int64), np.empty((b, L), dtype=np.int64)
+            for i, r in enumerate(rows):
+                if r[2] is None or self.documents:
+                    seg[i], pos[i] = segment_ids(tokens[i], valid[i], self.layout, self.documents)
+                else:
+                    segments_from_lengths([p[0] for p in r[2]], seg[i], pos[i])
+            out["segments"], out["positions"] = torch.from_numpy(seg), torch.from_numpy(pos)
+        return out
+
+
+class _BatchRows(IterableDataset):
+    """The dataset as the :class:`RowLoader` reads it: the same rows, state and ownership, as
+    light tuples for :class:`BatchCollate` (no tensors per row)."""
+
+    def __init__(self, dataset: TrimodalDataset) -> None:
+        super().__init__()
+        self.dataset = dataset
+
+    def __iter__(self):
+        return self.dataset._iter(arrays=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dataset.load_state_dict(state)
 
 
 class RowLoader:
@@ -280,7 +352,8 @@ class RowLoader:
 
         dataset.owned_streams(0, max(1, num_workers))  # an impossible split fails here, not in a worker
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
-        self.dl = StatefulDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
+        self.dl = StatefulDataLoader(_BatchRows(dataset), batch_size=batch_size, num_workers=num_workers,
+                                     collate_fn=BatchCollate(dataset),
                                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
                                      prefetch_factor=2 if num_workers > 0 else None)
         self._it = None

@@ -22,7 +22,7 @@ import numpy as np
 from trimodal.shards.format import ShardError
 from trimodal.shards.loader.cursor import Cursor
 from trimodal.shards.loader.sources import LoaderConfig, Source
-from trimodal.shards.rows import PAIRED_FRAMING, RowTooLong, TextPacker, layout_ids, media_to_global, paired_row
+from trimodal.shards.rows import PAIRED_FRAMING, TextPacker, layout_ids, media_to_global, paired_length, write_paired
 from trimodal.tokenizers.vocab import AUDIO, IMAGE, TASK, TASKS, VocabLayout
 
 _MEDIA = {"image_text": ("image", IMAGE), "audio_text": ("audio", AUDIO)}
@@ -75,6 +75,9 @@ class Stream:
         self._cum: list[float] = []
         self._gen_at = -1
         self._gen: np.random.Generator | None = None
+        self.segments_only = False  # PackedStream: paired rows without their PAD tail
+        self.parts: tuple[tuple[int, int, int], ...] | None = None  # the last row's make-up (next_row)
+        self.comp: tuple[int, int, int, int] | None = None
 
     # -- state
     def state_dict(self) -> dict[str, Any]:
@@ -136,8 +139,16 @@ class Stream:
         return active[min(k, len(active) - 1)]
 
     # -- rows
-    def next_row(self) -> tuple[np.ndarray, np.ndarray, int, int] | None:
-        """``(tokens, valid, task index, source index)`` or None when every source is exhausted."""
+    def next_row(self) -> tuple[np.ndarray, int, int] | None:
+        """``(tokens int64[L], task index, source index)`` or None when every source is exhausted.
+
+        The row's make-up is left in ``self.parts`` (per segment ``(positions, media positions,
+        media modality)``: a segment is its task token, its media block with BOS/EOS, then
+        text; None when only the tokens say: a stored mixed row) and ``self.comp`` (``(image,
+        audio, task, PAD)`` positions, or None), so neither the segments, the modality nor the
+        counters need a pass over the row. Valid positions are the
+        non-PAD ones (PAD is never inside a text or paired segment). With ``segments_only`` a
+        paired row is returned without its PAD tail (the packed stream packs it)."""
         while True:
             i = self._choose()
             if i is None:
@@ -154,21 +165,44 @@ class Stream:
             self.rows += 1
             return (*out, i)
 
-    def _text_row(self, i: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    def _text_row(self, i: int) -> tuple[np.ndarray, int] | None:
         packer, cursor = self.packers[i], self.cursors[i]
+        names = ("text",)
+        codes = self.ctx.ids.text_codes
+        need = packer.seq_len - 1
         while not packer.ready():
-            got = cursor.next_array("text")  # no sample dict: a text row needs the one array
+            loaded = cursor._loaded
+            col = loaded[2].get("text") if loaded is not None else None
+            if col is not None and col.clean(codes):
+                # the shard's column is checked whole: take its next documents as slices, moving
+                # the cursor's state exactly as one next_columns call per document would
+                perm, pos, starts, ends, values = cursor._perm, cursor.sample_pos, col.starts, col.ends, col.values
+                n = len(perm)
+                while pos < n and packer._n < need:
+                    j = perm[pos]
+                    e = ends[j]
+                    if e < 0:
+                        break  # no text.npy: the per-sample path below raises it
+                    packer.add_checked(values[starts[j]:e])
+                    pos += 1
+                if pos > cursor.sample_pos:
+                    cursor._failures = 0
+                    cursor.sample_pos = pos
+                    if pos >= n:
+                        cursor._advance_shard()
+                    continue
+            got = cursor.next_columns(names)  # no sample dict: a text row needs the one array
             if got is None:
                 self.counters["text_tokens_dropped"] += packer.clear()
                 return None
-            key, text = got
+            key, j, (column,), (text,) = got
             if text is None:
                 raise ShardError(self.ctx.sources[i].root, "text sample has no text.npy", key)
-            packer.add(text)
+            column.check(j, text, codes, "text")
+            packer.add_checked(text)
         tokens = packer.pop()
-        valid = np.ones(tokens.size, dtype=bool)
-        self._packed_valid = valid  # count() knows this row's make-up without looking at it
-        return tokens, valid, 0
+        self.parts, self.comp = ((tokens.size, 0, 0),), _TEXT_ROW
+        return tokens, 0
 
     def _fit_media(self, task: str, media: np.ndarray, text: np.ndarray, key: str, source: int) -> np.ndarray | None:
         """The media ids to put in a row (cropped per ``audio_overflow``), or None to skip.
@@ -202,37 +236,72 @@ class Stream:
         c["audio_frames_dropped"] += media.size // levels - frames
         return media[: frames * levels]
 
-    def _paired_row(self, i: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    def _paired_sample(self, i: int) -> tuple[str, np.ndarray, int, np.ndarray, str] | None:
+        """``(key, media, media offset, text, its column check)`` of the next paired sample:
+        images as checked local codes read from the shard's columns (offset added when the row
+        is written), audio as global ids (its levels are interleaved frame-major)."""
         source, cursor = self.ctx.sources[i], self.cursors[i]
-        layout, ids, seq_len = self.ctx.layout, self.ctx.ids, self.ctx.config.seq_len
-        key, modality = _MEDIA[source.task]
+        ids, layout = self.ctx.ids, self.ctx.layout
+        if source.task == "image_text":
+            got = cursor.next_columns(("image", "text"))
+            if got is None:
+                return None
+            key, j, (mcol, tcol), (media, text) = got
+            if media is None:
+                raise ShardError(source.root, "image_text sample has no image.npy", key)
+            mcol.check(j, media, ids.image_codes, "image")
+            if text is None:
+                text = _NO_TEXT
+            return key, media, ids.image_offset, text, (tcol, j)
+        sample = cursor.next()
+        if sample is None:
+            return None
+        media = sample.get("audio")
+        if media is None:
+            raise ShardError(source.root, "audio_text sample has no audio.npy", sample.get("__key__"))
+        text = sample.get("text")
+        text = _NO_TEXT if text is None else text.reshape(-1)
+        return sample["__key__"], media_to_global(ids, layout, AUDIO, media), 0, text, None
+
+    def _paired_row(self, i: int) -> tuple[np.ndarray, int] | None:
+        source = self.ctx.sources[i]
+        ids, seq_len = self.ctx.ids, self.ctx.config.seq_len
+        task = source.task
         skipped = 0
         while True:
-            sample = cursor.next()
-            if sample is None:
+            got = self._paired_sample(i)
+            if got is None:
                 return None
-            media = sample.get(key)
-            if media is None:
-                raise ShardError(source.root, f"{source.task} sample has no {key}.npy", sample.get("__key__"))
-            text = sample.get("text")
-            if text is None:
-                text = np.zeros(0, dtype=np.int64)
-            media = self._fit_media(source.task, media_to_global(ids, layout, modality, media), text, sample["__key__"], i)
+            key, media, offset, text, check = got
+            media = self._fit_media(task, media, text, key, i)
             if media is None:
                 skipped += 1
-                if skipped > cursor.total:
-                    raise ValueError(f"source {source.name!r}: no {source.task} sample of stream {self.stream} fits in "
+                if skipped > self.cursors[i].total:
+                    raise ValueError(f"source {source.name!r}: no {task} sample of stream {self.stream} fits in "
                                      f"seq_len {seq_len}; raise seq_len or filter the data")
                 continue
-            try:
-                tokens, valid = paired_row(layout, source.task, media, text, seq_len)
-            except RowTooLong:  # cannot happen after _fit_media; kept as a guard
-                raise AssertionError("media were fitted to the row") from None
+            if check is None:
+                _checked_text(text, ids.text_codes)
+            else:
+                check[0].check(check[1], text, ids.text_codes, "text")
             if text.size > seq_len - media.size - PAIRED_FRAMING:
                 self.counters["captions_truncated"] += 1
-            return tokens, valid, TASKS.index(source.task)
+            if self.segments_only:
+                n = paired_length(media.size, min(text.size, seq_len - paired_length(media.size, 0)))
+                tokens = np.empty(n, dtype=np.int64)
+                write_paired(tokens, ids, task, media, offset, text, seq_len)
+            else:
+                tokens = np.empty(seq_len, dtype=np.int64)
+                n = write_paired(tokens, ids, task, media, offset, text, seq_len)
+                tokens[n:] = ids.pad
+            m = media.size + 2  # with BOS_m, EOS_m (their block's modality)
+            if task == "image_text":
+                self.parts, self.comp = ((n, m, IMAGE),), (m, 0, 1, seq_len - n)
+            else:
+                self.parts, self.comp = ((n, m, AUDIO),), (0, m, 1, seq_len - n)
+            return tokens, TASKS.index(task)
 
-    def _mixed_row(self, i: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    def _mixed_row(self, i: int) -> tuple[np.ndarray, int] | None:
         source, ids = self.ctx.sources[i], self.ctx.ids
         sample = self.cursors[i].next()
         if sample is None:
@@ -247,26 +316,35 @@ class Stream:
         task = int(tokens[0]) - ids.task[0]
         if not 0 <= task < len(TASKS):
             raise ShardError(source.root, "row does not start with a task token", key)
-        return tokens, tokens != ids.pad, task
+        self.parts = self.comp = None  # only the tokens say
+        return tokens, task
 
-    def count(self, valid: np.ndarray, modality: np.ndarray, task: int, source: int) -> None:
+    def count(self, tokens: np.ndarray, task: int, source: int, comp: tuple[int, int, int, int] | None) -> None:
+        """Count a row: from its make-up ``comp`` (``(image, audio, task, PAD)`` positions) when
+        the stream knows it, else from its tokens."""
         c = self.counters
         c[f"rows_{TASKS[task]}"] += 1
         c[f"rows_source/{self.ctx.sources[source].name}"] += 1
-        if valid is getattr(self, "_packed_valid", None):
-            # a packed text row (the one _text_row just built): TASK_text, then L - 1 text
-            # positions (ids and their BOS/EOS), no PAD; no pass over the row needed
-            c["tokens_text"] += valid.size - 1
-            c["tokens_task"] += 1
-            self._packed_valid = None
-            return
-        # np.bincount costs several times these three compares on a row of a few thousand
-        image = int(np.count_nonzero(modality == IMAGE))
-        audio = int(np.count_nonzero(modality == AUDIO))
-        task_tokens = int(np.count_nonzero(modality == TASK))
-        pads = valid.size - int(np.count_nonzero(valid))
-        c["tokens_text"] += valid.size - image - audio - task_tokens - pads  # PAD counts as TEXT in `modality`
+        if comp is None:
+            modality = self.ctx.ids.modality_lut[tokens]
+            # np.bincount costs several times these three compares on a row of a few thousand
+            image = int(np.count_nonzero(modality == IMAGE))
+            audio = int(np.count_nonzero(modality == AUDIO))
+            task_tokens = int(np.count_nonzero(modality == TASK))
+            pads = tokens.size - int(np.count_nonzero(tokens != self.ctx.ids.pad))
+        else:
+            image, audio, task_tokens, pads = comp
+        c["tokens_text"] += tokens.size - image - audio - task_tokens - pads  # PAD counts as TEXT in `modality`
         c["tokens_image"] += image
         c["tokens_audio"] += audio
         c["tokens_task"] += task_tokens
         c["pad_tokens"] += pads
+
+
+_TEXT_ROW = (0, 0, 1, 0)  # a packed text row: TASK_text, then L - 1 text positions, no PAD
+_NO_TEXT = np.zeros(0, dtype=np.int64)
+
+
+def _checked_text(text: np.ndarray, codes: int) -> None:
+    if text.size and (int(text.min()) < 0 or int(text.max()) >= codes):
+        raise ValueError(f"text code out of range [0, {codes})")
