@@ -22,7 +22,8 @@ import numpy as np
 from trimodal.shards.format import ShardError
 from trimodal.shards.loader.cursor import Cursor
 from trimodal.shards.loader.sources import LoaderConfig, Source
-from trimodal.shards.rows import PAIRED_FRAMING, RowTooLong, TextPacker, layout_ids, media_to_global, paired_row
+from trimodal.shards.rows import (PAIRED_FRAMING, RowTooLong, TextPacker, layout_ids, media_to_global, paired_length,
+                                  paired_row)
 from trimodal.tokenizers.vocab import AUDIO, IMAGE, TASK, TASKS, VocabLayout
 
 _MEDIA = {"image_text": ("image", IMAGE), "audio_text": ("audio", AUDIO)}
@@ -206,7 +207,7 @@ class Stream:
         source, cursor = self.ctx.sources[i], self.cursors[i]
         layout, ids, seq_len = self.ctx.layout, self.ctx.ids, self.ctx.config.seq_len
         key, modality = _MEDIA[source.task]
-        skipped = 0
+        skipped, need = 0, None
         while True:
             sample = cursor.next()
             if sample is None:
@@ -217,12 +218,15 @@ class Stream:
             text = sample.get("text")
             if text is None:
                 text = np.zeros(0, dtype=np.int64)
+            whole = paired_length(media.size, text.size)
             media = self._fit_media(source.task, media_to_global(ids, layout, modality, media), text, sample["__key__"], i)
             if media is None:
                 skipped += 1
+                need = whole if need is None else min(need, whole)
                 if skipped > cursor.total:
                     raise ValueError(f"source {source.name!r}: no {source.task} sample of stream {self.stream} fits in "
-                                     f"seq_len {seq_len}; raise seq_len or filter the data")
+                                     f"data.seq_len {seq_len}: the shortest takes {need:,} positions (tokens + "
+                                     f"{PAIRED_FRAMING} framing); raise data.seq_len to {need:,} or filter the data")
                 continue
             try:
                 tokens, valid = paired_row(layout, source.task, media, text, seq_len)
