@@ -102,3 +102,44 @@ def test_readme_recipe_runs_as_written(tmp_path, monkeypatch, capsys):
     assert m["tokenizers"]["image"]["grid"] == [8, 8] and m["tokenizers"]["image"]["image_size"] == 64
     assert (tmp_path / "grid.png").stat().st_size > 0 and (tmp_path / "hello.wav").stat().st_size > 0
     assert (tmp_path / "exported" / "my").is_dir()
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    rc = cli.main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_image_size_too_large_for_seq_len_is_one_message_on_either_split(tmp_path, monkeypatch, capsys, sp_model):
+    """Images tokenized at 256 px with the 64-px tiny MoVQGAN (32 x 32 = 1,024 codes): the run
+    stops with the tokens per image and the L needed, whether the val split (eval on) or the train
+    split (eval off) is read first."""
+    monkeypatch.chdir(tmp_path)
+    _sample_inputs(tmp_path)
+    rc, out, err = _cli(capsys, "pipeline", "image-text", "--input", "laion/{00000..00001}.tar", "--text-tokenizer",
+                        sp_model, "--image-tokenizer", "weights/movqgan_tiny.ckpt", "--out", "img256",
+                        "--image-size", "256", "--val-fraction", "0.3", "--runner=DirectRunner")
+    assert rc == 0, err
+    assert "--image-size 256 differs from the image tokenizer's resolution 64" in out and "1,024 codes" in out
+    base = ["train", "--set", 'data.sources=[{"root": "img256"}]', "--set", "data.seq_len=512",
+            "--set", "model.max_seq_len=512", "--set", "run.out_dir=run", "--set", "run.steps=1"]
+    errors = []
+    for eval_every in ("1", "0"):
+        rc, _, err = _cli(capsys, *base, "--set", f"eval.every={eval_every}")
+        assert rc == 1 and err.count("\n") == 1, err
+        errors.append(err)
+    assert errors[0] == errors[1]
+    assert "each image is 1,024 tokens" in errors[0] and "data.seq_len >= 1,029" in errors[0], errors[0]
+
+
+def test_wrong_file_as_image_tokenizer_is_named_not_a_movqgan_checkpoint(tmp_path, capsys, sp_model):
+    from trimodal.demo import DATA
+
+    with tarfile.open(tmp_path / "x.tar", "w") as tar:
+        tar.add(DATA / "images" / "img_00.png", arcname="a.png")
+    for wrong in (sp_model, str(REPO / "tests" / "data" / "speech" / "speech_0.flac")):
+        rc, _, err = _cli(capsys, "pipeline", "image-text", "--input", str(tmp_path / "x.tar"), "--text-tokenizer",
+                          sp_model, "--image-tokenizer", wrong, "--out", str(tmp_path / "o"), "--runner=DirectRunner")
+        assert rc == 1 and "not a MoVQGAN checkpoint" in err and "state dict" in err, err
+        assert "weights_only=False" not in err and "pickles arbitrary" not in err
+    assert not (tmp_path / "o").exists()
