@@ -199,7 +199,10 @@ def _state_dict_from_checkpoint(path: str, model: Transformer) -> None:
 def scoring_of(config: dict[str, Any]) -> dict[str, Any]:
     """The settings of a run's config that an ELBO of its model depends on."""
     data = config.get("data") or {}
-    return {"objective": config.get("objective") or {}, "document_attention": bool(data.get("document_attention"))}
+    ev = config.get("eval") or {}
+    return {"objective": config.get("objective") or {}, "document_attention": bool(data.get("document_attention")),
+            # the run's own held-out estimator: `trimodal eval` reuses it so it reproduces the logged ELBO
+            "eval": {k: ev[k] for k in ("rows", "t_levels", "seed", "split") if k in ev}}
 
 
 def load(path: str, device: str = "auto") -> Model:
