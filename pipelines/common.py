@@ -51,7 +51,7 @@ class PipelineConfig:
     inputs: list[str] = option(default_factory=list, flag="input", help="input files, globs or brace ranges (fsspec URLs)")
     out: str = option("", help="dataset root to write (fsspec URL)")
     text_tokenizer: str = option("", help="SentencePiece .model, a .tiktoken file, or a tiktoken encoding name")
-    source: str = option("", help="source name recorded per sample (default: the input file's stem)")
+    source: str = option("", help="source name recorded per sample (default: the input's folder and file name)")
     target_shard_bytes: int = option(128 * 2**20, flag="shard-mb", convert=_mb, help="target shard size (flag in MB)")
     compression: Literal["none", "zstd"] = option("none", help="shard compression")
     val_fraction: float = option(0.0, help="share of records (by a hash of their id) written to the val split")

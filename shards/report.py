@@ -72,12 +72,13 @@ def format_stats(stats: dict[str, Any]) -> str:
         for m in stats["mismatches"]:
             lines.append(f"  {m['shard']}: manifest {m['manifest']}, parsed {m['parsed']}")
 
-    for title, key, extra in (("By modality", "modalities", None), ("By source", "sources", "modalities")):
+    for title, key, extra in (("By modality", "modalities", None), ("By root", "per_root", None),
+                              ("By source", "sources", "modalities")):
         sec = stats.get(key) or {}
-        if not sec:
+        if not sec or (key == "per_root" and len(sec) < 2):
             continue
         lines += ["", title]
-        headers = [key[:-1] if key != "modalities" else "modality", "samples", *(f"{t} tok" for t in tok_names), "pad@L"]
+        headers = [{"modalities": "modality", "per_root": "root", "sources": "source"}[key], "samples", *(f"{t} tok" for t in tok_names), "pad@L"]
         if extra:
             headers.insert(1, "modalities")
         rows = []
