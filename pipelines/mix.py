@@ -102,7 +102,7 @@ class MixPipelineConfig:
     rows: int | None = option(None, help="rows to write (default: one pass of the smallest source)")
     seed: int = option(0, help="seed of the row plan")
     target_shard_bytes: int | None = option(128 * 2**20, flag="shard-mb", convert=common._mb, help="target shard size (flag in MB)")
-    compression: str = option("none", help="shard compression: none or zstd")
+    compression: str = option("zstd", help="shard compression: zstd (level 3) or none (plain tars)")
     group_bytes: int = option(64 * 2**20, help="input bytes per packing unit")
     verify_inputs: bool = option(True, help="check each input shard's sha256 (else its size)")
     audio_shared_block: bool = option(True, help="all audio levels share one id block [paper]")

@@ -35,7 +35,7 @@ def test_stats_json_and_verify(text_dataset, tmp_path):
 def test_verify_names_a_corrupted_shard(text_dataset, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(text_dataset, copy)
-    shard = sorted(copy.glob("shard-*.tar"))[0]
+    shard = sorted(copy.glob("shard-*.tar*"))[0]
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF
     shard.write_bytes(bytes(data))
