@@ -101,7 +101,8 @@ class MixPipelineConfig:
     out: str = option("", help="dataset root to write")
     rows: int | None = option(None, help="rows to write (default: one pass of the smallest source)")
     seed: int = option(0, help="seed of the row plan")
-    target_shard_bytes: int | None = option(128 * 2**20, flag="shard-mb", convert=common._mb, help="target shard size (flag in MB)")
+    target_shard_bytes: int | None = option(128_000_000, flag="shard-mb", convert=common._mb,
+                                            help="target shard size (the flag in MB, the config key in bytes)")
     compression: str = option("zstd", help="shard compression: zstd (level 3) or none (plain tars)")
     group_bytes: int = option(64 * 2**20, help="input bytes per packing unit")
     verify_inputs: bool = option(True, help="check each input shard's sha256 (else its size)")

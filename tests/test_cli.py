@@ -176,3 +176,12 @@ def test_shards_show_decodes_text(text_dataset, tmp_path):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 2 and all(l.startswith("[") and "'" in l for l in lines)
+
+
+def test_shard_mb_help_shows_its_default_in_mb(tmp_path):
+    res = trimodal("pipeline", "text", "--help", cwd=tmp_path)
+    flat = " ".join(res.stdout.split())
+    assert "--shard-mb MB" in flat and "(default: 128)" in flat and "134217728" not in flat
+    from trimodal.pipelines.common import PipelineConfig, _mb
+
+    assert _mb(128) == PipelineConfig.__dataclass_fields__["target_shard_bytes"].default
