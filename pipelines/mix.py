@@ -120,8 +120,9 @@ class MixPipelineConfig:
             raise ValueError("--out is required")
         if len(self.weights) != len(self.inputs):
             raise ValueError(f"--weights has {len(self.weights)} values for {len(self.inputs)} --inputs")
-        if not isinstance(self.seq_len, int) or self.seq_len < 8:
-            raise ValueError(f"--seq-len must be an integer >= 8, got {self.seq_len!r}")
+        from trimodal.shards.rows import check_seq_len
+
+        check_seq_len(self.seq_len, "--seq-len")
         if self.rows is not None and self.rows < 1:
             raise ValueError(f"--rows must be positive, got {self.rows}")
         if self.compression not in ("none", "zstd"):

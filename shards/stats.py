@@ -37,7 +37,7 @@ from trimodal.shards.format import ShardError
 from trimodal.shards.manifest import Manifest
 from trimodal.shards.packing import pad_share_packed
 from trimodal.shards.reader import decode_sample, index_shard, iter_shards
-from trimodal.shards.rows import PAIRED_FRAMING, framed_tokens, paired_length, text_rows
+from trimodal.shards.rows import check_seq_len, framed_tokens, paired_length, text_rows
 from trimodal.tokenizers.vocab import TASKS, VocabLayout
 PAD_BINS = 20
 UNKNOWN_SOURCE = "(unknown)"
@@ -368,8 +368,8 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
     """
     if isinstance(roots, str):
         roots = [roots]
-    if seq_len is not None and seq_len < PAIRED_FRAMING + 1:
-        raise ValueError(f"seq_len must be > {PAIRED_FRAMING}, got {seq_len}")
+    if seq_len is not None:
+        check_seq_len(seq_len, "--seq-len")
     root_groups: dict[str, dict[tuple[str, str, str], _Group]] = {}
     datasets: list[dict[str, Any]] = []
     mismatches: list[dict[str, Any]] = []

@@ -185,3 +185,14 @@ def test_shard_mb_help_shows_its_default_in_mb(tmp_path):
     from trimodal.pipelines.common import PipelineConfig, _mb
 
     assert _mb(128) == PipelineConfig.__dataclass_fields__["target_shard_bytes"].default
+
+
+def test_one_row_length_rule_for_stats_and_train(text_dataset, tmp_path):
+    """``shards stats --seq-len 4`` and ``train data.seq_len=4``: the same rule, the same words."""
+    stats = trimodal("shards", "stats", text_dataset, "--seq-len", "4", cwd=tmp_path)
+    train = trimodal("train", "--set", f'data.sources=[{{"root": "{text_dataset}"}}]', "--set", "data.seq_len=4",
+                     cwd=tmp_path)
+    assert stats.returncode == 1 and train.returncode == 1
+    assert "must be an integer >= 8, got 4" in stats.stderr and "must be an integer >= 8, got 4" in train.stderr
+    for res in (stats, train):
+        assert res.stderr.strip().count("\n") == 0, res.stderr

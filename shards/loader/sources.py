@@ -59,8 +59,9 @@ class LoaderConfig:
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
         if not isinstance(self.num_streams, int) or self.num_streams < 1:
             raise ValueError(f"num_streams must be a positive integer, got {self.num_streams!r}")
-        if not isinstance(self.seq_len, int) or self.seq_len < 8:
-            raise ValueError(f"seq_len must be an integer >= 8, got {self.seq_len!r}")
+        from trimodal.shards.rows import check_seq_len
+
+        check_seq_len(self.seq_len, "data.seq_len")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.verify not in VERIFY_MODES:
