@@ -14,9 +14,12 @@ read + process + spill, assemble) with memory bounded by the spill sink
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -327,6 +330,43 @@ def is_local_runner(options: PipelineOptions) -> bool:
     return runner.split(".")[-1] in ("DirectRunner", "FnApiRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a local job; the message is the one line the command prints."""
+
+
+@contextlib.contextmanager
+def quiet_interrupt(root: str) -> Iterator[None]:
+    """Ctrl-C stops the job with one line, not a page of Beam traceback: the handler silences
+    logging and worker-thread tracebacks first, then raises in the main thread; whatever Beam
+    raises on the way out is replaced by :class:`Interrupted`. Shards become final only by an
+    atomic rename and the manifest is written last, so the root is as before the run (the
+    crash-safety tests kill jobs mid-write) and the same command can simply be run again."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hit = threading.Event()
+    message = (f"interrupted: {root} was left clean (no partial shard, no new manifest; the writer lock "
+               f"released): run the same command again")
+
+    def handler(signum, frame):
+        hit.set()
+        logging.disable(logging.CRITICAL)
+        threading.excepthook = lambda args: None
+        raise Interrupted(message)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    except BaseException:
+        if hit.is_set():  # Beam re-raises it with a step name appended, or wraps it
+            raise Interrupted(message) from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if hit.is_set():
+            logging.disable(logging.NOTSET)
+
+
 def run(build_fn: Callable[[beam.Pipeline, str], Any], root: str, beam_args: Sequence[str],
         show_progress: bool = True) -> Manifest | None:
     """Run the job; returns the new manifest, or None for a Dataflow ``--dry_run`` (the job graph
@@ -349,7 +389,7 @@ def run(build_fn: Callable[[beam.Pipeline, str], Any], root: str, beam_args: Seq
         prepare_output(root)
         if local:
             sweep_spills()
-        with progress.report(show_progress and local):
+        with quiet_interrupt(root) if local else contextlib.nullcontext(), progress.report(show_progress and local):
             with beam.Pipeline(runner=direct_runner(options), options=options) as p:
                 build_fn(p, lock.run_id)
     except BaseException:

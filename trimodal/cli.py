@@ -440,8 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         c, cfg, beam_args = parse(argv)
         return c.run(cfg, beam_args)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"\nerror: {str(e) or 'interrupted'}", file=sys.stderr)  # own line: a progress line may be open
         return 130
     except SystemExit:
         raise
