@@ -155,3 +155,27 @@ def test_sigkill_mid_write_leaves_no_partial_final_file(corpus, reference):
     assert _digests(out) == _digests(reference)
     report = verify(str(out))
     assert report.ok, report.format()
+
+
+def test_ctrl_c_is_one_line_and_leaves_the_output_clean(corpus, reference):
+    out = corpus / "interrupted"
+    cmd = [sys.executable, "-m", "trimodal.cli", "pipeline", "text", "--input", str(corpus / "corpus.jsonl"),
+           "--text-tokenizer", str(corpus / "text.model"), "--out", str(out), "--shard-mb", str(SHARD_BYTES / 1e6),
+           "--runner=DirectRunner"]
+    proc = subprocess.Popen(cmd, cwd=corpus, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        names = [p.name for p in out.glob("shard-*")] if out.exists() else []
+        if sum(1 for n in names if FINAL_SHARD.match(n)) >= 3:
+            break
+        time.sleep(0.002)
+    running = proc.poll() is None
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, err = proc.communicate(timeout=120)
+    assert running, "the pipeline ended before it could be interrupted"
+    lines = [l for l in err.decode(errors="replace").replace("\r", "\n").splitlines() if l.strip() and not l.startswith("[")]
+    assert proc.returncode == 130 and len(lines) == 1, lines[:20]
+    assert "left clean" in lines[0] and "run the same command again" in lines[0] and "Traceback" not in err.decode()
+    assert not (out / "manifest.json").exists() and not (out / ".trimodal-lock").exists()
+    run_text_pipeline(_cfg(corpus, out), BEAM)  # the same command again: the reference's bytes
+    assert _digests(out) == _digests(reference)
