@@ -196,3 +196,20 @@ def test_one_row_length_rule_for_stats_and_train(text_dataset, tmp_path):
     assert "must be an integer >= 8, got 4" in stats.stderr and "must be an integer >= 8, got 4" in train.stderr
     for res in (stats, train):
         assert res.stderr.strip().count("\n") == 0, res.stderr
+
+
+def test_txt_unit_summary_says_how_many_documents_each_file_gave(tmp_path, sp_model, capsys):
+    from trimodal.cli import main
+
+    book = tmp_path / "book.txt"
+    book.write_text("The first paragraph.\n\nThe second one.\n\nAnd a third.\n")
+    assert main(["pipeline", "text", "--input", str(book), "--text-tokenizer", sp_model, "--out", str(tmp_path / "a"),
+                 "--runner=DirectRunner"]) == 0
+    out = capsys.readouterr().out
+    assert "--txt-unit file" in out and f"{book}: 1 document (3 paragraphs)" in out
+    assert main(["pipeline", "text", "--input", str(book), "--text-tokenizer", sp_model, "--out", str(tmp_path / "b"),
+                 "--txt-unit", "paragraph", "--runner=DirectRunner"]) == 0
+    out = capsys.readouterr().out
+    assert f"{book}: 3 documents" in out and "wrote 3 samples" in out
+    help_text = " ".join(trimodal("pipeline", "text", "--help", cwd=tmp_path).stdout.split())
+    assert "one document per file (the default" in help_text and "how many documents each file gave" in help_text

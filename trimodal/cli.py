@@ -134,6 +134,11 @@ def run_pipeline(cfg: Any, beam_args: list[str]) -> int:
         print(f"dry run: the job graph was built; nothing ran, {cfg.out} is untouched")
         return 0
     print(summary(manifest, cfg.out))
+    if isinstance(cfg, TextPipelineConfig):
+        from trimodal.pipelines.text import txt_summary
+
+        for line in txt_summary(cfg):
+            print(line)
     return 0
 
 

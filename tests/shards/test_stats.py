@@ -337,3 +337,20 @@ def test_a_source_name_under_two_roots_is_told_apart_by_its_root(tmp_path):
         roots.append(str(root))
     stats = compute_stats(roots)
     assert set(stats["sources"]) == {f"00000 ({roots[0]})", f"00000 ({roots[1]})"}
+
+
+def test_integer_histograms_get_integer_ticks_and_a_one_value_one_a_note(tmp_path):
+    from trimodal.shards.report import histogram_figure
+
+    samples = [_sample(i, "s", "image_text", {"image": np.zeros((8, 8), np.uint16),
+                                              "text": np.arange(3 + i % 4, dtype=np.uint16)}) for i in range(10)]
+    info = write_shard(str(tmp_path), "shard-00000-of-00001.tar", sorted(samples, key=lambda x: x[0]))
+    Manifest(kind="tokenized", modality="image_text", tokenizers={"text": {"kind": "t", "fingerprint": "a", "vocab_size": 100}},
+             shards=[info], counts={"read": 10, "written": 10}).save(str(tmp_path))
+    stats = compute_stats(str(tmp_path))
+    for name in ("image_tokens", "caption_tokens"):
+        fig = histogram_figure(name, stats["histograms"][name], stats)
+        ticks = fig.axes[0].get_xticks()
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), (name, ticks)
+    assert "every value is 64: one bar" in histogram_figure("image_tokens", stats["histograms"]["image_tokens"], stats).axes[0].get_title()
+    assert write_plots(stats, str(tmp_path / "plots"))
