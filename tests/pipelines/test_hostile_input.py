@@ -194,6 +194,7 @@ def test_stats_names_the_file_of_a_bad_npy_header(text_dataset, tmp_path):
             import hashlib
 
             s.sha256 = hashlib.sha256(bytes(data)).hexdigest()
+            s.bytes = len(data)
     m.save(str(copy))
     with pytest.raises(ShardError, match=shard.name + r".*\.npy"):
         compute_stats(str(copy))
