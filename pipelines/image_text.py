@@ -1,8 +1,8 @@
 """``trimodal pipeline image-text``: an image-caption corpus → tokenized WebDataset shards.
 
 read (WebDataset tars / Parquet / folder + captions file, :mod:`trimodal.pipelines.image_readers`)
-→ caption normalise + SentencePiece encode → image fetch + decode + validate + seeded 256 px
-preprocessing → batched MoVQGAN encode (model loaded once per worker process through
+→ caption normalise + SentencePiece encode → image fetch + decode + validate + seeded preprocessing
+to the tokenizer's resolution (or ``image_size``) → batched MoVQGAN encode (model loaded once per worker process through
 ``apache_beam.utils.shared.Shared``; fixed-size batches from ``BatchElements``) → shards +
 dead-letter + manifest.
 
@@ -64,7 +64,9 @@ class ImageTextPipelineConfig(common.PipelineConfig):
     image_tokenizer: str = option("", help="MoVQGAN checkpoint path")
     format: str = option("auto", help=f"input format: {', '.join(FORMATS)}")
     captions: str | None = option(None, help="folder format: captions JSON-lines file (default <folder>/captions.jsonl)")
-    image_size: int = option(256, help="side of the square images the tokenizer sees")
+    image_size: int | None = option(
+        None, help="side of the square images the tokenizer sees (default: the tokenizer's own resolution, "
+                   "256 px for the public MoVQGANs = 32x32 = 1,024 codes per image)")
     device: str = option("auto", help="tokenizer device: auto, cpu, cuda, cuda:N")
     batch_size: int = option(16, help="images per tokenizer call")
     image_field: str | None = option(None, help="parquet image column (default: jpg, image, ...)")
@@ -90,7 +92,7 @@ class ImageTextPipelineConfig(common.PipelineConfig):
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.batch_size is None or self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.image_size < 1:
+        if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if not 0.0 <= self.p_crop <= 1.0:
             raise ValueError(f"p_crop must be in [0, 1], got {self.p_crop}")
@@ -233,8 +235,29 @@ def image_tokenizer_info(tok: MoVQGANTokenizer, path: str, image_size: int,
                          extra=extra)
 
 
+def checked_image_size(tok: MoVQGANTokenizer, image_size: int | None) -> int:
+    """The image side to tokenize at: the tokenizer's own resolution unless given. A size the
+    model cannot take is an error; another size than the tokenizer's is said once, with the
+    codes per image it gives (every code is a position of a training row)."""
+    native = tok.config.resolution
+    if image_size is None:
+        image_size = native
+    try:
+        h, w = tok.model.latent_grid(image_size, image_size)
+    except ValueError as e:
+        raise ValueError(f"--image-size {image_size}: {e} (the tokenizer's downsample factor); "
+                         f"its own resolution is {native}") from None
+    if image_size != native:
+        print(f"note: --image-size {image_size} differs from the image tokenizer's resolution {native}: "
+              f"each image gives {h}x{w} = {h * w:,} codes (at {native}: {(native // tok.config.downsample_factor) ** 2:,})",
+              flush=True)
+    return image_size
+
+
 def build_image_text_pipeline(p: beam.Pipeline, cfg: ImageTextPipelineConfig, inputs: list[str], text_tok,
                               image_tok: MoVQGANTokenizer, run_id: str | None = None):
+    if cfg.image_size is None:
+        cfg.image_size = image_tok.config.resolution
     sink = SinkConfig(
         root=cfg.out, modality="image_text",
         tokenizers={"text": text_tok.info(), "image": image_tokenizer_info(image_tok, cfg.image_tokenizer, cfg.image_size, cfg)},
@@ -258,7 +281,7 @@ def run_image_text_pipeline(cfg: ImageTextPipelineConfig, beam_args: list[str] |
     inputs = expand_image_inputs(cfg.inputs, cfg.format)
     text_tok = load_text_tokenizer(cfg.text_tokenizer)
     image_tok = MoVQGANTokenizer.from_path(cfg.image_tokenizer, device="cpu")
-    image_tok.model.latent_grid(cfg.image_size, cfg.image_size)  # a size the model cannot take fails here
+    cfg.image_size = checked_image_size(image_tok, cfg.image_size)
     return common.run(lambda p, run_id: build_image_text_pipeline(p, cfg, inputs, text_tok, image_tok, run_id),
                       cfg.out, beam_args or [], cfg.progress)
 
@@ -266,5 +289,6 @@ def run_image_text_pipeline(cfg: ImageTextPipelineConfig, beam_args: list[str] |
 __all__ = [
     "ImageTextPipelineConfig", "run_image_text_pipeline", "build_image_text_pipeline", "PrepareCaption",
     "DecodeImage", "EncodeImages", "FILTERED_IMAGE_REASONS", "image_tokenizer_info",
-    "load_image_tokenizer_shared", "resolve_device", "preprocess_record", "to_model_input", "to_uint8"
+    "load_image_tokenizer_shared", "resolve_device", "preprocess_record", "to_model_input", "to_uint8",
+    "checked_image_size",
 ]

@@ -101,8 +101,9 @@ class MixPipelineConfig:
     out: str = option("", help="dataset root to write")
     rows: int | None = option(None, help="rows to write (default: one pass of the smallest source)")
     seed: int = option(0, help="seed of the row plan")
-    target_shard_bytes: int | None = option(128 * 2**20, flag="shard-mb", convert=common._mb, help="target shard size (flag in MB)")
-    compression: str = option("none", help="shard compression: none or zstd")
+    target_shard_bytes: int | None = option(128_000_000, flag="shard-mb", convert=common._mb,
+                                            help="target shard size (the flag in MB, the config key in bytes)")
+    compression: str = option("zstd", help="shard compression: zstd (level 3) or none (plain tars)")
     group_bytes: int = option(64 * 2**20, help="input bytes per packing unit")
     verify_inputs: bool = option(True, help="check each input shard's sha256 (else its size and xxh3 content hash)")
     audio_shared_block: bool = option(True, help="all audio levels share one id block [paper]")
@@ -119,8 +120,9 @@ class MixPipelineConfig:
             raise ValueError("--out is required")
         if len(self.weights) != len(self.inputs):
             raise ValueError(f"--weights has {len(self.weights)} values for {len(self.inputs)} --inputs")
-        if not isinstance(self.seq_len, int) or self.seq_len < 8:
-            raise ValueError(f"--seq-len must be an integer >= 8, got {self.seq_len!r}")
+        from trimodal.shards.rows import check_seq_len
+
+        check_seq_len(self.seq_len, "--seq-len")
         if self.rows is not None and self.rows < 1:
             raise ValueError(f"--rows must be positive, got {self.rows}")
         if self.compression not in ("none", "zstd"):

@@ -68,8 +68,10 @@ def line(t: dict[str, int], elapsed: float) -> str:
 
 
 @contextmanager
-def report(enabled: bool = True, stream=sys.stderr) -> Iterator[None]:
-    """Show the live status line for the duration of a local job."""
+def report(enabled: bool = True, stream=None) -> Iterator[None]:
+    """Show the live status line for the duration of a local job (on ``sys.stderr`` as it is
+    when the job starts, not as it was at import: a replaced stream may be closed since)."""
+    stream = stream if stream is not None else sys.stderr
     if not enabled:
         yield
         return

@@ -2,7 +2,7 @@
 
 A :class:`Reader` turns one input file into :class:`~trimodal.pipelines.records.Record`\\ s and
 :class:`~trimodal.pipelines.records.DeadLetter`\\ s (datatrove's shape: one small unit, with
-counters). The base counts both, names the source (default: the file's stem) and wraps a file
+counters). The base counts both, names the source (default: the file's folder and name) and wraps a file
 that cannot be read at all into one ``unreadable_file`` dead letter, so a bad file never stops a
 job and is never silently lost. Subclasses implement :meth:`Reader.records`;
 :meth:`Reader.batches` hands the same items out in batches, counted once per batch.
@@ -45,8 +45,25 @@ def split_key(name: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
+_COMPRESSED = (".gz", ".zst", ".bz2", ".xz")
+
+
 def file_stem(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def source_name(url: str) -> str:
+    """The default source name of an input: its folder and file name, compression suffix off
+    (``laion/00000.tar``, ``corpus/docs-00000.jsonl``). The stem alone merged unrelated datasets
+    in ``shards stats`` (image and audio tars both named ``00000.tar``; a JSONL and a Parquet
+    file both named ``docs-00000``)."""
+    parts = url.rstrip("/").split("://", 1)[-1].rsplit("/", 2)
+    name = parts[-1]
+    for ext in _COMPRESSED:
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return f"{parts[-2]}/{name}" if len(parts) > 1 and parts[-2] else name
 
 
 class Reader:
@@ -63,7 +80,7 @@ class Reader:
         raise NotImplementedError
 
     def __call__(self, url: str) -> Iterator[Record | DeadLetter]:
-        source = self.source or file_stem(url)
+        source = self.source or source_name(url)
         try:
             yield from self.records(url, source)
         except self.wrapped as e:

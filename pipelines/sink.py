@@ -68,12 +68,16 @@ def bucket_of(key: str, n: int) -> int:
     return hash64(key) % n
 
 
+def split_hash(record_id: str) -> float:
+    """Where an id falls in [0, 1) for the val split: below ``val_fraction`` is ``val``."""
+    return int.from_bytes(hashlib.sha256(b"split:" + record_id.encode()).digest()[:8], "big") / 2**64
+
+
 def split_of(record_id: str, val_fraction: float) -> str:
     """``val`` for a fixed ``val_fraction`` share of ids (a hash of the id, not its order)."""
     if val_fraction <= 0:
         return "train"
-    h = int.from_bytes(hashlib.sha256(b"split:" + record_id.encode()).digest()[:8], "big") / 2**64
-    return "val" if h < val_fraction else "train"
+    return "val" if split_hash(record_id) < val_fraction else "train"
 
 
 def make_sample(record: Record, modality: str, lengths: dict[str, Any], arrays: dict[str, np.ndarray],

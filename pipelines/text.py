@@ -35,7 +35,10 @@ class TextPipelineConfig(common.PipelineConfig):
     format: str = option("auto", help=f"input format: {', '.join(FORMATS)}")
     text_field: str = option("text", help="JSON/Parquet field holding the document")
     id_field: str | None = option(None, help="JSON/Parquet field holding a stable id (default: file:line)")
-    txt_unit: str = option("file", help=f"plain text: one document per {', '.join(TXT_UNITS)}")
+    txt_unit: str = option("file", help="plain text (.txt and other non-JSON/Parquet files): one document per file "
+                                        "(the default: a book or an article stays whole, its paragraphs in one "
+                                        "document), per blank-line paragraph, or per line; the summary says how "
+                                        "many documents each file gave")
     min_chars: int = option(1, help="shorter documents are filtered (too_short)")
     max_chars: int = option(10_000_000, help="longer documents are filtered (too_long)")
     min_tokens: int = option(1, help="documents with fewer tokens are filtered (too_few_tokens)")
@@ -208,6 +211,27 @@ def build_text_pipeline(p: beam.Pipeline, cfg: TextPipelineConfig, inputs: list[
     step = TokenizeText(cfg.text_tokenizer, cfg.min_tokens, cfg.min_chars, cfg.max_chars,
                         threads=encode_threads(p.options) if threads == "auto" else threads)
     return common.build_batched(p, inputs, reader, step, sink, cfg.batch_size, label="Tokenize", graph=graph)
+
+
+def txt_summary(cfg: TextPipelineConfig, show: int = 10) -> list[str]:
+    """Lines for the run's summary: how many documents each plain-text input gave under
+    ``txt_unit`` (and, with ``file``, how many paragraphs that one document holds), for the first
+    ``show`` such files: ``--txt-unit file`` silently made a 300-paragraph file one document."""
+    from trimodal.pipelines.text_readers import detect_format, txt_units
+
+    if cfg.format not in ("auto", "txt"):
+        return []
+    urls = [u for u in storage.expand_inputs(cfg.inputs) if cfg.format == "txt" or detect_format(u) == "txt"]
+    if not urls:
+        return []
+    lines = [f"  plain text, --txt-unit {cfg.txt_unit} (one document per {cfg.txt_unit}; see --help):"]
+    for url in urls[:show]:
+        docs, paragraphs = txt_units(url, cfg.txt_unit)
+        extra = f" ({paragraphs:,} paragraph{'s' * (paragraphs != 1)})" if cfg.txt_unit == "file" else ""
+        lines.append(f"    {url}: {docs:,} document{'s' * (docs != 1)}{extra}")
+    if len(urls) > show:
+        lines.append(f"    ... and {len(urls) - show:,} more plain-text file(s)")
+    return lines
 
 
 def run_text_pipeline(cfg: TextPipelineConfig, beam_args: list[str] | None = None):

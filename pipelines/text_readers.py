@@ -29,6 +29,19 @@ FORMATS = ("auto", "jsonl", "parquet", "txt")
 TXT_UNITS = ("file", "paragraph", "line")
 
 
+def txt_units(url: str, unit: str) -> tuple[int, int]:
+    """(documents a plain-text file gives under ``unit`` -- the reader's own split --, its
+    non-empty blank-line paragraphs) for the run's summary."""
+    with fsspec.open(url, "rb", compression="infer") as f:
+        data = f.read()
+    paragraphs = sum(1 for c in data.split(b"\n\n") if c.strip(b"\r\n"))
+    if unit == "file":
+        return 1, paragraphs
+    if unit == "paragraph":
+        return paragraphs, paragraphs
+    return len(data.split(b"\n")), paragraphs
+
+
 def detect_format(url: str) -> str:
     lower = url.lower()
     for suffix in (".gz", ".zst", ".bz2", ".xz"):

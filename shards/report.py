@@ -72,12 +72,13 @@ def format_stats(stats: dict[str, Any]) -> str:
         for m in stats["mismatches"]:
             lines.append(f"  {m['shard']}: manifest {m['manifest']}, parsed {m['parsed']}")
 
-    for title, key, extra in (("By modality", "modalities", None), ("By source", "sources", "modalities")):
+    for title, key, extra in (("By modality", "modalities", None), ("By root", "per_root", None),
+                              ("By source", "sources", "modalities")):
         sec = stats.get(key) or {}
-        if not sec:
+        if not sec or (key == "per_root" and len(sec) < 2):
             continue
         lines += ["", title]
-        headers = [key[:-1] if key != "modalities" else "modality", "samples", *(f"{t} tok" for t in tok_names), "pad@L"]
+        headers = [{"modalities": "modality", "per_root": "root", "sources": "source"}[key], "samples", *(f"{t} tok" for t in tok_names), "pad@L"]
         if extra:
             headers.insert(1, "modalities")
         rows = []
@@ -112,6 +113,51 @@ def _fmt_num(v: Any) -> str:
     return f"{v:,.2f}"
 
 
+#: histograms of whole numbers (tokens, codes, frames): integer ticks only
+INTEGER_HISTOGRAMS = frozenset(HISTOGRAMS) - {"audio_seconds", "row_padding"}
+
+
+def histogram_figure(name: str, h: dict[str, Any], stats: dict[str, Any]):
+    """One histogram as a matplotlib figure: integer ticks for counts of whole things, and a note
+    when every value is the same (a single bar that would otherwise look like a plotting fault)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    title, xlabel = HISTOGRAMS[name]
+    edges = np.asarray(h["edges"], dtype=np.float64)
+    counts = np.asarray(h["counts"], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c72b0", edgecolor="white", linewidth=0.5)
+    if h.get("scale") == "log":
+        ax.set_xscale("log")
+    one_value = name != "row_padding" and h.get("min") is not None and h.get("min") == h.get("max")
+    if name == "row_padding":
+        ax.set_xlim(0, 1)
+        sub = f"n={h['n']:,} rows, mean {100 * h['mean']:.1f}%"
+        L = (stats.get("padding") or {}).get("seq_len")
+        if L is not None:
+            title = f"{title} at L={L}"
+    elif one_value:
+        v = h["min"]
+        sub = f"n={h['n']:,}, every value is {v:,}: one bar"
+        if h.get("scale") != "log" and name in INTEGER_HISTOGRAMS:
+            ax.set_xlim(v - 2, v + 3)  # the bar in the middle, not filling the axes
+    else:
+        sub = f"n={h['n']:,}, mean {h['mean']:,.1f}, p50 {h['p50']:,}, p99 {h['p99']:,}, max {h['max']:,}"
+    if name in INTEGER_HISTOGRAMS and h.get("scale") != "log":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts
+    ax.set_title(f"{title}\n{sub}", fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def write_plots(stats: dict[str, Any], out_dir: str) -> list[str]:
     """PNG histograms of the overall lengths (those with data) under ``out_dir``; returns paths."""
     import matplotlib
@@ -122,30 +168,12 @@ def write_plots(stats: dict[str, Any], out_dir: str) -> list[str]:
     fs, path = storage.fs_and_path(out_dir)
     fs.makedirs(path, exist_ok=True)
     written: list[str] = []
-    for name, (title, xlabel) in HISTOGRAMS.items():
+    for name in HISTOGRAMS:
         h = (stats.get("histograms") or {}).get(name)
         if not h or not h.get("counts") or sum(h["counts"]) == 0:
             continue
-        edges = np.asarray(h["edges"], dtype=np.float64)
-        counts = np.asarray(h["counts"], dtype=np.float64)
-        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+        fig = histogram_figure(name, h, stats)
         try:
-            ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c72b0", edgecolor="white", linewidth=0.5)
-            if h.get("scale") == "log":
-                ax.set_xscale("log")
-            if name == "row_padding":
-                ax.set_xlim(0, 1)
-                sub = f"n={h['n']:,} rows, mean {100 * h['mean']:.1f}%"
-                L = (stats.get("padding") or {}).get("seq_len")
-                if L is not None:
-                    title = f"{title} at L={L}"
-            else:
-                sub = f"n={h['n']:,}, mean {h['mean']:,.1f}, p50 {h['p50']:,}, p99 {h['p99']:,}, max {h['max']:,}"
-            ax.set_title(f"{title}\n{sub}", fontsize=10)
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("count")
-            ax.grid(axis="y", alpha=0.3)
-            fig.tight_layout()
             target = storage.join(out_dir, f"{name}.png")
             buf = io.BytesIO()
             fig.savefig(buf, format="png")

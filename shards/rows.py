@@ -31,6 +31,16 @@ from trimodal.tokenizers.vocab import AUDIO, TASK_MEDIA, TASKS, VocabLayout
 
 
 PAIRED_FRAMING = 5  # TASK_m, BOS_m, EOS_m, BOS_text, EOS_text around a paired sample
+#: the shortest row length anything takes (loader, `shards stats --seq-len`, `pipeline mix`): one rule
+MIN_SEQ_LEN = 8
+
+
+def check_seq_len(seq_len: object, name: str = "seq_len") -> int:
+    """The one row-length rule, with one message: an integer >= :data:`MIN_SEQ_LEN` (room for a
+    paired sample's 5 framing tokens and some content)."""
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < MIN_SEQ_LEN:
+        raise ValueError(f"{name} must be an integer >= {MIN_SEQ_LEN}, got {seq_len!r}")
+    return seq_len
 DOC_FRAMING = 2  # BOS_text, EOS_text around each packed text document
 ROW_OPENER = 1  # TASK_text at the start of every packed text row
 

@@ -39,7 +39,7 @@ from trimodal.shards.format import ShardError
 from trimodal.shards.manifest import Manifest
 from trimodal.shards.packing import pad_share_packed
 from trimodal.shards.reader import decode_sample, index_shard, iter_shards
-from trimodal.shards.rows import PAIRED_FRAMING, framed_tokens, paired_length, text_rows
+from trimodal.shards.rows import check_seq_len, framed_tokens, paired_length, text_rows
 from trimodal.tokenizers.vocab import TASKS, VocabLayout
 PAD_BINS = 20
 UNKNOWN_SOURCE = "(unknown)"
@@ -359,7 +359,8 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
     Top-level keys: ``samples``, ``tokens`` (per modality/array name), ``shards``, ``bytes``,
     ``read``, ``written``, ``filtered`` and ``rejected`` (per reason, summed over roots),
     ``seq_len``, ``padding`` (None without a row length), ``histograms`` (overall),
-    ``modalities`` and ``sources`` (each with samples, tokens, histograms, padding),
+    ``modalities``, ``sources`` and ``per_root`` (each with samples, tokens, histograms, padding;
+    a source name found under several roots is suffixed with its root),
     ``datasets`` (per root: kind, modality, shard count, bytes, manifest counts) and
     ``mismatches`` (shards whose parsed sample count differs from the manifest).
 
@@ -371,9 +372,9 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
     """
     if isinstance(roots, str):
         roots = [roots]
-    if seq_len is not None and seq_len < PAIRED_FRAMING + 1:
-        raise ValueError(f"seq_len must be > {PAIRED_FRAMING}, got {seq_len}")
-    groups: dict[tuple[str, str], _Group] = {}
+    if seq_len is not None:
+        check_seq_len(seq_len, "--seq-len")
+    root_groups: dict[str, dict[tuple[str, str, str], _Group]] = {}
     datasets: list[dict[str, Any]] = []
     mismatches: list[dict[str, Any]] = []
     totals = {"read": 0, "written": 0}
@@ -390,6 +391,7 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
         counts = manifest.counts or {}
         layout = VocabLayout.from_dict(manifest.layout) if manifest.layout else None
         frame_rate = _audio_frame_rate(manifest)
+        groups = root_groups.setdefault(root, {})
         for info, data in iter_shards(root, manifest.shards, verify="sha256"):
             where = storage.join(root, info.name)
             if manifest.kind == "mixed":
@@ -432,9 +434,19 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
     by_source: dict[str, _Group] = {}
     by_modality: dict[str, _Group] = {}
     by_split: dict[str, _Group] = {}
+    by_root: dict[str, _Group] = {}
     source_modalities: dict[str, dict[str, int]] = {}
-    for (src, mod, split), g in sorted(groups.items()):
+    # a source name found under several roots (shards written before names carried the input's
+    # folder, e.g. image and audio tars both named 00000.tar) is told apart by its root
+    name_roots: dict[str, set[str]] = {}
+    for root, gs in root_groups.items():
+        for (src, _, _) in gs:
+            name_roots.setdefault(src, set()).add(root)
+    flat = [(root, key, g) for root, gs in root_groups.items() for key, g in sorted(gs.items())]
+    for root, (src, mod, split), g in flat:
+        src = src if len(name_roots[src]) == 1 else f"{src} ({root})"
         overall.merge(g)
+        by_root.setdefault(root, _Group()).merge(g)
         by_source.setdefault(src, _Group()).merge(g)
         by_modality.setdefault(mod, _Group()).merge(g)
         by_split.setdefault(split, _Group()).merge(g)
@@ -447,6 +459,7 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
         sources[src] = {**g.to_json(seq_len, packed, text), "modalities": source_modalities[src]}
     modalities = {mod: g.to_json(seq_len, packed, text) for mod, g in sorted(by_modality.items())}
     splits = {sp: g.to_json(seq_len, packed, text) for sp, g in sorted(by_split.items())}
+    per_root = {r: g.to_json(seq_len, packed, text) for r, g in by_root.items()}
     return {
         "roots": [d["root"] for d in datasets],
         "seq_len": seq_len,
@@ -464,6 +477,7 @@ def compute_stats(roots: list[str] | str, seq_len: int | None = None, audio_leve
         "splits": splits,
         "audio_overflow": top.get("audio_overflow"),
         "sources": sources,
+        "per_root": per_root,
         "datasets": datasets,
         "mismatches": mismatches,
     }

@@ -35,7 +35,7 @@ def test_stats_json_and_verify(text_dataset, tmp_path):
 def test_verify_names_a_corrupted_shard(text_dataset, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(text_dataset, copy)
-    shard = sorted(copy.glob("shard-*.tar"))[0]
+    shard = sorted(copy.glob("shard-*.tar*"))[0]
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF
     shard.write_bytes(bytes(data))
@@ -176,3 +176,40 @@ def test_shards_show_decodes_text(text_dataset, tmp_path):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 2 and all(l.startswith("[") and "'" in l for l in lines)
+
+
+def test_shard_mb_help_shows_its_default_in_mb(tmp_path):
+    res = trimodal("pipeline", "text", "--help", cwd=tmp_path)
+    flat = " ".join(res.stdout.split())
+    assert "--shard-mb MB" in flat and "(default: 128)" in flat and "134217728" not in flat
+    from trimodal.pipelines.common import PipelineConfig, _mb
+
+    assert _mb(128) == PipelineConfig.__dataclass_fields__["target_shard_bytes"].default
+
+
+def test_one_row_length_rule_for_stats_and_train(text_dataset, tmp_path):
+    """``shards stats --seq-len 4`` and ``train data.seq_len=4``: the same rule, the same words."""
+    stats = trimodal("shards", "stats", text_dataset, "--seq-len", "4", cwd=tmp_path)
+    train = trimodal("train", "--set", f'data.sources=[{{"root": "{text_dataset}"}}]', "--set", "data.seq_len=4",
+                     cwd=tmp_path)
+    assert stats.returncode == 1 and train.returncode == 1
+    assert "must be an integer >= 8, got 4" in stats.stderr and "must be an integer >= 8, got 4" in train.stderr
+    for res in (stats, train):
+        assert res.stderr.strip().count("\n") == 0, res.stderr
+
+
+def test_txt_unit_summary_says_how_many_documents_each_file_gave(tmp_path, sp_model, capsys):
+    from trimodal.cli import main
+
+    book = tmp_path / "book.txt"
+    book.write_text("The first paragraph.\n\nThe second one.\n\nAnd a third.\n")
+    assert main(["pipeline", "text", "--input", str(book), "--text-tokenizer", sp_model, "--out", str(tmp_path / "a"),
+                 "--runner=DirectRunner"]) == 0
+    out = capsys.readouterr().out
+    assert "--txt-unit file" in out and f"{book}: 1 document (3 paragraphs)" in out
+    assert main(["pipeline", "text", "--input", str(book), "--text-tokenizer", sp_model, "--out", str(tmp_path / "b"),
+                 "--txt-unit", "paragraph", "--runner=DirectRunner"]) == 0
+    out = capsys.readouterr().out
+    assert f"{book}: 3 documents" in out and "wrote 3 samples" in out
+    help_text = " ".join(trimodal("pipeline", "text", "--help", cwd=tmp_path).stdout.split())
+    assert "one document per file (the default" in help_text and "how many documents each file gave" in help_text

@@ -35,8 +35,12 @@ def test_demo_runs_the_whole_chain(tmp_path):
     assert stats["samples"] > 0 and (out / "stats" / "row_padding.png").stat().st_size > 0
     # training: the loss fell, the held-out ELBO was logged at the middle and the end
     log = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log if r.get("event") == "eval"] == [20, 40]
-    assert "fell" in said and "held-out text ELBO at step 40" in said
+    evals = [r for r in log if r.get("event") == "eval"]
+    assert [r["step"] for r in evals] == [20, 40]
+    assert {"elbo/text", "elbo/image", "elbo/audio"} <= set(evals[-1])  # every modality is held out
+    for modality in ("image_text", "audio_text"):
+        assert sum(s.samples for s in Manifest.load(str(out / "data" / modality)).split_shards("val")) == 2
+    assert "fell" in said and "held-out ELBO at step 40" in said and "image " in said.split("held-out ELBO at step 40")[1]
     # samples
     assert (out / "samples" / "text.txt").read_text().strip()
     with Image.open(out / "samples" / "image.png") as im:

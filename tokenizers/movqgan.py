@@ -456,11 +456,39 @@ def save_movqgan(model: MoVQGAN, path: str | os.PathLike[str]) -> None:
     os.replace(tmp_side, side)
 
 
+_NOT_MOVQGAN = "not a MoVQGAN checkpoint (a torch state dict with {} keys)".format(
+    ", ".join(p + "*" for p in INFERENCE_PREFIXES))
+
+
+def _torch_load_weights(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(weights_only=True)``; a file it refuses (another format, or one that pickles
+    objects) is named as not a MoVQGAN checkpoint. Torch's own advice to retry with
+    ``weights_only=False`` (running the file's code) is deliberately not relayed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError, OSError) as e:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:2] != b"PK" and head[:1] != b"\x80":
+            what = "it is not a file torch.save writes (neither a zip archive nor a pickle)"
+        elif "unsupported global" in str(e).lower():
+            what = "it pickles objects other than tensors, which are never loaded"
+        else:
+            what = "torch cannot read it as a weights file"
+        raise MoVQGANLoadError(f"{path}: {_NOT_MOVQGAN}: {what}") from None
+
+
 def _inference_state_dict(obj: Any, path: str | os.PathLike[str]) -> dict[str, Tensor]:
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict):
-        raise MoVQGANLoadError(f"{path}: neither a state dict nor a dict with a 'state_dict' entry")
-    return {k: v for k, v in sd.items() if isinstance(k, str) and k.startswith(INFERENCE_PREFIXES)}
+        raise MoVQGANLoadError(f"{path}: {_NOT_MOVQGAN}: it holds a {type(obj).__name__}, not a state dict")
+    out = {k: v for k, v in sd.items() if isinstance(k, str) and k.startswith(INFERENCE_PREFIXES)}
+    if not out:
+        some = ", ".join(sorted(map(str, sd))[:3]) or "none"
+        raise MoVQGANLoadError(f"{path}: {_NOT_MOVQGAN}: it has none of them (keys: {some}{', ...' if len(sd) > 3 else ''})")
+    return out
 
 
 def _expected_shapes(cfg: MoVQGANConfig) -> dict[str, tuple[int, ...]]:
@@ -525,13 +553,7 @@ def load_movqgan(
     file name, else from the public config whose shapes match. The model is returned in eval mode,
     float32, on ``device``.
     """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise MoVQGANLoadError(
-            f"{path}: not loadable with weights_only=True (it pickles arbitrary objects); "
-            f"re-save its state_dict with torch.save. Cause: {str(e).splitlines()[0]}"
-        ) from e
+    obj = _torch_load_weights(path)
     sd = _inference_state_dict(obj, path)
     cfg = _resolve_config(path, config, sd)
     try:

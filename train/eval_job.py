@@ -16,14 +16,19 @@ from trimodal.config import option
 from trimodal.shards.loader.sources import LoaderConfig, SourceConfig
 
 
+#: used when the checkpoint records no eval settings (an export or run made before they were kept)
+DEFAULT_SAMPLES, DEFAULT_ROWS = 8, 64
+
+
 @dataclass
 class EvalJobConfig:
     checkpoint: str = option("", help="run folder, checkpoint folder or exported model folder")
     data: list[str] = option(default_factory=list, help="dataset roots to evaluate")
-    split: str = option("val", help="split of the dataset roots")
-    samples: int = option(8, help="K: Monte Carlo draws (stratified t levels)")
-    rows: int = option(64, help="evaluation rows per source")
-    seed: int = option(0, help="seed of the rows, t-grid and masks")
+    split: str | None = option(None, help="split of the dataset roots (default: the run's eval.split, else val)")
+    samples: int | None = option(None, help="K: Monte Carlo draws, stratified t levels (default: the run's "
+                                           f"eval.t_levels, else {DEFAULT_SAMPLES})")
+    rows: int | None = option(None, help=f"evaluation rows per source (default: the run's eval.rows, else {DEFAULT_ROWS})")
+    seed: int | None = option(None, help="seed of the rows, t-grid and masks (default: the run's eval.seed, else 0)")
     batch_size: int = option(8, help="rows per forward pass")
     choices: str | None = option(None, help="JSON-lines multiple-choice file: {prompt, choices, answer} per line")
     length_normalize: bool = option(False, help="choices: compare ELBO per token (acc_norm)")
@@ -35,7 +40,7 @@ class EvalJobConfig:
             raise ValueError("--checkpoint is required")
         if not self.data and not self.choices:
             raise ValueError("give --data ROOT... (ELBO) or --choices FILE (accuracy)")
-        if self.samples < 1 or self.rows < 1:
+        if (self.samples is not None and self.samples < 1) or (self.rows is not None and self.rows < 1):
             raise ValueError("--samples and --rows must be >= 1")
 
 
@@ -45,6 +50,7 @@ def run_eval(cfg: EvalJobConfig) -> dict[str, Any]:
     from trimodal.train.objective import ObjectiveConfig
 
     m = trimodal.load(cfg.checkpoint, device=cfg.device)
+    given, cfg = cfg, resolved_settings(cfg, m.scoring.get("eval") or {})
     result: dict[str, Any] = {"checkpoint": m.source, "step": m.step, "loaded": m.describe()}
     if cfg.data:
         from trimodal.shards.loader.sources import check_tokenizers
@@ -67,16 +73,52 @@ def run_eval(cfg: EvalJobConfig) -> dict[str, Any]:
         objective = from_dict(ObjectiveConfig, m.scoring.get("objective") or {})
         ev = Evaluator(ecfg, m.layout, sources, objective, DistInfo(device=m.device))
         result["elbo"] = {k: v for k, v in ev.run(m.model).items() if k not in ("event", "step")}
+        result["settings"] = {"rows": cfg.rows, "samples": cfg.samples, "seed": cfg.seed, "split": cfg.split,
+                              "seq_len": seq_len, "from_run": sorted(cfg._from_run)}
     if cfg.choices:
         items = read_choices(cfg.choices)
-        r = evaluate_choices(m.model, m.layout, m.tokenizer("text"), items, cfg.samples, cfg.seed, cfg.length_normalize)
+        # multiple choice is no part of the run's evaluation: its own defaults
+        r = evaluate_choices(m.model, m.layout, m.tokenizer("text"), items, given.samples or DEFAULT_SAMPLES,
+                             given.seed or 0, cfg.length_normalize)
         result["choices"] = {"file": cfg.choices, "accuracy": r.accuracy, "n": r.n, "predictions": r.predictions}
     return result
+
+
+def resolved_settings(cfg: EvalJobConfig, run_eval_cfg: dict[str, Any]) -> EvalJobConfig:
+    """Unset estimator settings from the run's own ``eval`` section (so ``trimodal eval``
+    reproduces the held-out ELBO the run logged), else the defaults; records which came from the
+    run."""
+    from dataclasses import replace
+
+    pairs = {"rows": ("rows", DEFAULT_ROWS), "samples": ("t_levels", DEFAULT_SAMPLES), "seed": ("seed", 0),
+             "split": ("split", "val")}
+    values, from_run = {}, set()
+    for name, (run_key, default) in pairs.items():
+        if getattr(cfg, name) is not None:
+            continue
+        if run_key in run_eval_cfg:
+            values[name] = run_eval_cfg[run_key]
+            from_run.add(name)
+        else:
+            values[name] = default
+    out = replace(cfg, **values)
+    out._from_run = from_run
+    return out
+
+
+def format_settings(s: dict[str, Any]) -> str:
+    names = {"rows": "--rows", "samples": "--samples", "seed": "--seed", "split": "--split"}
+    given = ", ".join(f"{names[k]} {s[k]}" for k in names)
+    src = ("the run's eval settings" if len(s["from_run"]) == len(names) else
+           "from the run: " + (", ".join(names[k] for k in s["from_run"]) or "none"))
+    return f"settings: {given}, seq_len {s['seq_len']} ({src})"
 
 
 def format_result(result: dict[str, Any]) -> str:
     lines = [result["loaded"]]
     elbo = result.get("elbo")
+    if result.get("settings"):
+        lines.append(format_settings(result["settings"]))
     if elbo:
         lines.append("ELBO, nats per non-PAD token (± standard error over the Monte Carlo draws):")
         keys = [k for k in elbo if k == "elbo" or k.startswith("elbo/")]

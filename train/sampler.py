@@ -15,6 +15,8 @@ conditional sampling (one pass), s = 0 is unconditional sampling.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 
 import torch
@@ -162,12 +164,15 @@ def sample(
     prompt: Tensor | None = None,
     valid: Tensor | None = None,
     generator: torch.Generator | None = None,
+    progress: str | None = None,
 ) -> Tensor:
     """Fill every MASK of ``tokens`` ([L] or [B, L]) outside ``prompt`` in ``cfg.steps`` steps.
 
     ``modality`` defaults to the blocks the ids fall in; ``prompt`` ([L]/[B, L] bool) is needed
     for CFG (cfg_scale != 1); ``valid`` defaults to non-PAD. Steps that reveal nothing in any
-    row (K > n) skip their forward pass. Returns the filled tokens, same shape as the input."""
+    row (K > n) skip their forward pass. Returns the filled tokens, same shape as the input.
+    ``progress``: a label for a progress bar over the steps, shown once the loop has run a second
+    (an image on CPU takes minutes; a short text never shows one)."""
     squeeze = tokens.dim() == 1
     x = tokens.unsqueeze(0).clone() if squeeze else tokens.clone()
     device = x.device
@@ -186,7 +191,13 @@ def sample(
     n = still.sum(1)
     seq_len = x.shape[1]
     ranks_base = torch.arange(seq_len, device=device).expand_as(x)
-    for step in range(1, cfg.steps + 1):
+    steps = range(1, cfg.steps + 1)
+    if progress is not None:
+        from tqdm import tqdm
+
+        off = os.environ.get("TQDM_DISABLE", "") not in ("", "0")  # read per call, not at tqdm's import
+        steps = tqdm(steps, desc=progress, unit="step", delay=1.0, leave=False, dynamic_ncols=True, disable=off)
+    for step in steps:
         r = reveal_counts(n, step, cfg.steps)
         if not r.any():
             continue

@@ -92,7 +92,7 @@ class Model:
         return self._loaded[key]
 
     # ---- generation -----------------------------------------------------------------------------
-    def _sample(self, tpl, task: str, seed: int, **overrides: Any) -> torch.Tensor:
+    def _sample(self, tpl, task: str, seed: int, label: str | None = None, **overrides: Any) -> torch.Tensor:
         from trimodal.train.sampler import SamplerConfig, sample
 
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -100,7 +100,8 @@ class Model:
         if not bool(tpl.prompt.any()) and cfg.cfg_scale != 1.0:  # nothing to guide by: unconditional
             cfg = SamplerConfig.for_task(task, seed=seed, **{**given, "cfg_scale": 1.0})
         d = self.device
-        return sample(self.model, tpl.tokens.to(d), tpl.modality.to(d), self.layout, cfg, prompt=tpl.prompt.to(d)).cpu()
+        return sample(self.model, tpl.tokens.to(d), tpl.modality.to(d), self.layout, cfg, prompt=tpl.prompt.to(d),
+                      progress=label or f"sampling {task}").cpu()
 
     def _prompt_ids(self, prompt: str, text_tokenizer: str | None) -> np.ndarray:
         return self.tokenizer("text", text_tokenizer).encode_one(prompt) if prompt else np.zeros(0, dtype=np.int64)
@@ -129,7 +130,7 @@ class Model:
         tpl = media_template(self.layout, "image_text", grid[0] * grid[1], self._prompt_ids(prompt, text_tokenizer))
         codes = []
         for i in range(num):
-            row = self._sample(tpl, "image_text", seed + i, **sampler)
+            row = self._sample(tpl, "image_text", seed + i, f"image {i + 1}/{num}", **sampler)
             local = (span(self.layout, row, IMAGE) - self.layout.image.offset).numpy()
             codes.append(local[: grid[0] * grid[1]].reshape(grid))
         return tok.decode(np.stack(codes))
@@ -163,7 +164,7 @@ class Model:
         tpl = media_template(self.layout, "audio_text", frames * self.layout.audio_levels, prompt_ids)
         waves = []
         for i in range(num):
-            row = self._sample(tpl, "audio_text", seed + i, **sampler)
+            row = self._sample(tpl, "audio_text", seed + i, f"speech {i + 1}/{num}", **sampler)
             codes = self.layout.audio_from_global(span(self.layout, row, AUDIO).numpy())
             waves.append(tok.decode(codes)[: int(round(seconds * tok.sample_rate))])
         return np.concatenate(waves), tok.sample_rate
@@ -199,7 +200,10 @@ def _state_dict_from_checkpoint(path: str, model: Transformer) -> None:
 def scoring_of(config: dict[str, Any]) -> dict[str, Any]:
     """The settings of a run's config that an ELBO of its model depends on."""
     data = config.get("data") or {}
-    return {"objective": config.get("objective") or {}, "document_attention": bool(data.get("document_attention"))}
+    ev = config.get("eval") or {}
+    return {"objective": config.get("objective") or {}, "document_attention": bool(data.get("document_attention")),
+            # the run's own held-out estimator: `trimodal eval` reuses it so it reproduces the logged ELBO
+            "eval": {k: ev[k] for k in ("rows", "t_levels", "seed", "split") if k in ev}}
 
 
 def load(path: str, device: str = "auto") -> Model:

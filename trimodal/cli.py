@@ -135,6 +135,11 @@ def run_pipeline(cfg: Any, beam_args: list[str]) -> int:
         print(f"dry run: the job graph was built; nothing ran, {cfg.out} is untouched")
         return 0
     print(summary(manifest, cfg.out))
+    if isinstance(cfg, TextPipelineConfig):
+        from trimodal.pipelines.text import txt_summary
+
+        for line in txt_summary(cfg):
+            print(line)
     return 0
 
 
@@ -479,8 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         c, cfg, beam_args = parse(argv)
         return c.run(cfg, beam_args)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"\nerror: {str(e) or 'interrupted'}", file=sys.stderr)  # own line: a progress line may be open
         return 130
     except SystemExit:
         raise

@@ -356,6 +356,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] 
         if elem is None:
             continue
         default = _default(f)
+        inverse = getattr(meta.get("convert"), "inverse", None)  # the flag's unit (e.g. MB for bytes)
+        if inverse is not None and default not in (dataclasses.MISSING, None):
+            default = inverse(default)
         shown = "required" if default is dataclasses.MISSING else f"default: {json.dumps(default, default=str)}"
         help_ = f"{meta.get('help', '')} ({shown})".strip()
         dest = f"cfg__{f.name}"
@@ -371,7 +374,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] 
                 # `--input A --input B` means both: a repeated list flag extends, never replaces
                 kwargs["nargs"] = "+"
                 kwargs["action"] = "extend"
-            kwargs["metavar"] = f.name.upper() if not kwargs.get("choices") else None
+            kwargs["metavar"] = (getattr(meta.get("convert"), "metavar", None) or f.name.upper()) \
+                if not kwargs.get("choices") else None
         parser.add_argument(_flag_name(f), **{k: v for k, v in kwargs.items() if v is not None or k == "default"})
         dests[dest] = f.name
     return dests

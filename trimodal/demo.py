@@ -107,6 +107,21 @@ def _synthesise_speech_corpus(folder: Path, sr: int = 16000) -> Path:
     return manifest
 
 
+HELD_OUT = 2  # images and clips of the small sample kept for the held-out ELBO
+
+
+def holding_out(record_ids: list[str], n: int) -> float:
+    """The val fraction that puts exactly ``n`` of these records in the val split. The split is a
+    hash of each id, and a dozen records at a fixed fraction could give none: the demo picks the
+    fraction from the ids the pipeline will see (the same hash, ``split_hash``)."""
+    from trimodal.pipelines.sink import split_hash
+
+    h = sorted(split_hash(i) for i in record_ids)
+    if len(h) <= n:
+        raise ValueError(f"{len(h)} records cannot hold out {n}")
+    return (h[n - 1] + h[n]) / 2
+
+
 def run_demo(cfg: DemoConfig | None = None) -> dict:
     from trimodal.pipelines.common import summary
     from trimodal.pipelines.records import Record
@@ -165,20 +180,31 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     if "image" in modalities:
         from trimodal.pipelines.image_text import ImageTextPipelineConfig, run_image_text_pipeline
 
+        from trimodal.pipelines.image_readers import ImageTextReader, expand_image_inputs
+
         image_root = str(root / "data" / "image_text")
+        captions = str(DATA / "images" / "captions.jsonl")
+        reader = ImageTextReader("folder", captions=captions, lazy=True)
+        image_ids = [r.id for url in expand_image_inputs([str(DATA / "images")], "folder") for r in reader(url)
+                     if isinstance(r, Record)]
         m = run_image_text_pipeline(ImageTextPipelineConfig(
-            inputs=[str(DATA / "images")], captions=str(DATA / "images" / "captions.jsonl"), format="folder",
-            text_tokenizer=str(text_model), image_tokenizer=str(image_ckpt), out=image_root, image_size=64,
-            device="cpu", target_shard_bytes=64_000), beam_args)
+            inputs=[str(DATA / "images")], captions=captions, format="folder",
+            text_tokenizer=str(text_model), image_tokenizer=str(image_ckpt), out=image_root,
+            device="cpu", target_shard_bytes=64_000, val_fraction=holding_out(image_ids, HELD_OUT)), beam_args)
         _say("pipeline image-text:\n" + summary(m, image_root))
         datasets["image_text"] = image_root
     if "audio" in modalities:
         from trimodal.pipelines.audio_text import AudioTextPipelineConfig, run_audio_text_pipeline
 
+        from trimodal.pipelines.audio_readers import AudioTextReader
+
         audio_root = str(root / "data" / "audio_text")
+        clip_ids = [r.id for r in AudioTextReader("manifest")(str(speech_manifest))  # the good clips
+                    if isinstance(r, Record) and Path(r.provenance.get("audio", "")).name.startswith("clip_")]
         m = run_audio_text_pipeline(AudioTextPipelineConfig(
             inputs=[str(speech_manifest)], text_tokenizer=str(text_model), audio_tokenizer=str(audio_ckpt),
-            out=audio_root, format="manifest", device="cpu", target_shard_bytes=64_000), beam_args)
+            out=audio_root, format="manifest", device="cpu", target_shard_bytes=64_000,
+            val_fraction=holding_out(clip_ids, HELD_OUT)), beam_args)
         _say("pipeline audio-text:\n" + summary(m, audio_root))
         datasets["audio_text"] = audio_root
 
@@ -203,7 +229,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     from trimodal.shards.loader import SourceConfig
 
     tcfg.data.sources = [SourceConfig(root=r) for r in datasets.values()]
-    tcfg.eval.sources = [SourceConfig(root=text_root)]  # its val split (the sample's media are too few to split)
+    tcfg.eval.sources = [SourceConfig(root=r) for r in datasets.values()]  # their val splits: every modality
     _say(f"training a {tcfg.model.n_layers}x{tcfg.model.dim} model for {n_steps} steps on CPU ...")
     result = train(tcfg)
 
@@ -238,8 +264,9 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
 
     for rec in (r for r in read_log(result["log"]) if r.get("event") == "eval"):
         bpb = rec.get("bits_per_byte/text")
-        _say(f"held-out text ELBO at step {rec['step']}: {rec['elbo']:.4f} ± {rec['elbo_se']:.4f} nats/token"
-             + (f", {bpb:.3f} bits/byte" if bpb is not None else ""))
+        per = ", ".join(f"{m} {rec[f'elbo/{m}']:.4f}" for m in ("text", "image", "audio") if f"elbo/{m}" in rec)
+        _say(f"held-out ELBO at step {rec['step']}: {rec['elbo']:.4f} ± {rec['elbo_se']:.4f} nats/token ({per})"
+             + (f", text {bpb:.3f} bits/byte" if bpb is not None else ""))
     _say("outputs:")
     for label, path in [("tokenizers", root / "tokenizers"), *[(f"dataset {k}", v) for k, v in datasets.items()],
                         ("stats", root / "stats" / "stats.json"), *[("plot", p) for p in plots],

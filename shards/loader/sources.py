@@ -59,8 +59,9 @@ class LoaderConfig:
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
         if not isinstance(self.num_streams, int) or self.num_streams < 1:
             raise ValueError(f"num_streams must be a positive integer, got {self.num_streams!r}")
-        if not isinstance(self.seq_len, int) or self.seq_len < 8:
-            raise ValueError(f"seq_len must be an integer >= 8, got {self.seq_len!r}")
+        from trimodal.shards.rows import check_seq_len
+
+        check_seq_len(self.seq_len, "data.seq_len")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.verify not in VERIFY_MODES:
@@ -125,6 +126,25 @@ def check_tokenizers(layout: VocabLayout, m: Manifest, where: str) -> None:
             )
 
 
+def check_image_fits(m: Manifest, seq_len: int, where: str) -> None:
+    """Refuse an image-text dataset whose images cannot fit a row, naming the tokens an image
+    takes and the L it needs (every image of a dataset has the manifest's grid, so this is exact
+    and the same for the train and the val split, whichever is read first)."""
+    from trimodal.shards.rows import paired_length
+
+    info = m.tokenizers.get("image")
+    if info is None or not info.grid:
+        return
+    codes = int(info.grid[0]) * int(info.grid[1])
+    need = paired_length(codes, 0)
+    if need > seq_len:
+        size = f" from {info.image_size}-px images" if info.image_size else ""
+        raise ValueError(
+            f"{where}: each image is {codes:,} tokens (a {info.grid[0]}x{info.grid[1]} grid{size}), a row needs "
+            f"data.seq_len >= {need:,} ({codes:,} + {need - codes} framing tokens) and data.seq_len is {seq_len}: "
+            f"raise data.seq_len (and model.max_seq_len), or tokenize the images at a smaller --image-size")
+
+
 def tokenizers_of(manifests: dict[str, Manifest]) -> dict[str, TokenizerInfo]:
     """The tokenizers of a run's datasets (one per modality; differing ones are refused)."""
     return merged_tokenizers(manifests)
@@ -157,6 +177,8 @@ def resolve_sources(config: LoaderConfig, layout: VocabLayout, manifests: dict[s
                                  f"data.pack_paired=true so attention, positions and t follow the samples "
                                  f"(evaluation reads unpacked rows: give it the tokenized inputs' val splits)")
         check_tokenizers(layout, m, where)
+        if m.kind == "tokenized" and m.modality == "image_text":
+            check_image_fits(m, config.seq_len, where)
         if config.split not in m.splits() and m.shards:
             raise ValueError(f"{where} has no {config.split!r} split (it has {m.splits()})")
         tasks.append(m.modality)

@@ -267,18 +267,21 @@ class Stream:
         source = self.ctx.sources[i]
         ids, seq_len = self.ctx.ids, self.ctx.config.seq_len
         task = source.task
-        skipped = 0
+        skipped, need = 0, None
         while True:
             got = self._paired_sample(i)
             if got is None:
                 return None
             key, media, offset, text, check = got
+            whole = paired_length(media.size, text.size)
             media = self._fit_media(task, media, text, key, i)
             if media is None:
                 skipped += 1
+                need = whole if need is None else min(need, whole)
                 if skipped > self.cursors[i].total:
                     raise ValueError(f"source {source.name!r}: no {task} sample of stream {self.stream} fits in "
-                                     f"seq_len {seq_len}; raise seq_len or filter the data")
+                                     f"data.seq_len {seq_len}: the shortest takes {need:,} positions (tokens + "
+                                     f"{PAIRED_FRAMING} framing); raise data.seq_len to {need:,} or filter the data")
                 continue
             if check is None:
                 _checked_text(text, ids.text_codes)

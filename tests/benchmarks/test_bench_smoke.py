@@ -42,6 +42,7 @@ CASES = {
     # the peers (LitData, webdataset, Mosaic) run when .bench-venv exists, else are reported skipped
     "bench_reader": ["--samples", "200", "--shards", "4", "--min-len", "20", "--max-len", "300",
                      "--repeats", "1", "--mds-repeats", "1"],
+    "bench_shard_layout": ["--docs", "60", "--shards", "2", "--repeats", "1"],
     "bench_trainer_step": ["--dim", "32", "--layers", "1", "--heads", "2", "--seq-len", "64", "--batch", "4",
                            "--text-codes", "256", "--samples", "64", "--steps", "2", "--warmup", "1", "--repeats", "1"],
     "bench_restricted_logits": ["--dim", "16", "--rows", "4", "--seq-len", "64", "--text-codes", "500",

@@ -34,7 +34,7 @@ from trimodal.tokenizers.text import train_text_tokenizer
 BEAM = ["--runner=DirectRunner"]
 WORDS = "a crash must never leave half a shard under its final name so readers trust names".split()
 SHARD_BYTES = 500  # about one sample per shard: hundreds of atomic writes, a wide window to kill in
-FINAL_SHARD = re.compile(r"^shard-\d{5}-of-\d{5}\.tar$")
+FINAL_SHARD = re.compile(r"^shard-\d{5}-of-\d{5}\.tar(\.zst)?$")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,10 @@ def test_rerun_is_byte_identical(corpus, reference):
 def _check_complete_tar(data: bytes, name: str) -> int:
     """A whole shard: tarfile reads every member, it ends with the end-of-archive blocks, and the
     zero-copy reader parses every sample."""
+    if name.endswith(".zst"):
+        import zstandard
+
+        data = zstandard.ZstdDecompressor().decompress(data)  # a truncated frame raises here
     assert len(data) % 512 == 0 and len(data) >= 1024, name
     assert data[-1024:] == bytes(1024), f"{name}: no end-of-archive marker"
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
@@ -151,3 +155,27 @@ def test_sigkill_mid_write_leaves_no_partial_final_file(corpus, reference):
     assert _digests(out) == _digests(reference)
     report = verify(str(out))
     assert report.ok, report.format()
+
+
+def test_ctrl_c_is_one_line_and_leaves_the_output_clean(corpus, reference):
+    out = corpus / "interrupted"
+    cmd = [sys.executable, "-m", "trimodal.cli", "pipeline", "text", "--input", str(corpus / "corpus.jsonl"),
+           "--text-tokenizer", str(corpus / "text.model"), "--out", str(out), "--shard-mb", str(SHARD_BYTES / 1e6),
+           "--runner=DirectRunner"]
+    proc = subprocess.Popen(cmd, cwd=corpus, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        names = [p.name for p in out.glob("shard-*")] if out.exists() else []
+        if sum(1 for n in names if FINAL_SHARD.match(n)) >= 3:
+            break
+        time.sleep(0.002)
+    running = proc.poll() is None
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, err = proc.communicate(timeout=120)
+    assert running, "the pipeline ended before it could be interrupted"
+    lines = [l for l in err.decode(errors="replace").replace("\r", "\n").splitlines() if l.strip() and not l.startswith("[")]
+    assert proc.returncode == 130 and len(lines) == 1, lines[:20]
+    assert "left clean" in lines[0] and "run the same command again" in lines[0] and "Traceback" not in err.decode()
+    assert not (out / "manifest.json").exists() and not (out / ".trimodal-lock").exists()
+    run_text_pipeline(_cfg(corpus, out), BEAM)  # the same command again: the reference's bytes
+    assert _digests(out) == _digests(reference)

@@ -158,6 +158,23 @@ def test_a_lock_left_by_a_dead_local_process_is_taken_over(tmp_path):
     lock.release()
 
 
+def _raw(shard) -> bytes:
+    """A shard's tar bytes (pipelines write zstd shards by default)."""
+    import zstandard
+
+    data = shard.read_bytes()
+    return zstandard.ZstdDecompressor().decompress(data) if shard.name.endswith(".zst") else data
+
+
+def _store(shard, tar: bytes) -> bytes:
+    """Write tar bytes back as the shard stores them; returns the stored bytes."""
+    import zstandard
+
+    data = zstandard.ZstdCompressor(level=3).compress(tar) if shard.name.endswith(".zst") else tar
+    shard.write_bytes(data)
+    return data
+
+
 def test_stats_names_the_file_of_a_bad_npy_header(text_dataset, tmp_path):
     import shutil
 
@@ -166,17 +183,18 @@ def test_stats_names_the_file_of_a_bad_npy_header(text_dataset, tmp_path):
 
     copy = tmp_path / "ds"
     shutil.copytree(text_dataset, copy)
-    shard = sorted(copy.glob("shard-*.tar"))[0]
-    data = bytearray(shard.read_bytes())
+    shard = sorted(copy.glob("shard-*.tar*"))[0]
+    data = bytearray(_raw(shard))
     at = data.find(b"{'descr'")
     data[at + 10 : at + 13] = b"?x9"  # a dtype numpy does not know, same size
-    shard.write_bytes(bytes(data))
+    data = _store(shard, bytes(data))
     m = Manifest.load(str(copy))
     for s in m.shards:  # make the manifest agree, so only the header is wrong
         if s.name == shard.name:
             import hashlib
 
             s.sha256 = hashlib.sha256(bytes(data)).hexdigest()
+            s.bytes = len(data)
     m.save(str(copy))
     with pytest.raises(ShardError, match=shard.name + r".*\.npy"):
         compute_stats(str(copy))
@@ -196,9 +214,12 @@ def test_stats_is_not_silent_about_flipped_token_bytes(text_dataset, tmp_path, c
 
     copy = tmp_path / "ds"
     shutil.copytree(text_dataset, copy)
-    shard = sorted(copy.glob("shard-*.tar"))[0]
+    shard = sorted(copy.glob("shard-*.tar*"))[0]
     data = bytearray(shard.read_bytes())
-    data[data.rfind(b"\x93NUMPY") + 200] ^= 0xFF  # inside a token payload: the tar still parses
+    if shard.name.endswith(".zst"):
+        data[len(data) // 2] ^= 0xFF  # a flipped stored byte: same size
+    else:
+        data[data.rfind(b"\x93NUMPY") + 200] ^= 0xFF  # inside a token payload: the tar still parses
     shard.write_bytes(bytes(data))
     assert main(["shards", "stats", str(copy)]) == 1
     err = capsys.readouterr().err

@@ -262,7 +262,9 @@ def test_samples_hold_the_tokenizers_codes_and_the_caption(dataset, img_corpus, 
         prov = meta["provenance"]
         assert prov["width"] > 0 and prov["height"] > 0 and prov["bytes"] == len(data)
     sources = {s["json"]["source"] for s in samples}
-    assert sources == {"wds-00000", "img2ds", "hf", "folder"}
+    # the default name is the input's folder and file name (tells same-named inputs of two folders apart)
+    assert all("/" in x for x in sources)
+    assert {x.rsplit("/", 1)[-1].split(".")[0] for x in sources} == {"wds-00000", "img2ds", "hf", "folder"}
 
 
 def test_manifest_records_the_image_tokenizer(dataset, movq_ckpt, sp_model):

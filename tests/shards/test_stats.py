@@ -299,3 +299,58 @@ def test_audio_overflow_counts_the_clips_and_seconds_that_do_not_fit(tmp_path):
     assert got["fraction_over"] == pytest.approx(len(over) / 5)
     assert got["seconds_over"] == pytest.approx(sum(seconds[i] for i in over), abs=0.006 * len(over))  # 10 ms bins
     assert compute_stats(str(tmp_path / "a"), seq_len=10_000)["audio_overflow"]["clips_over"] == 0
+
+
+def test_same_named_inputs_of_two_datasets_stay_apart_by_source_and_by_root(tmp_path, sp_model, capsys):
+    """Two corpora, each a folder with a file named ``docs-00000.jsonl``, tokenized by the real
+    pipeline: ``shards stats`` names two sources (folder + file name) and reports each root."""
+    from trimodal import cli
+
+    roots = []
+    for folder in ("news", "forum"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "docs-00000.jsonl").write_text(
+            "".join(json.dumps({"text": f"{folder} document number {i}"}) + "\n" for i in range(5 if folder == "news" else 3)))
+        roots.append(str(tmp_path / "data" / folder))
+        assert cli.main(["pipeline", "text", "--input", str(tmp_path / folder / "docs-00000.jsonl"), "--text-tokenizer",
+                         sp_model, "--out", roots[-1], "--runner=DirectRunner"]) == 0
+    capsys.readouterr()
+    assert cli.main(["shards", "stats", *roots, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert {k: v["samples"] for k, v in stats["sources"].items()} == {"news/docs-00000.jsonl": 5, "forum/docs-00000.jsonl": 3}
+    assert {k: v["samples"] for k, v in stats["per_root"].items()} == {roots[0]: 5, roots[1]: 3}
+    assert cli.main(["shards", "stats", *roots]) == 0
+    text = capsys.readouterr().out
+    assert "By root" in text and "news/docs-00000.jsonl" in text and "forum/docs-00000.jsonl" in text
+
+
+def test_a_source_name_under_two_roots_is_told_apart_by_its_root(tmp_path):
+    """Shards written before names carried the folder (both sources named ``00000``)."""
+    rng = np.random.default_rng(0)
+    roots = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        samples = [_sample(i, "00000", "text", {"text": rng.integers(0, 100, 5).astype(np.uint16)}) for i in range(2)]
+        shard = write_shard(str(root), "shard-00000-of-00001.tar", samples)
+        Manifest(kind="tokenized", modality="text", tokenizers={"text": {"kind": "test", "fingerprint": "abc", "vocab_size": 100}},
+                 shards=[shard], counts={"read": 2, "written": 2}).save(str(root))
+        roots.append(str(root))
+    stats = compute_stats(roots)
+    assert set(stats["sources"]) == {f"00000 ({roots[0]})", f"00000 ({roots[1]})"}
+
+
+def test_integer_histograms_get_integer_ticks_and_a_one_value_one_a_note(tmp_path):
+    from trimodal.shards.report import histogram_figure
+
+    samples = [_sample(i, "s", "image_text", {"image": np.zeros((8, 8), np.uint16),
+                                              "text": np.arange(3 + i % 4, dtype=np.uint16)}) for i in range(10)]
+    info = write_shard(str(tmp_path), "shard-00000-of-00001.tar", sorted(samples, key=lambda x: x[0]))
+    Manifest(kind="tokenized", modality="image_text", tokenizers={"text": {"kind": "t", "fingerprint": "a", "vocab_size": 100}},
+             shards=[info], counts={"read": 10, "written": 10}).save(str(tmp_path))
+    stats = compute_stats(str(tmp_path))
+    for name in ("image_tokens", "caption_tokens"):
+        fig = histogram_figure(name, stats["histograms"][name], stats)
+        ticks = fig.axes[0].get_xticks()
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), (name, ticks)
+    assert "every value is 64: one bar" in histogram_figure("image_tokens", stats["histograms"]["image_tokens"], stats).axes[0].get_title()
+    assert write_plots(stats, str(tmp_path / "plots"))

@@ -211,7 +211,8 @@ def test_eval_command_and_its_refusals(split_dataset, text_dataset, tmp_path, ca
 
 def test_eval_command_scores_as_the_run_did(split_dataset, tmp_path, capsys):
     """``trimodal eval`` on a checkpoint and on its export gives the number the run's own last
-    evaluation logged, also when the run's objective and attention differ from the defaults."""
+    evaluation logged, with no estimator flags (it takes the run's eval rows, draws, seed and
+    split, and prints them), also when the run's objective and attention differ from the defaults."""
     from trimodal.api import export
 
     out = tmp_path / "run"
@@ -222,10 +223,16 @@ def test_eval_command_scores_as_the_run_did(split_dataset, tmp_path, capsys):
     export(str(out), str(exported))
     for ckpt in (out, exported):
         capsys.readouterr()
-        assert main(["eval", "--checkpoint", str(ckpt), "--data", split_dataset, "--samples", "4", "--rows", "16",
-                     "--device", "cpu", "--json"]) == 0
-        res = json.loads(capsys.readouterr().out)["elbo"]
+        assert main(["eval", "--checkpoint", str(ckpt), "--data", split_dataset, "--device", "cpu", "--json"]) == 0
+        got = json.loads(capsys.readouterr().out)
+        res = got["elbo"]
         assert res["elbo"] == pytest.approx(logged["elbo"], rel=1e-6) and res["elbo/text"] == pytest.approx(logged["elbo/text"], rel=1e-6)
+        assert got["settings"] == {"rows": 16, "samples": 4, "seed": 0, "split": "val", "seq_len": 64,
+                                   "from_run": ["rows", "samples", "seed", "split"]}
+    # the printed result names its settings; a flag given wins over the run's
+    assert main(["eval", "--checkpoint", str(out), "--data", split_dataset, "--device", "cpu", "--rows", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "settings: --rows 8, --samples 4, --seed 0, --split val, seq_len 64 (from the run: --samples, --seed, --split)" in text
 
 
 def test_an_evaluation_source_of_another_tokenizer_is_refused(split_dataset, tmp_path, sp_model):

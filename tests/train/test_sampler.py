@@ -229,3 +229,24 @@ def test_config_checks_and_presets():
     assert (img.steps, img.cfg_scale, img.temperature, img.top_p) == (1024, 6.0, 1.0, 1.0)
     sp = SamplerConfig.for_task("audio_text", seed=3)
     assert (sp.steps, sp.cfg_scale, sp.temperature, sp.top_p, sp.seed) == (1000, 3.0, 1.2, 0.9, 3)
+
+
+class Slow(Recorder):
+    """The model, each forward pass taking over a second (as an image on a CPU does)."""
+
+    def forward(self, tokens, valid=None):
+        import time
+
+        time.sleep(0.6)
+        return super().forward(tokens, valid)
+
+
+def test_a_sampling_loop_over_a_second_shows_a_progress_bar(model, monkeypatch, capsys):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    tpl = media_template(LAYOUT, "image_text", 9, [1, 2])
+    cfg = SamplerConfig(steps=3, cfg_scale=1.0)
+    quick = sample(model, tpl.tokens, tpl.modality, LAYOUT, cfg, prompt=tpl.prompt, progress="image 1/1")
+    assert "image 1/1" not in capsys.readouterr().err  # well under a second: no bar
+    slow = sample(Slow(model), tpl.tokens, tpl.modality, LAYOUT, cfg, prompt=tpl.prompt, progress="image 1/1")
+    err = capsys.readouterr().err
+    assert "image 1/1" in err and "3/3" in err and torch.equal(quick, slow)  # the bar changes nothing drawn
