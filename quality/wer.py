@@ -93,5 +93,5 @@ class Transcriber:
                 ids = self.model(feats["input_values"].to(device)).logits.argmax(-1)
             else:
                 ids = self.model.generate(feats["input_features"].to(device), max_new_tokens=self.max_new_tokens)
-            out.append(self.processor.batch_decode(ids, skip_special_tokens=True)[0])
+            out.append(self.processor.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)[0])
         return out
