@@ -62,7 +62,10 @@ def folder_clips(folder: str | Path, limit: int | None = None) -> tuple[list[np.
         raise ValueError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
     clips, rates = [], []
     for p in paths:
-        wav, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        try:
+            wav, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        except Exception as e:  # a corrupt reference file must not pass unnoticed
+            raise ValueError(f"{p}: unreadable audio file ({e})") from e
         clips.append(wav.mean(axis=1))
         rates.append(int(sr))
     return clips, rates

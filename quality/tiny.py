@@ -26,7 +26,11 @@ def write_inception(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / FID_WEIGHTS
-    torch.save(FIDInceptionV3().state_dict(), path)
+    net = FIDInceptionV3()
+    for mod in net.modules():  # He init keeps the activations' scale through 94 layers
+        if isinstance(mod, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+    torch.save(net.state_dict(), path)
     return path
 
 
