@@ -162,7 +162,7 @@ def schedule(groups: list[dict[str, Any]], metric: str = "val_elbo") -> tuple[li
     lines, nums = [], {"ranking": [g["schedule"] for g in gs], "tolerance": tol}
     if not gs or ref is None:
         return lines, nums
-    lines.append("ranking (best first): " + ", ".join(f"{g['schedule']} {_fmt(mean_of(g, metric))} ± {_fmt(sd_of(g, metric))}"
+    lines.append("ranking (best first): " + ", ".join(f"{g['schedule']} {_fmt(mean_of(g, metric))}" + (f" ± {_fmt(sd_of(g, metric))}" if math.isfinite(sd_of(g, metric)) else "")
                                                      for g in gs) + ".")
     for g in gs:
         if g is ref:

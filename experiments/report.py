@@ -32,6 +32,8 @@ def pm(v: Any, digits: int = 4) -> str:
     """``mean ± sd`` of an aggregate cell."""
     if not isinstance(v, tuple) or not math.isfinite(v[0]):
         return "–"
+    if not math.isfinite(v[1]):  # one seed: no spread to print (not "± 0.0000")
+        return f"{v[0]:.{digits}f}"
     return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
 
 
