@@ -127,15 +127,15 @@ def mixing(groups: list[dict[str, Any]], tasks: list[str], path: str) -> str:
     return _save(fig, path)
 
 
-def schedule(groups: list[dict[str, Any]], path: str) -> str:
+def schedule(groups: list[dict[str, Any]], path: str, key: str = "schedule", reference: Any = "linear") -> str:
     """Final val ELBO per schedule, overall and per modality: points with seed sd, and the
     paired difference to linear (per seed) on the second row."""
     plt = _plt()
     from trimodal.experiments.analysis import paired
 
     metrics = ["val_elbo"] + [f"val_elbo_{m}" for m in MODALITIES]
-    names = [g["schedule"] for g in groups]
-    ref = next((g for g in groups if g["schedule"] == "linear"), groups[0] if groups else None)
+    names = [f"{key} {g[key]}" if isinstance(g[key], bool) else str(g[key]) for g in groups]
+    ref = next((g for g in groups if g[key] == reference), groups[0] if groups else None)
     fig, axes = plt.subplots(2, len(metrics), figsize=(3.0 * len(metrics), 6.0), squeeze=False)
     for k, metric in enumerate(metrics):
         ax, axd = axes[0][k], axes[1][k]
@@ -150,7 +150,7 @@ def schedule(groups: list[dict[str, Any]], path: str) -> str:
         axd.axhline(0.0, color="black", lw=0.8)
         title = metric.replace("val_elbo", "val ELBO").replace("_", " ")
         ax.set_title(f"{title}\n({_nseeds(groups)})", fontsize=8)
-        axd.set_title(f"{title}: paired Δ to {ref['schedule'] if ref else '–'}", fontsize=8)
+        axd.set_title(f"{title}: paired Δ to {ref[key] if ref else '–'}", fontsize=8)
         for a in (ax, axd):
             a.set_xticks(range(len(groups)), names, rotation=30, fontsize=8)
             a.grid(alpha=0.3, axis="y")
