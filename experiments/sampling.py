@@ -78,6 +78,30 @@ def points(grid: SamplingGrid, seeds: list[int]) -> list[tuple[str, dict[str, An
     return out
 
 
+def _reference_once(grid: SamplingGrid, out: str) -> dict[str, Any]:
+    """The metric options with FID/FAD references computed once into ``out`` (not per point)."""
+    m = dict(grid.metrics)
+    ref, inc = m.get("fid_ref"), m.get("inception")
+    if ref and inc and not str(ref).endswith(".npz"):
+        from trimodal.quality.fid import reference_stats
+        from trimodal.quality.inception import load_fid_inception
+
+        path = os.path.join(out, "fid_reference.npz")
+        if not os.path.exists(path):
+            reference_stats(ref, load_fid_inception(inc), out=path, split=m.get("ref_split", "val"),
+                            limit=m.get("ref_limit"))
+        m["fid_ref"] = path
+    ref, emb = m.get("fad_ref"), m.get("audio_embed")
+    if ref and emb and not str(ref).endswith(".npz"):
+        from trimodal.quality.fad import AudioEmbedder, reference_stats as fad_reference
+
+        path = os.path.join(out, "fad_reference.npz")
+        if not os.path.exists(path):
+            fad_reference(ref, AudioEmbedder.load(emb), out=path, limit=m.get("ref_limit"))
+        m["fad_ref"] = path
+    return m
+
+
 def _elbo(grid: SamplingGrid) -> dict[str, Any] | None:
     if not grid.data:
         return None
@@ -95,6 +119,7 @@ def run_sampling(spec: Any) -> Iterator[str]:
     out = os.path.abspath(spec.out)
     todo = points(grid, list(spec.seeds))
     yield f"experiment {spec.name} (sampling): {len(todo)} points from {grid.checkpoint}"
+    metrics = _reference_once(grid, out)
     rows = []
     for i, (name, p) in enumerate(todo, 1):
         folder = os.path.join(out, name)
@@ -106,7 +131,7 @@ def run_sampling(spec: Any) -> Iterator[str]:
             cfg = GenerateEvalConfig(checkpoint=grid.checkpoint, out=folder, tasks=[p["task"]], num=grid.num,
                                      seed=p["seed"] * 100_003, seconds=grid.seconds, prompts=grid.prompts,
                                      device=grid.device, **{p["setting"]: p["value"]},
-                                     **{k: v for k, v in grid.metrics.items()})
+                                     **metrics)
             result = run_generate_eval(cfg)
             yield f"[{i}/{len(todo)}] {name}: ok"
         res = result["metrics"][p["task"]]
