@@ -133,7 +133,8 @@ def schedule(groups: list[dict[str, Any]], path: str, key: str = "schedule", ref
     plt = _plt()
     from trimodal.experiments.analysis import paired
 
-    metrics = ["val_elbo"] + [f"val_elbo_{m}" for m in MODALITIES]
+    metrics = [m for m in ["val_elbo"] + [f"val_elbo_{m}" for m in MODALITIES]
+               if any(math.isfinite(mean_of(g, m)) for g in groups)] or ["val_elbo"]  # modalities evaluated
     names = [f"{key} {g[key]}" if isinstance(g[key], bool) else str(g[key]) for g in groups]
     ref = next((g for g in groups if g[key] == reference), groups[0] if groups else None)
     fig, axes = plt.subplots(2, len(metrics), figsize=(3.0 * len(metrics), 6.0), squeeze=False)

@@ -33,7 +33,8 @@ def test_folder_reference_stats_are_stored_and_reused(net, tmp_path) -> None:
     again = reference_stats(str(out))  # from the .npz, no network needed
     np.testing.assert_array_equal(again.mu, ref.mu)
     assert again.n == 4
-    assert stats_distance(direct, again) == pytest.approx(0.0, abs=1e-6)
+    # zero up to sqrtm's error on a rank-3 2048 × 2048 product (~1e-6 of the total variance)
+    assert stats_distance(direct, again) == pytest.approx(0.0, abs=1e-4 * np.trace(ref.sigma))
     assert fid(net, rng.integers(0, 256, (2, 24, 32, 3), dtype=np.uint8), again) > 0
 
 
