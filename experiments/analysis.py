@@ -154,15 +154,17 @@ def paired(g: dict[str, Any], ref: dict[str, Any], metric: str) -> tuple[float, 
 
 
 # ---- schedule ---------------------------------------------------------------------------------
-def schedule(groups: list[dict[str, Any]], metric: str = "val_elbo") -> tuple[list[str], dict[str, Any]]:
-    """Schedules ranked by final held-out ELBO, each against linear (the evaluation estimator's)."""
+def schedule(groups: list[dict[str, Any]], metric: str = "val_elbo", key: str = "schedule",
+             reference: Any = "linear") -> tuple[list[str], dict[str, Any]]:
+    """Points of one categorical setting ranked by final held-out ELBO, each against
+    ``reference`` (schedules: linear, the evaluation estimator's; anti-masking: off)."""
     gs = sorted(groups, key=lambda g: mean_of(g, metric))
-    ref = next((g for g in groups if g["schedule"] == "linear"), gs[0] if gs else None)
+    ref = next((g for g in groups if g[key] == reference), gs[0] if gs else None)
     tol = 2 * pooled_sd(groups, metric)
-    lines, nums = [], {"ranking": [g["schedule"] for g in gs], "tolerance": tol}
+    lines, nums = [], {"ranking": [str(g[key]) for g in gs], "tolerance": tol}
     if not gs or ref is None:
         return lines, nums
-    lines.append("ranking (best first): " + ", ".join(f"{g['schedule']} {_fmt(mean_of(g, metric))} ± {_fmt(sd_of(g, metric))}"
+    lines.append("ranking (best first): " + ", ".join(f"{g[key]} {_fmt(mean_of(g, metric))}" + (f" ± {_fmt(sd_of(g, metric))}" if math.isfinite(sd_of(g, metric)) else "")
                                                      for g in gs) + ".")
     for g in gs:
         if g is ref:
@@ -170,11 +172,11 @@ def schedule(groups: list[dict[str, Any]], metric: str = "val_elbo") -> tuple[li
         d = mean_of(g, metric) - mean_of(ref, metric)
         verdict = "within" if abs(d) <= tol else ("worse than" if d > 0 else "better than")
         pm, psd, n = paired(g, ref, metric)
-        text = f"{g['schedule']} − {ref['schedule']}: {d:+.4f} nats ({verdict} 2 seed sd = {_fmt(tol)})"
+        text = f"{g[key]} − {ref[key]}: {d:+.4f} nats ({verdict} 2 seed sd = {_fmt(tol)})"
         if n >= 2:
             text += f"; paired by seed (same init, data order and t draws): {pm:+.4f} ± {psd:.4f} over {n} seeds"
         lines.append(text + ".")
-        nums[g["schedule"]] = {"difference": d, "paired_mean": pm, "paired_sd": psd, "paired_n": n}
+        nums[str(g[key])] = {"difference": d, "paired_mean": pm, "paired_sd": psd, "paired_n": n}
     return lines, nums
 
 

@@ -1,7 +1,9 @@
 """The paper's plot for each experiment kind, from the per-point aggregates (matplotlib, PNG).
 
-Every plot shows the mean over seeds with the seed standard deviation as error bars and the
-single seeds as faint dots, so the spread is visible next to the effect.
+Every plot shows the mean over seeds with the seed standard deviation as error bars (labelled
+"sd over n seeds"; none at n = 1) and the single seeds as faint dots, so the spread is visible
+next to the effect. No bar charts: a bar's length only means something from zero, and ELBO
+differences of 0.01 nats on a 3-nat scale need a zoomed axis, so points are drawn instead.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ def _seeds(ax, x: float, g: dict[str, Any], metric: str, color: str) -> None:
     ax.scatter([x] * len(ys), ys, s=10, color=color, alpha=0.35, linewidths=0)
 
 
+def _nseeds(groups: list[dict[str, Any]]) -> str:
+    ns = sorted({int(g.get("n", 0)) for g in groups})
+    return "error bars: sd over " + ("/".join(map(str, ns)) if ns else "0") + " seed(s)"
+
+
+def _yerr(groups: list[dict[str, Any]], metric: str) -> list[float]:
+    return [sd_of(g, metric) if math.isfinite(sd_of(g, metric)) else 0.0 for g in groups]
+
+
 def _save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
@@ -44,29 +55,42 @@ def batch_size(groups: list[dict[str, Any]], path: str) -> str:
     plt = _plt()
     best = {m: min((mean_of(g, f"val_elbo_{m}") for g in groups if math.isfinite(mean_of(g, f"val_elbo_{m}"))),
                    default=0.0) for m in MODALITIES}
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax, ax3, ax2) = plt.subplots(1, 3, figsize=(15, 3.8))
     colors = {"sde": "tab:blue", "none": "tab:red"}
     labels = {"sde": "SDE rule (reparam.tokens = D)", "none": "no rule (base HPs, S = D/(B·L))"}
     for rule in dict.fromkeys(g["rule"] for g in groups):
         gs = sorted((g for g in groups if g["rule"] == rule), key=lambda g: g["batch_size"])
         bs = [g["batch_size"] for g in gs]
         c = colors.get(rule, "gray")
-        ax.errorbar(bs, [mean_of(g, "val_elbo") for g in gs], yerr=[sd_of(g, "val_elbo") for g in gs], color=c,
+        ax.errorbar(bs, [mean_of(g, "val_elbo") for g in gs], yerr=_yerr(gs, "val_elbo"), color=c,
                     marker="o", capsize=3, label=labels.get(rule, rule))
         for g in gs:
             _seeds(ax, g["batch_size"], g, "val_elbo", c)
         for m, ls in zip(MODALITIES, ("-", "--", ":")):
             ax2.plot(bs, [mean_of(g, f"val_elbo_{m}") - best[m] for g in gs], color=c, ls=ls, marker=".",
                      label=f"{m} ({rule})")
+    # paired by seed: SDE rule − no rule at each B (runs of one B and seed share init and data)
+    from trimodal.experiments.analysis import paired
+
+    by = {(g["rule"], g["batch_size"]): g for g in groups}
+    pts = [(b, *paired(by[("sde", b)], by[("none", b)], "val_elbo")) for (r, b) in by if r == "sde" and ("none", b) in by]
+    pts = [(b, d, s, n) for b, d, s, n in sorted(pts) if n]
+    if pts:
+        for b, d, s, n in pts:
+            ax3.errorbar([b], [d], yerr=[s if math.isfinite(s) else 0.0], color="tab:purple", marker="o", capsize=3)
+        ax3.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:purple", lw=1)
+    ax3.axhline(0.0, color="black", lw=0.8)
+    ax3.set_ylabel("Δ val ELBO, SDE rule − no rule (nats)")
+    ax3.set_title(f"paired by seed ({_nseeds(groups).replace('error bars: ', 'bars: ')})", fontsize=9)
     ticks = sorted({g["batch_size"] for g in groups})
-    for a in (ax, ax2):
+    for a in (ax, ax3, ax2):
         a.set_xscale("log", base=2)
         a.set_xticks(ticks, [str(t) for t in ticks])
         a.minorticks_off()
         a.set_xlabel("physical batch B (rows)")
         a.grid(alpha=0.3)
     ax.set_ylabel("final val ELBO (nats/token)")
-    ax.set_title("fixed token horizon D")
+    ax.set_title(f"fixed token horizon D ({_nseeds(groups)})", fontsize=9)
     ax.legend(fontsize=8)
     ax2.set_title("per modality: ELBO − its best point")
     ax2.legend(fontsize=7, ncol=2)
@@ -91,36 +115,46 @@ def mixing(groups: list[dict[str, Any]], tasks: list[str], path: str) -> str:
         lo, hi = min(ow), max(max(ow), min(ow) + 1e-6)
         for g in gs:
             x = g[f"weight_{m}"]
-            ax.errorbar([x], [mean_of(g, metric)], yerr=[sd_of(g, metric)], fmt="none", ecolor="gray", capsize=2)
+            ax.errorbar([x], [mean_of(g, metric)], yerr=_yerr([g], metric), fmt="none", ecolor="gray", capsize=2)
             sc = ax.scatter([x], [mean_of(g, metric)], c=[g[f"weight_{other}"]], cmap="viridis", vmin=lo, vmax=hi, s=30,
                             zorder=3)
         ax.set_xlabel(f"weight of {m}")
         ax.set_ylabel(f"val ELBO of {m}'s own modality")
         ax.grid(alpha=0.3)
-        ax.set_title(m)
+        ax.set_title(f"{m} ({_nseeds(gs)})", fontsize=9)
         if sc is not None:
             fig.colorbar(sc, ax=ax, label=f"weight of {other}", fraction=0.05)
     return _save(fig, path)
 
 
-def schedule(groups: list[dict[str, Any]], path: str) -> str:
-    """Final val ELBO per schedule, overall and per modality (grouped bars with seed sd)."""
+def schedule(groups: list[dict[str, Any]], path: str, key: str = "schedule", reference: Any = "linear") -> str:
+    """Final val ELBO per schedule, overall and per modality: points with seed sd, and the
+    paired difference to linear (per seed) on the second row."""
     plt = _plt()
-    metrics = ["val_elbo"] + [f"val_elbo_{m}" for m in MODALITIES]
-    names = [g["schedule"] for g in groups]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 3.4))
-    for ax, metric in zip(axes, metrics):
-        ms = [mean_of(g, metric) for g in groups]
-        ax.bar(range(len(groups)), ms, yerr=[sd_of(g, metric) for g in groups], capsize=3, color="tab:blue", alpha=0.7)
+    from trimodal.experiments.analysis import paired
+
+    metrics = [m for m in ["val_elbo"] + [f"val_elbo_{m}" for m in MODALITIES]
+               if any(math.isfinite(mean_of(g, m)) for g in groups)] or ["val_elbo"]  # modalities evaluated
+    names = [f"{key} {g[key]}" if isinstance(g[key], bool) else str(g[key]) for g in groups]
+    ref = next((g for g in groups if g[key] == reference), groups[0] if groups else None)
+    fig, axes = plt.subplots(2, len(metrics), figsize=(3.0 * len(metrics), 6.0), squeeze=False)
+    for k, metric in enumerate(metrics):
+        ax, axd = axes[0][k], axes[1][k]
+        ax.errorbar(range(len(groups)), [mean_of(g, metric) for g in groups], yerr=_yerr(groups, metric), fmt="o",
+                    capsize=3, color="tab:blue")
         for i, g in enumerate(groups):
             _seeds(ax, i, g, metric, "black")
-        finite = [x for x in ms if math.isfinite(x)]
-        if finite:
-            span = max(finite) - min(finite)
-            ax.set_ylim(min(finite) - max(span, 0.02), max(finite) + max(span, 0.02))
-        ax.set_xticks(range(len(groups)), names, rotation=30, fontsize=8)
-        ax.set_title(metric.replace("val_elbo", "val ELBO").replace("_", " "), fontsize=9)
-        ax.grid(alpha=0.3, axis="y")
+            if ref is not None:
+                d, s, n = paired(g, ref, metric)
+                if n:
+                    axd.errorbar([i], [d], yerr=[s if math.isfinite(s) else 0.0], fmt="o", capsize=3, color="tab:purple")
+        axd.axhline(0.0, color="black", lw=0.8)
+        title = metric.replace("val_elbo", "val ELBO").replace("_", " ")
+        ax.set_title(f"{title}\n({_nseeds(groups)})", fontsize=8)
+        axd.set_title(f"{title}: paired Δ to {ref[key] if ref else '–'}", fontsize=8)
+        for a in (ax, axd):
+            a.set_xticks(range(len(groups)), names, rotation=30, fontsize=8)
+            a.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 
 
@@ -130,11 +164,12 @@ def scaling(groups: list[dict[str, Any]], path: str) -> str:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for tokens in sorted({g["tokens_target"] for g in groups}):
         gs = sorted((g for g in groups if g["tokens_target"] == tokens), key=lambda g: g["N"] or 0)
-        ax.errorbar([g["N"] for g in gs], [mean_of(g, "val_elbo") for g in gs], yerr=[sd_of(g, "val_elbo") for g in gs],
+        ax.errorbar([g["N"] for g in gs], [mean_of(g, "val_elbo") for g in gs], yerr=_yerr(gs, "val_elbo"),
                     marker="o", capsize=3, label=f"D = {tokens:g}")
     ax.set_xscale("log")
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("final val ELBO (nats/token)")
+    ax.set_title(_nseeds(groups), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

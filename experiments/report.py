@@ -23,6 +23,10 @@ INTRO = {
               "loss falls as its own weight rises, with no cross-modal synergy.",
     "schedule": "The masking schedule α(t) trained with (objective.schedule.name); every run is evaluated with the "
                 "same linear-schedule ELBO estimator, so the numbers compare. the paper's App. F.",
+    "anti-masking": "Training with and without anti-masking (objective.anti_mask: every row is also trained on the "
+                    "complement of its mask, doubling compute per row). Paper §7.4. Evaluated with the same "
+                    "linear-schedule ELBO estimator; for generation quality run `trimodal eval --generate` on "
+                    "each run folder (docs/quality.md).",
     "scaling": "Model sizes on the ladder (width ∝ depth, heads = depth) × token horizons. Paper §5.3; "
                "fit eq. 5.1 with `trimodal experiment fit scaling results.csv`.",
 }
@@ -32,6 +36,8 @@ def pm(v: Any, digits: int = 4) -> str:
     """``mean ± sd`` of an aggregate cell."""
     if not isinstance(v, tuple) or not math.isfinite(v[0]):
         return "–"
+    if not math.isfinite(v[1]):  # one seed: no spread to print (not "± 0.0000")
+        return f"{v[0]:.{digits}f}"
     return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
 
 
@@ -88,7 +94,10 @@ def write_report(spec: ExperimentSpec, rows: list[dict[str, Any]], folder: str, 
         analyse, plot, png = {"batch-size": (analysis.batch_size, plots.batch_size, "batch_size.png"),
                               "mixing": (lambda g: analysis.mixing(g, tasks), lambda g, f: plots.mixing(g, tasks, f),
                                          "mixing.png"),
-                              "schedule": (analysis.schedule, plots.schedule, "schedule.png")
+                              "schedule": (analysis.schedule, plots.schedule, "schedule.png"),
+                              "anti-masking": (lambda g: analysis.schedule(g, key="anti_mask", reference=False),
+                                               lambda g, f: plots.schedule(g, f, key="anti_mask", reference=False),
+                                               "anti_masking.png"),
                               }.get(spec.kind, (analysis.scaling, plots.scaling, "scaling.png"))
         lines, _ = analyse(groups)  # numbers only: written even without matplotlib
         try:

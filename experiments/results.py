@@ -144,13 +144,14 @@ def write_csv(rows: list[dict[str, Any]], path: str, point_columns: Iterable[str
 
 # ---- aggregation (pure) ------------------------------------------------------------------------
 def mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value; NaN for none)."""
+    """Mean and sample standard deviation (NaN sd for one value: a spread of one seed is
+    unknown, not 0; NaN for none)."""
     vs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vs:
         return math.nan, math.nan
     m = sum(vs) / len(vs)
     if len(vs) == 1:
-        return m, 0.0
+        return m, math.nan
     return m, math.sqrt(sum((v - m) ** 2 for v in vs) / (len(vs) - 1))
 
 

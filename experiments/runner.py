@@ -213,6 +213,11 @@ def run_experiment(cfg: RunSpecConfig) -> Iterator[str]:
     from trimodal.experiments.report import write_report
 
     spec = load_spec(cfg.spec)
+    if spec.kind == "sampling":  # no training: sample from one checkpoint and score
+        from trimodal.experiments.sampling import run_sampling
+
+        yield from run_sampling(spec)
+        return
     planned = plan(spec)
     finished = [p for p in planned if R.is_finished(p.folder, p.config_hash)]
     todo = [p for p in planned if p not in finished]

@@ -2,7 +2,7 @@
 
 A spec file (YAML, JSON or TOML) holds::
 
-    kind: batch-size | mixing | schedule | scaling
+    kind: batch-size | mixing | schedule | scaling | sampling | anti-masking
     out: runs/experiments/batch_size   # runs/<name>/ of every run, results.csv, report.md, plots
     report: experiments/results/batch_size   # optional: where results.csv, report.md, plots go
     seeds: [0, 1]
@@ -27,7 +27,7 @@ from trimodal import storage
 from trimodal.config import ConfigError, from_dict, load_file, option, set_path
 from trimodal.train.schedules import SCHEDULES
 
-KINDS = ("batch-size", "mixing", "schedule", "scaling")
+KINDS = ("batch-size", "mixing", "schedule", "scaling", "sampling", "anti-masking")
 RULES = ("sde", "none")
 TASKS = ("text", "image_text", "audio_text")
 
@@ -133,13 +133,39 @@ class ScalingGrid:
             raise ValueError(f"width_per_depth must be even and >= 2, got {self.width_per_depth}")
 
 
-GRIDS: dict[str, type] = {"batch-size": BatchSizeGrid, "mixing": MixingGrid, "schedule": ScheduleGrid,
-                          "scaling": ScalingGrid}
+@dataclass
+class AntiMaskingGrid:
+    """Training with and without the complementary mask draw ``objective.anti_mask`` (paper §7.4)."""
+
+    anti_mask: list[bool] = option(default_factory=lambda: [False, True], help="values of objective.anti_mask")
+
+    def __post_init__(self) -> None:
+        if not self.anti_mask or len(set(self.anti_mask)) != len(self.anti_mask):
+            raise ValueError(f"anti_mask: give distinct values among false, true; got {self.anti_mask}")
+
+
+def _sampling_grid() -> type:
+    from trimodal.experiments.sampling import SamplingGrid
+
+    return SamplingGrid
+
+
+class _Grids(dict):
+    """The sampling grid's module imports the generation job: loaded when asked for."""
+
+    def __getitem__(self, kind: str) -> type:
+        return _sampling_grid() if kind == "sampling" else super().__getitem__(kind)
+
+
+GRIDS: dict[str, type] = _Grids({"batch-size": BatchSizeGrid, "mixing": MixingGrid, "schedule": ScheduleGrid,
+                                 "scaling": ScalingGrid, "anti-masking": AntiMaskingGrid})
 POINT_COLUMNS: dict[str, tuple[str, ...]] = {
     "batch-size": ("rule", "batch_size"),
     "mixing": tuple(f"weight_{t}" for t in TASKS),
     "schedule": ("schedule",),
     "scaling": ("depth", "tokens_target"),
+    "anti-masking": ("anti_mask",),
+    "sampling": ("task", "setting", "value"),
 }
 
 
@@ -245,6 +271,11 @@ def expand(spec: ExperimentSpec, seq_len: int, batch_size: int) -> list[RunPoint
     elif spec.kind == "schedule":
         for s in grid.schedules:
             points.append((s, {"schedule": s}, {"objective.schedule.name": s}))
+    elif spec.kind == "anti-masking":
+        for a in grid.anti_mask:
+            points.append(("anti" if a else "plain", {"anti_mask": bool(a)}, {"objective.anti_mask": bool(a)}))
+    elif spec.kind == "sampling":
+        raise ConfigError("a sampling spec trains nothing: `trimodal experiment run` samples from its checkpoint")
     else:
         reparam_on = float(base_value(spec.base, "reparam.tokens", 0.0) or 0.0) > 0
         for d in grid.depths:

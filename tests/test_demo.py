@@ -58,6 +58,52 @@ def test_demo_runs_the_whole_chain(tmp_path):
     for i in range(2):
         with wave.open(str(tmp_path / "show-audio_text" / f"sample_{i}.wav")) as w:
             assert w.getnframes() > 0 and w.getframerate() == 16000
+    _eval_generate_on_the_demo_run(out, tmp_path)
+
+
+def _eval_generate_on_the_demo_run(out, tmp_path):
+    """``trimodal eval --generate`` on the demo's run with tiny random metric weights: every metric
+    is computed, the JSON and the contact sheet are written, and a rerun gives the same samples.
+    (Part of the demo test so as not to pay for a second demo run.)"""
+    import shutil
+
+    from trimodal.quality.tiny import write_all
+
+    weights = write_all(tmp_path / "metric_weights")
+    ref = tmp_path / "fad_ref"
+    ref.mkdir()
+    for wav in sorted((out / "raw" / "speech").glob("clip_0[0-2].wav")):
+        shutil.copy(wav, ref / wav.name)
+
+    def run(dest, *extra):
+        proc = subprocess.run([sys.executable, "-m", "trimodal.cli", "eval", "--generate", "--checkpoint",
+                               str(out / "run"), "--out", str(dest), "--num", "2", "--steps", "4", "--seconds", "0.5",
+                               "--device", "cpu", *extra], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((dest / "metrics.json").read_text())
+
+    first = run(tmp_path / "gen", "--inception", weights["inception"], "--fid-ref", str(out / "data" / "image_text"),
+                "--ref-split", "train", "--ref-limit", "3", "--clip", weights["clip"], "--asr", weights["asr"],
+                "--audio-embed", weights["audio_embed"], "--fad-ref", str(ref))
+    assert first["skipped"] == []
+    assert {"fid", "clip_score"} <= set(first["metrics"]["image"]) and first["metrics"]["image"]["n"] == 2
+    assert {"wer", "fad"} <= set(first["metrics"]["speech"]) and first["metrics"]["speech"]["n"] == 2
+    assert first["metrics"]["image"]["settings"]["steps"] == 4
+    assert (tmp_path / "gen" / "fid_reference.npz").exists() and (tmp_path / "gen" / "fad_reference.npz").exists()
+    with Image.open(tmp_path / "gen" / "images.png") as im:
+        assert im.size[0] >= 2 * 128  # two tiles of at least 128 px
+    lines = (tmp_path / "gen" / "speech.tsv").read_text().splitlines()
+    assert lines[0] == "file\tprompt\ttranscript" and len(lines) == 3
+    with wave.open(str(tmp_path / "gen" / "speech" / "0001.wav")) as w:
+        assert w.getnframes() > 0
+    # the same seed gives the same samples; the stored FID statistics are reused as they are
+    again = run(tmp_path / "gen2", "--tasks", "image", "--inception", weights["inception"], "--fid-ref",
+                str(tmp_path / "gen" / "fid_reference.npz"))
+    for i in range(2):
+        assert (tmp_path / "gen" / "images" / f"{i:04d}.png").read_bytes() == \
+               (tmp_path / "gen2" / "images" / f"{i:04d}.png").read_bytes()
+    assert again["metrics"]["image"]["fid"] == first["metrics"]["image"]["fid"]
+    assert "clip_score (give --clip)" in again["skipped"] and "speech" not in again["metrics"]
 
 
 def test_demo_runs_with_the_higgs_codec(tmp_path):

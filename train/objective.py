@@ -218,7 +218,9 @@ def masked_diffusion_loss(
     default to this batch's non-PAD and masked counts.
 
     ``model`` provides ``logits_for`` and ``full_logits`` (see ``model.py``); logits are
-    computed in float32 from the gathered masked rows only."""
+    computed from the gathered masked rows only, by the head in the compute dtype — bf16 under
+    autocast, so each logit carries bf16 rounding — and upcast to float32 for the logsumexp,
+    the gather and every reduction. The exact float32 path is the model run in float32."""
     device = hidden.device
     rows, cols = is_masked.nonzero(as_tuple=True)
     h, target, mod = hidden[rows, cols], tokens[rows, cols], modality[rows, cols]

@@ -252,6 +252,13 @@ def run_eval_cmd(cfg: Any, _: list[str]) -> int:
     return 0
 
 
+def run_generate_eval_cmd(cfg: Any, _: list[str]) -> int:
+    from trimodal.train.generate_eval import format_result, run_generate_eval
+
+    print(format_result(run_generate_eval(cfg), cfg.out))
+    return 0
+
+
 def run_export(cfg: ExportConfig, _: list[str]) -> int:
     from trimodal.api import export
 
@@ -290,6 +297,12 @@ def _eval_config() -> type:
     from trimodal.train.eval_job import EvalJobConfig
 
     return EvalJobConfig
+
+
+def _generate_eval_config() -> type:
+    from trimodal.train.generate_eval import GenerateEvalConfig
+
+    return GenerateEvalConfig
 
 
 def _demo_config() -> type:
@@ -332,7 +345,8 @@ COMMANDS = [
             positional="roots"),
     Command("train", "train (single process, or under torchrun)", _train_config, run_train),
     Command("sample", "generate text, images or speech from a checkpoint", _sample_config, run_sample_cmd),
-    Command("eval", "held-out ELBO per modality and source, or multiple-choice accuracy", _eval_config, run_eval_cmd),
+    Command("eval", "held-out ELBO per modality and source, or multiple-choice accuracy; with --generate: sample "
+            "and score FID, CLIP score, FAD, WER (`trimodal eval --generate --help`)", _eval_config, run_eval_cmd),
     Command("export", "write a checkpoint as model.safetensors + config + tokenizers", lambda: ExportConfig, run_export),
     Command("plot", "train and val curves of one or several runs", lambda: PlotConfig, run_plot, positional="runs"),
     Command("experiment run", "run a grid of training runs from a spec file (or print their launch lines)",
@@ -340,6 +354,9 @@ COMMANDS = [
     Command("experiment fit", "fit the scaling (eq. 5.1) or drift (§5.2) law to a results.csv: KIND RESULTS",
             _experiment_config("fit"), _run_experiment, positional=("kind", "results")),
 ]
+
+EVAL_GENERATE = Command("eval", "generate samples and score them: FID, CLIP score, FAD, WER (docs/quality.md)",
+                        _generate_eval_config, run_generate_eval_cmd)
 
 
 # ---- parsing --------------------------------------------------------------------------------------
@@ -389,6 +406,8 @@ def _split_unknown(unknown: list[str], known: list[str], beam: bool) -> list[str
 def _chosen(argv: list[str]) -> Command | None:
     """The command the words of ``argv`` name (options skipped), if any."""
     words = [a for a in argv if not a.startswith("-")]
+    if words[:1] == ["eval"] and "--generate" in argv:  # generation quality: its own options
+        return EVAL_GENERATE
     for c in COMMANDS:
         n = len(c.name.split())
         if words[:n] == c.name.split():
@@ -406,6 +425,7 @@ def build_parser(chosen: Command | None = None) -> tuple[argparse.ArgumentParser
     subs: dict[tuple[str, ...], Any] = {(): parser.add_subparsers(dest="cmd0", required=True, metavar="COMMAND")}
     leaf = None
     for c in COMMANDS:
+        c = chosen if chosen is not None and chosen.name == c.name else c  # eval or eval --generate
         words = tuple(c.name.split())
         for i in range(len(words) - 1):
             key = words[: i + 1]

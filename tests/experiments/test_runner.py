@@ -340,3 +340,38 @@ def test_a_grid_that_gives_no_runs_is_refused(tmp_path, data):
                       tiny_base(data))
     with pytest.raises(ConfigError, match="its grid gives no runs"):
         runner.plan(S.load_spec(path))
+
+
+def test_expand_anti_masking():
+    runs = S.expand(_spec("anti-masking", {}), seq_len=128, batch_size=8)
+    assert [r.name for r in runs] == ["plain-s0", "plain-s1", "anti-s0", "anti-s1"]
+    assert runs[0].overrides == {"objective.anti_mask": False} and runs[2].overrides == {"objective.anti_mask": True}
+    assert S.POINT_COLUMNS["anti-masking"] == ("anti_mask",)
+    with pytest.raises(ConfigError, match="distinct"):
+        S.grid_of(_spec("anti-masking", {"anti_mask": [True, True]}))
+
+
+def test_sampling_points_move_one_setting_at_a_time(tmp_path):
+    from trimodal.experiments.sampling import points, write_report
+
+    spec = _spec("sampling", {"checkpoint": "runs/x", "tasks": ["image", "speech"], "steps": [4, 8], "cfg": [1.0]},
+                 seeds=(0,))
+    grid = S.grid_of(spec)
+    pts = points(grid, [0])
+    assert [n for n, _ in pts] == ["image-steps4-s0", "image-steps8-s0", "image-cfg1-s0",
+                                   "speech-steps4-s0", "speech-steps8-s0", "speech-cfg1-s0"]
+    with pytest.raises(ConfigError, match="expand|trains nothing"):
+        S.expand(spec, seq_len=128, batch_size=8)
+    with pytest.raises(ConfigError, match="at least one of steps"):
+        S.grid_of(_spec("sampling", {"checkpoint": "runs/x"}))
+    with pytest.raises(ConfigError, match="unknown key 'nope'"):
+        S.grid_of(_spec("sampling", {"checkpoint": "runs/x", "steps": [4], "metrics": {"nope": 1}}))
+    rows = [{"name": n, **p, "fid": 10.0 + p["value"], "clip_score": 20.0} if p["task"] == "image" else
+            {"name": n, **p, "wer": 0.5, "fad": None} for n, p in pts]
+    rows.append({**rows[0], "seed": 1, "fid": 16.0})  # a second seed of image-steps4: 14 and 16
+    list(write_report(spec, grid, rows, None, str(tmp_path)))
+    md = (tmp_path / "report.md").read_text()
+    assert "| steps | 4 | 2 | 15.0000 ± 1.4142 | 20.0000 ± 0.0000 |" in md  # n = 2: the spread is printed
+    assert "| steps | 8 | 1 | 18.0000 | 20.0000 |" in md  # n = 1: no "± 0.0000"
+    assert "| cfg | 1 | 1 | 0.5000 | – |" in md
+    assert (tmp_path / "results.csv").read_text().count("\n") == len(rows) + 1

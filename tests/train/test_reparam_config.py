@@ -97,3 +97,32 @@ def test_tiny_cpu_example_trains_through_the_cli(text_dataset, tmp_path, monkeyp
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["dim"] == 128 and saved["data"]["num_streams"] == 4
     assert (out / "checkpoints" / "step-0000001" / "state.json").is_file()
+
+
+@pytest.mark.parametrize("name,dim,layers", [("1b_h100.json", 2048, 16), ("3b_paper.json", 3072, 24)])
+def test_paper_configs_transfer_by_completep_from_the_8_by_1024_base(name, dim, layers):
+    """Table 5: CompleteP (α = 1) from an 8-block, 1,024-wide base; weight decay × √κ (docs/reparam.md)."""
+    import math
+
+    from trimodal.train.parametrization import adamw_settings, residual_multiplier
+
+    cfg = TrainConfig.load(str(CONFIGS / name))
+    p = cfg.param
+    assert (p.kind, p.base_dim, p.base_layers, p.depth_alpha, p.table) == ("completep", 1024, 8, 1.0, None)
+    assert (cfg.model.dim, cfg.model.n_layers) == (dim, layers)
+    m_n, m_l = dim / 1024, layers / 8
+    assert residual_multiplier(cfg.model, p) == pytest.approx(1 / m_l)
+    s = resolve_schedule(cfg)
+    kappa = s["reparam"]["kappa"]
+    assert s["weight_decay"] == pytest.approx(0.1 * math.sqrt(kappa))
+    betas, eps, wd = (s["beta1"], s["beta2"]), s["eps"], s["weight_decay"]
+    qkv = adamw_settings(cfg.model, p, "layers.0.attn.qkv.weight", 2, betas, eps, wd)
+    assert qkv["lr_mult"] == pytest.approx(1 / m_n) and qkv["weight_decay"] == pytest.approx(wd * m_n)
+    assert qkv["eps"] == pytest.approx(eps / (m_n * m_l))
+    head = adamw_settings(cfg.model, p, "heads.text.weight", 2, betas, eps, wd)
+    assert head["lr_mult"] == pytest.approx(1 / m_n) and head["eps"] == pytest.approx(eps)
+    emb = adamw_settings(cfg.model, p, "embeddings.text.weight", 2, betas, eps, wd)
+    assert emb["lr_mult"] == pytest.approx(1.0) and emb["eps"] == pytest.approx(eps / m_n)
+    # η·λ of a hidden matrix, the decoupled decay per step, is the base model's times κ
+    assert s["lr"] * qkv["lr_mult"] * qkv["weight_decay"] == pytest.approx(
+        s["lr"] / math.sqrt(kappa) * 0.1 * kappa)
