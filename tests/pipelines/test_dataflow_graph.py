@@ -160,7 +160,7 @@ def test_text_script_builds_a_dataflow_job(text_tok, tmp_path):
                      "WriteDataset/WriteManifest"):
         assert any(n == expected or n.startswith(expected + "/") for n in names), expected
     # what the workers unpickle: the tokenizer's bucket URL and the output root
-    assert _dofn(job, "Tokenize").tokenizer_path == f"{BUCKET}/tokenizers/text.model"
+    assert _dofn(job, "Tokenize").step.tokenizer_path == f"{BUCKET}/tokenizers/text.model"
     assert _dofn(job, "WriteDataset/WriteShards").cfg.root == f"{BUCKET}/datasets/c4"
     _check_docker_env(job)
     _check_worker_pool(job, "n2-standard-8", gpu=False)

@@ -266,3 +266,18 @@ def test_workers_share_the_cores_for_encoding():
     assert threads("--runner=DataflowRunner") is None
     assert common.direct_runner(common.pipeline_options(["--runner=DataflowRunner"])) is None
     assert type(common.direct_runner(common.pipeline_options([]))).__name__ == "FnApiRunner"
+
+
+@pytest.mark.parametrize("cpus,workers", [(1, 1), (2, 1), (3, 1), (8, 4)])
+def test_multi_worker_default_is_one_worker_per_two_cores(monkeypatch, cpus, workers):
+    from trimodal.pipelines import common
+
+    monkeypatch.setattr(common.os, "cpu_count", lambda: cpus)
+    for mode in ("multi_processing", "multi_threading"):
+        assert common.local_workers(common.pipeline_options([f"--direct_running_mode={mode}"])) == workers
+    # a count the user names, in_memory and other runners are left as they are
+    assert common.local_workers(common.pipeline_options(["--direct_running_mode=multi_processing",
+                                                         "--direct_num_workers=3"])) == 3
+    assert common.local_workers(common.pipeline_options([])) == 1
+    remote = common.pipeline_options(["--runner=DataflowRunner", "--direct_running_mode=multi_processing"])
+    assert remote.get_all_options()["direct_num_workers"] == 1  # Beam's own default, untouched
