@@ -146,13 +146,21 @@ def prune(root: str, keep_last: int, run_id: str | None) -> list[str]:
     """Delete all but the ``keep_last`` newest complete checkpoints of run ``run_id``."""
     if keep_last <= 0:
         return []
-    ours = [p for p in complete_checkpoints(root) if read_files(p).get("run_id") == run_id]
+    ours = [p for p in complete_checkpoints(root) if (rid := _run_id_or_none(p)) is not None and rid == run_id]
     removed = []
     for p in ours[:-keep_last]:
         fs, path = storage.fs_and_path(p)
         fs.rm(path, recursive=True)
         removed.append(p)
     return removed
+
+
+def _run_id_or_none(path: str) -> str | None:
+    """The run id in a checkpoint's ``files.json``; a damaged one is left alone by pruning."""
+    try:
+        return read_files(path).get("run_id")
+    except CheckpointError:
+        return None
 
 
 def _read_json(url: str, missing: str) -> dict[str, Any]:
@@ -165,8 +173,37 @@ def _read_json(url: str, missing: str) -> dict[str, Any]:
 
 
 def read_files(path: str) -> dict[str, Any]:
+    """``files.json`` of a checkpoint, checked for shape: valid JSON of the wrong shape (``{}``,
+    ``[]``, a file list that lists nothing or lacks ``state.json``) is damage like a truncation,
+    so that it falls back instead of failing with a KeyError and a file list never verifies
+    vacuously."""
     path = os.fspath(path)
-    return _read_json(storage.join(path, FILES), f"{path} is not a complete checkpoint (no {FILES})")
+    url = storage.join(path, FILES)
+    record = _read_json(url, f"{path} is not a complete checkpoint (no {FILES})")
+    problem = files_problem(record)
+    if problem:
+        raise CheckpointError(f"{url}: damaged ({problem})")
+    return record
+
+
+def files_problem(record: Any) -> str:
+    """Why a parsed ``files.json`` is not a usable file list ('' when it is)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    files = record.get("files")
+    if not isinstance(files, dict):
+        return "no 'files' object"
+    if not files:
+        return "its file list is empty"
+    for name, meta in files.items():
+        if not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int) or isinstance(meta.get("bytes"), bool) \
+                or not isinstance(meta.get("sha256"), str):
+            return f"entry {name!r} lacks an integer 'bytes' and a 'sha256'"
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            return f"entry {name!r} is not a plain file name"
+    if STATE not in files:
+        return f"{STATE} is not listed"
+    return ""
 
 
 def verify(path: str, rank: int = 0, world_size: int = 1) -> None:
@@ -194,7 +231,12 @@ def read_state(path: str) -> dict[str, Any]:
     path = os.fspath(path)
     read_files(path)
     url = storage.join(path, STATE)
-    return _read_json(url, f"{url}: missing")
+    state = _read_json(url, f"{url}: missing")
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) \
+            or not isinstance(state.get("world_size"), int) or state["world_size"] < 1 \
+            or not isinstance(state.get("layout"), dict):
+        raise CheckpointError(f"{url}: damaged (not an object with an integer 'step', 'world_size' and a 'layout')")
+    return state
 
 
 @dataclass
@@ -239,6 +281,8 @@ def load_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Op
         url = storage.join(path, f"rank-{r}.json")
         try:
             rank_states.append(json.loads(storage.read_bytes(url)))
-        except (FileNotFoundError, json.JSONDecodeError) as e:
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{url}: {type(e).__name__}") from None
+        if not isinstance(rank_states[-1], dict):
+            raise CheckpointError(f"{url}: damaged (not a JSON object)")
     return Loaded(path=path, state=state, rank_states=rank_states)

@@ -248,3 +248,31 @@ def test_export_loads_in_a_fresh_process_without_fsdp(text_dataset, sp_model, tm
                            "--split", "train", "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"loaded {export}" in proc.stdout and "nats" in proc.stdout
+
+
+def _train_args(data: str, out, steps: int = 4, *extra: str) -> list[str]:
+    args = ["train", "--set", f'data.sources=[{{"root": "{data}"}}]']
+    for s in [f"run.out_dir={out}", f"run.steps={steps}", "run.batch_size=4", "run.device=cpu", "run.progress=false",
+              "run.ckpt_every=2", "run.log_every=1", "data.seq_len=64", "data.num_streams=2", "model.dim=32",
+              "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=64", "optim.warmup_steps=1", "log.tensorboard=false", *extra]:
+        args += ["--set", s]
+    return args
+
+
+@pytest.mark.parametrize("files_json", ["{}", "[]", '{"files": 3}', '{"files": {}, "step": 4}',
+                                        '{"files": {"state.json": {"bytes": "x", "sha256": 1}}}'])
+def test_files_json_of_the_wrong_shape_falls_back_on_resume(text_dataset, tmp_path, capsys, files_json):
+    """Valid JSON of the wrong shape is damage like a truncation: named in one line, and the
+    previous complete checkpoint resumes; an empty file list never verifies vacuously."""
+    out = tmp_path / "run"
+    assert main(_train_args(text_dataset, out, 4, "run.stop_at_step=4")) == 0
+    latest = out / "checkpoints" / "step-0000004"
+    (latest / "files.json").write_text(files_json)
+    with pytest.raises(ckpt.CheckpointError, match="files.json: damaged"):
+        ckpt.verify(latest)
+    capsys.readouterr()
+    assert main(_train_args(text_dataset, out, 4) + ["--resume"]) == 0
+    said = [l for l in capsys.readouterr().out.splitlines() if "is damaged" in l]
+    assert len(said) == 1 and f"checkpoint {latest} is damaged" in said[0] and "files.json" in said[0]
+    assert _steps(out) == [1, 2, 3, 4]  # resumed at step 2, nothing twice
+    assert ckpt.read_state(latest)["step"] == 4  # the damaged folder was replaced by a good one
