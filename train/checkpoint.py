@@ -20,7 +20,6 @@ from (seed, step, global row).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -31,12 +30,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
 
-from trimodal import storage
+from trimodal import integrity, storage
 from trimodal.train import distributed as D
 
 STEP_RE = re.compile(r"^step-(\d{7})$")
 STATE = "state.json"
-FILES = "files.json"
+FILES = integrity.FILES
 
 
 class CheckpointError(RuntimeError):
@@ -87,17 +86,6 @@ def step_of(path: str) -> int:
     return int(m.group(1))
 
 
-def _sha256(url: str) -> tuple[int, str]:
-    fs, path = storage.fs_and_path(url)
-    h = hashlib.sha256()
-    n = 0
-    with fs.open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-            n += len(chunk)
-    return n, h.hexdigest()
-
-
 def _list_files(path: str) -> list[str]:
     fs, p = storage.fs_and_path(path)
     return sorted(x.rstrip("/").rsplit("/", 1)[-1] for x in fs.ls(p, detail=False) if fs.isfile(x))
@@ -129,7 +117,7 @@ def save_checkpoint(root: str, step: int, model: torch.nn.Module, optimizer: tor
         for name in _list_files(target):
             if name == FILES or storage.TMP_MARK in name:
                 continue
-            size, digest = _sha256(storage.join(target, name))
+            size, digest = integrity.sha256_of(storage.join(target, name))
             files[name] = {"bytes": size, "sha256": digest}
         record = {"step": step, "run_id": state.get("run_id"), "files": files}
         storage.write_atomic(storage.join(target, FILES), json.dumps(record, indent=1, sort_keys=True).encode())
@@ -180,30 +168,10 @@ def read_files(path: str) -> dict[str, Any]:
     path = os.fspath(path)
     url = storage.join(path, FILES)
     record = _read_json(url, f"{path} is not a complete checkpoint (no {FILES})")
-    problem = files_problem(record)
+    problem = integrity.files_problem(record, required=(STATE,))
     if problem:
         raise CheckpointError(f"{url}: damaged ({problem})")
     return record
-
-
-def files_problem(record: Any) -> str:
-    """Why a parsed ``files.json`` is not a usable file list ('' when it is)."""
-    if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not an object"
-    files = record.get("files")
-    if not isinstance(files, dict):
-        return "no 'files' object"
-    if not files:
-        return "its file list is empty"
-    for name, meta in files.items():
-        if not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int) or isinstance(meta.get("bytes"), bool) \
-                or not isinstance(meta.get("sha256"), str):
-            return f"entry {name!r} lacks an integer 'bytes' and a 'sha256'"
-        if "/" in name or "\\" in name or name in ("", ".", ".."):
-            return f"entry {name!r} is not a plain file name"
-    if STATE not in files:
-        return f"{STATE} is not listed"
-    return ""
 
 
 def verify(path: str, rank: int = 0, world_size: int = 1) -> None:
@@ -215,15 +183,7 @@ def verify(path: str, rank: int = 0, world_size: int = 1) -> None:
     for i, (name, meta) in enumerate(sorted(record["files"].items())):
         if i % world_size != rank:
             continue
-        url = storage.join(path, name)
-        try:
-            size, digest = _sha256(url)
-        except FileNotFoundError:
-            raise CheckpointError(f"{url}: missing") from None
-        if size != meta["bytes"]:
-            raise CheckpointError(f"{url}: {size} bytes, {FILES} says {meta['bytes']} (truncated or replaced)")
-        if digest != meta["sha256"]:
-            raise CheckpointError(f"{url}: sha256 {digest[:12]}… differs from {FILES} ({meta['sha256'][:12]}…): damaged")
+        integrity.check_file(path, name, meta, CheckpointError)
 
 
 def read_state(path: str) -> dict[str, Any]:

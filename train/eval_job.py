@@ -29,6 +29,7 @@ class EvalJobConfig:
     length_normalize: bool = option(False, help="choices: compare ELBO per token (acc_norm)")
     json: bool = option(False, help="print one JSON object")
     device: str = option("auto", help="auto, cpu or cuda")
+    verify_model: bool = option(True, help="check an exported model's files against its files.json before loading")
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -44,7 +45,7 @@ def run_eval(cfg: EvalJobConfig) -> dict[str, Any]:
     from trimodal.train.evaluate import EvalConfig, Evaluator, eval_rows, evaluate_choices, read_choices
     from trimodal.train.objective import ObjectiveConfig
 
-    m = trimodal.load(cfg.checkpoint, device=cfg.device)
+    m = trimodal.load(cfg.checkpoint, device=cfg.device, verify=cfg.verify_model)
     result: dict[str, Any] = {"checkpoint": m.source, "step": m.step, "loaded": m.describe()}
     if cfg.data:
         from trimodal.shards.loader.sources import check_tokenizers

@@ -225,7 +225,7 @@ def test_export_loads_in_a_fresh_process_without_fsdp(text_dataset, sp_model, tm
     export = tmp_path / "export"
     assert main(["export", "--checkpoint", str(out), "--out", str(export)]) == 0
     names = sorted(p.name for p in export.iterdir())
-    assert names == ["config.json", "model.safetensors", "tokenizers"]
+    assert names == ["config.json", "files.json", "model.safetensors", "tokenizers"]
     assert (export / "tokenizers" / "text" / Path(sp_model).name).is_file()
     assert main(["export", "--checkpoint", str(out), "--out", str(export)]) == 1  # not into a used folder
     capsys.readouterr()
@@ -276,3 +276,37 @@ def test_files_json_of_the_wrong_shape_falls_back_on_resume(text_dataset, tmp_pa
     assert len(said) == 1 and f"checkpoint {latest} is damaged" in said[0] and "files.json" in said[0]
     assert _steps(out) == [1, 2, 3, 4]  # resumed at step 2, nothing twice
     assert ckpt.read_state(latest)["step"] == 4  # the damaged folder was replaced by a good one
+
+
+def test_a_damaged_export_is_named_in_one_line_unless_verification_is_off(text_dataset, sp_model, tmp_path, capsys):
+    """An export lists its files with sizes and sha256s (files.json, written last); a flipped byte
+    in the weights or a tokenizer file is named instead of sampled from; --no-verify-model loads
+    anyway, and a config.json that is not JSON is then named too."""
+    out, export = tmp_path / "run", tmp_path / "export"
+    train(_cfg(text_dataset, out, steps=2))
+    assert main(["export", "--checkpoint", str(out), "--out", str(export)]) == 0
+    listed = json.loads((export / "files.json").read_text())["files"]
+    assert {"model.safetensors", "config.json", f"tokenizers/text/{Path(sp_model).name}"} <= set(listed)
+    sample = ["sample", "--checkpoint", str(export), "--task", "text", "--prompt", "the", "--steps", "1", "--length", "2",
+              "--out", str(tmp_path / "s.txt"), "--device", "cpu"]
+    assert main(sample) == 0
+    good = (export / "model.safetensors").read_bytes()
+    _damage(export / "model.safetensors", "flip")
+    capsys.readouterr()
+    assert main(sample) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.safetensors: sha256" in err and "damaged" in err
+    assert main(sample + ["--no-verify-model"]) == 0  # the opt-out: a flip inside a weight still loads
+    (export / "model.safetensors").write_bytes(good)
+    _damage(export / "tokenizers" / "text" / Path(sp_model).name, "flip")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(export), "--data", text_dataset, "--split", "train", "--device", "cpu",
+                 "--rows", "2", "--samples", "1"]) == 1
+    assert Path(sp_model).name in capsys.readouterr().err
+    (export / "config.json").write_text('{"format": "trimodal-export", "model": ')
+    assert main(sample + ["--no-verify-model"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{export / 'config.json'}: not valid JSON" in err
+    (export / "files.json").write_text("[]")
+    assert main(sample) == 1
+    assert "files.json: damaged (a JSON list" in capsys.readouterr().err
