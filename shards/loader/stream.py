@@ -164,7 +164,10 @@ class Stream:
             key, text = got
             if text is None:
                 raise ShardError(self.ctx.sources[i].root, "text sample has no text.npy", key)
-            packer.add(text)
+            try:
+                packer.add(text)
+            except ValueError as e:  # a code out of the tokenizer's range: damage, named like other damage
+                raise ShardError(cursor.where, str(e), f"{key}.text.npy") from None
         tokens = packer.pop()
         valid = np.ones(tokens.size, dtype=bool)
         self._packed_valid = valid  # count() knows this row's make-up without looking at it
@@ -217,7 +220,11 @@ class Stream:
             text = sample.get("text")
             if text is None:
                 text = np.zeros(0, dtype=np.int64)
-            media = self._fit_media(source.task, media_to_global(ids, layout, modality, media), text, sample["__key__"], i)
+            try:
+                media = media_to_global(ids, layout, modality, media)
+            except ValueError as e:  # a code out of the tokenizer's range: damage, named like other damage
+                raise ShardError(cursor.where, str(e), f"{sample['__key__']}.{key}.npy") from None
+            media = self._fit_media(source.task, media, text, sample["__key__"], i)
             if media is None:
                 skipped += 1
                 if skipped > cursor.total:
@@ -228,6 +235,8 @@ class Stream:
                 tokens, valid = paired_row(layout, source.task, media, text, seq_len)
             except RowTooLong:  # cannot happen after _fit_media; kept as a guard
                 raise AssertionError("media were fitted to the row") from None
+            except ValueError as e:  # a text code out of range (media were checked above)
+                raise ShardError(cursor.where, str(e), f"{sample['__key__']}.text.npy") from None
             if text.size > seq_len - media.size - PAIRED_FRAMING:
                 self.counters["captions_truncated"] += 1
             return tokens, valid, TASKS.index(source.task)

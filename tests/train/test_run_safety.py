@@ -310,3 +310,34 @@ def test_a_damaged_export_is_named_in_one_line_unless_verification_is_off(text_d
     (export / "files.json").write_text("[]")
     assert main(sample) == 1
     assert "files.json: damaged (a JSON list" in capsys.readouterr().err
+
+
+def test_a_text_code_out_of_range_names_the_shard_and_member(text_dataset, tmp_path, capsys):
+    """A high byte flipped in a token (same size: the default size check passes) is damage named
+    like any other: the shard and the member, in one line, not a bare 'text code out of range'."""
+    import io
+    import shutil
+    import tarfile
+
+    import numpy as np
+
+    data = tmp_path / "data"
+    shutil.copytree(text_dataset, data)
+    shards = sorted(data.rglob("*.tar"))
+    for shard in shards:  # every first token of every document: whichever the loader reads first
+        raw = bytearray(shard.read_bytes())
+        with tarfile.open(fileobj=io.BytesIO(bytes(raw))) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".text.npy"):
+                    f = io.BytesIO(bytes(raw[m.offset_data:m.offset_data + m.size]))
+                    major, _ = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                    assert dtype.itemsize >= 2 and shape[0] > 0
+                    raw[m.offset_data + f.tell() + dtype.itemsize - 1] = 0xFF  # little-endian: the high byte
+        shard.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(_train_args(str(data), tmp_path / "run", 2)) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "text code out of range" in err, err
+    assert any(f"{s}: " in err for s in shards) and ".text.npy: " in err, err
