@@ -20,6 +20,7 @@ from (seed, step, global row).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -93,41 +94,141 @@ def _list_files(path: str) -> list[str]:
 
 def save_checkpoint(root: str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], rank_state: dict[str, Any], info: D.DistInfo) -> str:
-    """Save collectively (every rank calls this); returns the final folder."""
+    """Save collectively (every rank calls this); returns the final folder. Any failure (a full
+    disk above all) is one :class:`CheckpointError` on every rank naming the folder and the cause;
+    the previous complete checkpoint is never touched, and a local ``.partial`` is removed."""
     root = os.fspath(root)
     final = step_dir(root, step)
     local = _is_local(root)
     target = final + ".partial" if local else final
     fs, tpath = storage.fs_and_path(target)
-    if info.is_main:
-        if fs.exists(tpath):
-            fs.rm(tpath, recursive=True)
-        if not local and fs.exists(storage.fs_and_path(final)[1]):
-            fs.rm(storage.fs_and_path(final)[1], recursive=True)
-        fs.makedirs(tpath, exist_ok=True)
+    problem = ""
+    try:
+        if info.is_main:
+            if fs.exists(tpath):
+                fs.rm(tpath, recursive=True)
+            if not local and fs.exists(storage.fs_and_path(final)[1]):
+                fs.rm(storage.fs_and_path(final)[1], recursive=True)
+            fs.makedirs(tpath, exist_ok=True)
+    except BaseException as e:  # noqa: B036
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        problem = _save_failure(root, target, e)
+    _raise_save_failure(D.first_error(problem), root, target, info)  # also the barrier before writing
+    try:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=_writer(target))
+        storage.write_atomic(storage.join(target, f"rank-{info.rank}.json"), json.dumps(rank_state, sort_keys=True).encode())
+    except BaseException as e:  # noqa: B036 - DCP's CheckpointException is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        problem = _save_failure(root, target, e)
+    _raise_save_failure(D.first_error(problem), root, target, info)
     D.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=_writer(target))
-    storage.write_atomic(storage.join(target, f"rank-{info.rank}.json"), json.dumps(rank_state, sort_keys=True).encode())
-    D.barrier()
-    if info.is_main:
-        storage.write_atomic(storage.join(target, STATE), json.dumps(
-            {**state, "step": step, "world_size": info.world_size}, indent=1, sort_keys=True).encode())
-        files = {}
-        for name in _list_files(target):
-            if name == FILES or storage.TMP_MARK in name:
-                continue
-            size, digest = integrity.sha256_of(storage.join(target, name))
-            files[name] = {"bytes": size, "sha256": digest}
-        record = {"step": step, "run_id": state.get("run_id"), "files": files}
-        storage.write_atomic(storage.join(target, FILES), json.dumps(record, indent=1, sort_keys=True).encode())
-        if local:
-            ffs, fpath = storage.fs_and_path(final)
-            if ffs.exists(fpath):
-                ffs.rm(fpath, recursive=True)
-            ffs.mv(tpath, fpath, recursive=True)
+    try:
+        if info.is_main:
+            storage.write_atomic(storage.join(target, STATE), json.dumps(
+                {**state, "step": step, "world_size": info.world_size}, indent=1, sort_keys=True).encode())
+            files = {}
+            for name in _list_files(target):
+                if name == FILES or storage.TMP_MARK in name:
+                    continue
+                size, digest = integrity.sha256_of(storage.join(target, name))
+                files[name] = {"bytes": size, "sha256": digest}
+            record = {"step": step, "run_id": state.get("run_id"), "files": files}
+            storage.write_atomic(storage.join(target, FILES), json.dumps(record, indent=1, sort_keys=True).encode())
+            if local:
+                ffs, fpath = storage.fs_and_path(final)
+                if ffs.exists(fpath):
+                    ffs.rm(fpath, recursive=True)
+                ffs.mv(tpath, fpath, recursive=True)
+    except BaseException as e:  # noqa: B036
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        problem = _save_failure(root, target, e)
+    _raise_save_failure(D.first_error(problem), root, target, info)
     D.barrier()
     return final
+
+
+_DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
+                errno.EFBIG: "the file-size limit (ulimit -f) was reached"}
+
+
+def _oserror_in(e: BaseException) -> OSError | None:
+    """The first OSError with an errno in ``e``'s chain (DCP wraps its writers' errors)."""
+    seen = set()
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno:
+            return x
+        stack += [x.__cause__, x.__context__]
+        failures = getattr(x, "failures", None)  # CheckpointException: {rank: exception}
+        if isinstance(failures, dict):
+            stack += [v for v in failures.values() if isinstance(v, BaseException)]
+    return None
+
+
+def _probe_space(target: str) -> OSError | None:
+    """Write (then remove) up to 16 MiB beside the failed save: the OSError a full disk or a
+    file-size limit gives, when the writer's own error lost it (torch's zip writer says only
+    "unexpected pos")."""
+    if not _is_local(target):
+        return None
+    folder = storage.fs_and_path(target)[1]
+    if not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    probe = os.path.join(folder, f".space-probe{storage.TMP_MARK}{os.getpid()}")
+    try:
+        with open(probe, "wb") as f:
+            block = bytes(1 << 20)
+            for _ in range(16):
+                f.write(block)
+                f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e
+    finally:
+        try:
+            os.remove(probe)
+        except OSError:
+            pass
+    return None
+
+
+def _save_failure(root: str, target: str, e: BaseException) -> str:
+    """One line for a failed save: the folder and, for a full disk or a size limit, the cause."""
+    err = _oserror_in(e)
+    if err is None or err.errno not in _DISK_ERRNOS:
+        probed = _probe_space(target)
+        if probed is not None and probed.errno in _DISK_ERRNOS:
+            err = probed
+    prev = complete_checkpoints(root)
+    kept = f"the previous checkpoint {prev[-1]} is intact" if prev else "no earlier checkpoint was touched"
+    if err is not None and err.errno in _DISK_ERRNOS:
+        fix = "raise the limit" if err.errno == errno.EFBIG else f"free space under {root}"
+        return (f"could not save checkpoint {target}: {os.strerror(err.errno)} ({_DISK_ERRNOS[err.errno]}); "
+                f"nothing was lost: {kept}; {fix}, then resume with --resume")
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"could not save checkpoint {target} ({type(e).__name__}: {first}); {kept}"
+
+
+def _raise_save_failure(problem: str, root: str, target: str, info: D.DistInfo) -> None:
+    """Raise ``problem`` on every rank, after rank 0 removed the incomplete local folder."""
+    if not problem:
+        return
+    if info.is_main and _is_local(target):
+        fs, tpath = storage.fs_and_path(target)
+        try:
+            if fs.exists(tpath):
+                fs.rm(tpath, recursive=True)
+        except OSError:
+            pass
+    raise CheckpointError(problem)
 
 
 def prune(root: str, keep_last: int, run_id: str | None) -> list[str]:

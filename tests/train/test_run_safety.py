@@ -341,3 +341,38 @@ def test_a_text_code_out_of_range_names_the_shard_and_member(text_dataset, tmp_p
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "text code out of range" in err, err
     assert any(f"{s}: " in err for s in shards) and ".text.npy: " in err, err
+
+
+_FSIZE_LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from trimodal.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_loses_nothing(text_dataset, tmp_path, capsys):
+    """A save that runs out of room (here a real file-size limit, RLIMIT_FSIZE: the kernel refuses
+    the write with EFBIG as a full disk does with ENOSPC) is one line naming the folder and the
+    cause; the previous checkpoint stays complete and the run resumes from it."""
+    out = tmp_path / "run"
+    assert main(_train_args(text_dataset, out, 4, "run.stop_at_step=2")) == 0
+    prev = out / "checkpoints" / "step-0000002"
+    biggest = max(f.stat().st_size for f in prev.iterdir())
+    logs = max((out / n).stat().st_size for n in ("log.jsonl", "config.json"))
+    limit = (biggest + 4 * logs) // 2  # the weights do not fit; the log does
+    assert 4 * logs < limit < biggest
+    proc = subprocess.run([sys.executable, "-c", _FSIZE_LIMITED, str(limit), *_train_args(text_dataset, out, 4),
+                           "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})  # torch's own warnings aside
+    err = proc.stderr.strip()
+    assert proc.returncode == 1 and len(err.splitlines()) == 1, err
+    assert f"could not save checkpoint {out / 'checkpoints' / 'step-0000004.partial'}: File too large" in err, err
+    assert f"the previous checkpoint {prev} is intact" in err and "resume with --resume" in err, err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"]  # no .partial left
+    ckpt.verify(prev)
+    capsys.readouterr()
+    assert main(_train_args(text_dataset, out, 4) + ["--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out and ckpt.read_state(out / "checkpoints" / "step-0000004")["step"] == 4
