@@ -376,3 +376,41 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_loses_nothing(text
     capsys.readouterr()
     assert main(_train_args(text_dataset, out, 4) + ["--resume"]) == 0
     assert "resumed from" in capsys.readouterr().out and ckpt.read_state(out / "checkpoints" / "step-0000004")["step"] == 4
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 32 MiB filesystem (tmpfs), or a skip where mounting is not allowed."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}); "
+                    "the RLIMIT_FSIZE test covers the same path")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_no_space_left_during_a_checkpoint_save_is_one_line_and_loses_nothing(text_dataset, small_disk, capsys):
+    """ENOSPC itself, on a real small filesystem filled up: one line naming the folder and "No
+    space left on device", the previous checkpoint intact, and the run resumes once space is freed."""
+    out = small_disk / "run"
+    assert main(_train_args(text_dataset, out, 4, "run.stop_at_step=2")) == 0
+    prev = out / "checkpoints" / "step-0000002"
+    need = sum(f.stat().st_size for f in prev.iterdir())
+    st = os.statvfs(small_disk)
+    filler = small_disk / "filler"
+    filler.write_bytes(bytes(st.f_bavail * st.f_frsize - need // 2))  # room for half a checkpoint
+    capsys.readouterr()
+    assert main(_train_args(text_dataset, out, 4) + ["--resume"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"could not save checkpoint {out / 'checkpoints' / 'step-0000004.partial'}: No space left on device" in err
+    assert f"the previous checkpoint {prev} is intact" in err and f"free space under {out / 'checkpoints'}" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"]
+    ckpt.verify(prev)
+    filler.unlink()
+    assert main(_train_args(text_dataset, out, 4) + ["--resume"]) == 0
+    assert ckpt.read_state(out / "checkpoints" / "step-0000004")["step"] == 4
