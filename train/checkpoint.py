@@ -20,7 +20,7 @@ from (seed, step, global row).
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import os
 import re
@@ -31,12 +31,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
 
-from trimodal import storage
+from trimodal import integrity, storage
 from trimodal.train import distributed as D
 
 STEP_RE = re.compile(r"^step-(\d{7})$")
 STATE = "state.json"
-FILES = "files.json"
+FILES = integrity.FILES
 
 
 class CheckpointError(RuntimeError):
@@ -87,17 +87,6 @@ def step_of(path: str) -> int:
     return int(m.group(1))
 
 
-def _sha256(url: str) -> tuple[int, str]:
-    fs, path = storage.fs_and_path(url)
-    h = hashlib.sha256()
-    n = 0
-    with fs.open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-            n += len(chunk)
-    return n, h.hexdigest()
-
-
 def _list_files(path: str) -> list[str]:
     fs, p = storage.fs_and_path(path)
     return sorted(x.rstrip("/").rsplit("/", 1)[-1] for x in fs.ls(p, detail=False) if fs.isfile(x))
@@ -105,54 +94,162 @@ def _list_files(path: str) -> list[str]:
 
 def save_checkpoint(root: str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], rank_state: dict[str, Any], info: D.DistInfo) -> str:
-    """Save collectively (every rank calls this); returns the final folder."""
+    """Save collectively (every rank calls this); returns the final folder. Any failure (a full
+    disk above all) is one :class:`CheckpointError` on every rank naming the folder and the cause;
+    the previous complete checkpoint is never touched, and a local ``.partial`` is removed."""
     root = os.fspath(root)
     final = step_dir(root, step)
     local = _is_local(root)
     target = final + ".partial" if local else final
     fs, tpath = storage.fs_and_path(target)
-    if info.is_main:
-        if fs.exists(tpath):
-            fs.rm(tpath, recursive=True)
-        if not local and fs.exists(storage.fs_and_path(final)[1]):
-            fs.rm(storage.fs_and_path(final)[1], recursive=True)
-        fs.makedirs(tpath, exist_ok=True)
+    problem = ""
+    try:
+        if info.is_main:
+            if fs.exists(tpath):
+                fs.rm(tpath, recursive=True)
+            if not local and fs.exists(storage.fs_and_path(final)[1]):
+                fs.rm(storage.fs_and_path(final)[1], recursive=True)
+            fs.makedirs(tpath, exist_ok=True)
+    except BaseException as e:  # noqa: B036
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        problem = _save_failure(root, target, e)
+    _raise_save_failure(D.first_error(problem), root, target, info)  # also the barrier before writing
+    try:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=_writer(target))
+        storage.write_atomic(storage.join(target, f"rank-{info.rank}.json"), json.dumps(rank_state, sort_keys=True).encode())
+    except BaseException as e:  # noqa: B036 - DCP's CheckpointException is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        problem = _save_failure(root, target, e)
+    _raise_save_failure(D.first_error(problem), root, target, info)
     D.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=_writer(target))
-    storage.write_atomic(storage.join(target, f"rank-{info.rank}.json"), json.dumps(rank_state, sort_keys=True).encode())
-    D.barrier()
-    if info.is_main:
-        storage.write_atomic(storage.join(target, STATE), json.dumps(
-            {**state, "step": step, "world_size": info.world_size}, indent=1, sort_keys=True).encode())
-        files = {}
-        for name in _list_files(target):
-            if name == FILES or storage.TMP_MARK in name:
-                continue
-            size, digest = _sha256(storage.join(target, name))
-            files[name] = {"bytes": size, "sha256": digest}
-        record = {"step": step, "run_id": state.get("run_id"), "files": files}
-        storage.write_atomic(storage.join(target, FILES), json.dumps(record, indent=1, sort_keys=True).encode())
-        if local:
-            ffs, fpath = storage.fs_and_path(final)
-            if ffs.exists(fpath):
-                ffs.rm(fpath, recursive=True)
-            ffs.mv(tpath, fpath, recursive=True)
+    try:
+        if info.is_main:
+            storage.write_atomic(storage.join(target, STATE), json.dumps(
+                {**state, "step": step, "world_size": info.world_size}, indent=1, sort_keys=True).encode())
+            files = {}
+            for name in _list_files(target):
+                if name == FILES or storage.TMP_MARK in name:
+                    continue
+                size, digest = integrity.sha256_of(storage.join(target, name))
+                files[name] = {"bytes": size, "sha256": digest}
+            record = {"step": step, "run_id": state.get("run_id"), "files": files}
+            storage.write_atomic(storage.join(target, FILES), json.dumps(record, indent=1, sort_keys=True).encode())
+            if local:
+                ffs, fpath = storage.fs_and_path(final)
+                if ffs.exists(fpath):
+                    ffs.rm(fpath, recursive=True)
+                ffs.mv(tpath, fpath, recursive=True)
+    except BaseException as e:  # noqa: B036
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        problem = _save_failure(root, target, e)
+    _raise_save_failure(D.first_error(problem), root, target, info)
     D.barrier()
     return final
+
+
+_DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
+                errno.EFBIG: "the file-size limit (ulimit -f) was reached"}
+
+
+def _oserror_in(e: BaseException) -> OSError | None:
+    """The first OSError with an errno in ``e``'s chain (DCP wraps its writers' errors)."""
+    seen = set()
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno:
+            return x
+        stack += [x.__cause__, x.__context__]
+        failures = getattr(x, "failures", None)  # CheckpointException: {rank: exception}
+        if isinstance(failures, dict):
+            stack += [v for v in failures.values() if isinstance(v, BaseException)]
+    return None
+
+
+def _probe_space(target: str) -> OSError | None:
+    """Write (then remove) up to 16 MiB beside the failed save: the OSError a full disk or a
+    file-size limit gives, when the writer's own error lost it (torch's zip writer says only
+    "unexpected pos")."""
+    if not _is_local(target):
+        return None
+    folder = storage.fs_and_path(target)[1]
+    if not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    probe = os.path.join(folder, f".space-probe{storage.TMP_MARK}{os.getpid()}")
+    try:
+        with open(probe, "wb") as f:
+            block = bytes(1 << 20)
+            for _ in range(16):
+                f.write(block)
+                f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e
+    finally:
+        try:
+            os.remove(probe)
+        except OSError:
+            pass
+    return None
+
+
+def _save_failure(root: str, target: str, e: BaseException) -> str:
+    """One line for a failed save: the folder and, for a full disk or a size limit, the cause."""
+    err = _oserror_in(e)
+    if err is None or err.errno not in _DISK_ERRNOS:
+        probed = _probe_space(target)
+        if probed is not None and probed.errno in _DISK_ERRNOS:
+            err = probed
+    prev = complete_checkpoints(root)
+    kept = f"the previous checkpoint {prev[-1]} is intact" if prev else "no earlier checkpoint was touched"
+    if err is not None and err.errno in _DISK_ERRNOS:
+        fix = "raise the limit" if err.errno == errno.EFBIG else f"free space under {root}"
+        return (f"could not save checkpoint {target}: {os.strerror(err.errno)} ({_DISK_ERRNOS[err.errno]}); "
+                f"nothing was lost: {kept}; {fix}, then resume with --resume")
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"could not save checkpoint {target} ({type(e).__name__}: {first}); {kept}"
+
+
+def _raise_save_failure(problem: str, root: str, target: str, info: D.DistInfo) -> None:
+    """Raise ``problem`` on every rank, after rank 0 removed the incomplete local folder."""
+    if not problem:
+        return
+    if info.is_main and _is_local(target):
+        fs, tpath = storage.fs_and_path(target)
+        try:
+            if fs.exists(tpath):
+                fs.rm(tpath, recursive=True)
+        except OSError:
+            pass
+    raise CheckpointError(problem)
 
 
 def prune(root: str, keep_last: int, run_id: str | None) -> list[str]:
     """Delete all but the ``keep_last`` newest complete checkpoints of run ``run_id``."""
     if keep_last <= 0:
         return []
-    ours = [p for p in complete_checkpoints(root) if read_files(p).get("run_id") == run_id]
+    ours = [p for p in complete_checkpoints(root) if (rid := _run_id_or_none(p)) is not None and rid == run_id]
     removed = []
     for p in ours[:-keep_last]:
         fs, path = storage.fs_and_path(p)
         fs.rm(path, recursive=True)
         removed.append(p)
     return removed
+
+
+def _run_id_or_none(path: str) -> str | None:
+    """The run id in a checkpoint's ``files.json``; a damaged one is left alone by pruning."""
+    try:
+        return read_files(path).get("run_id")
+    except CheckpointError:
+        return None
 
 
 def _read_json(url: str, missing: str) -> dict[str, Any]:
@@ -165,8 +262,17 @@ def _read_json(url: str, missing: str) -> dict[str, Any]:
 
 
 def read_files(path: str) -> dict[str, Any]:
+    """``files.json`` of a checkpoint, checked for shape: valid JSON of the wrong shape (``{}``,
+    ``[]``, a file list that lists nothing or lacks ``state.json``) is damage like a truncation,
+    so that it falls back instead of failing with a KeyError and a file list never verifies
+    vacuously."""
     path = os.fspath(path)
-    return _read_json(storage.join(path, FILES), f"{path} is not a complete checkpoint (no {FILES})")
+    url = storage.join(path, FILES)
+    record = _read_json(url, f"{path} is not a complete checkpoint (no {FILES})")
+    problem = integrity.files_problem(record, required=(STATE,))
+    if problem:
+        raise CheckpointError(f"{url}: damaged ({problem})")
+    return record
 
 
 def verify(path: str, rank: int = 0, world_size: int = 1) -> None:
@@ -178,15 +284,7 @@ def verify(path: str, rank: int = 0, world_size: int = 1) -> None:
     for i, (name, meta) in enumerate(sorted(record["files"].items())):
         if i % world_size != rank:
             continue
-        url = storage.join(path, name)
-        try:
-            size, digest = _sha256(url)
-        except FileNotFoundError:
-            raise CheckpointError(f"{url}: missing") from None
-        if size != meta["bytes"]:
-            raise CheckpointError(f"{url}: {size} bytes, {FILES} says {meta['bytes']} (truncated or replaced)")
-        if digest != meta["sha256"]:
-            raise CheckpointError(f"{url}: sha256 {digest[:12]}… differs from {FILES} ({meta['sha256'][:12]}…): damaged")
+        integrity.check_file(path, name, meta, CheckpointError)
 
 
 def read_state(path: str) -> dict[str, Any]:
@@ -194,7 +292,12 @@ def read_state(path: str) -> dict[str, Any]:
     path = os.fspath(path)
     read_files(path)
     url = storage.join(path, STATE)
-    return _read_json(url, f"{url}: missing")
+    state = _read_json(url, f"{url}: missing")
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) \
+            or not isinstance(state.get("world_size"), int) or state["world_size"] < 1 \
+            or not isinstance(state.get("layout"), dict):
+        raise CheckpointError(f"{url}: damaged (not an object with an integer 'step', 'world_size' and a 'layout')")
+    return state
 
 
 @dataclass
@@ -239,6 +342,8 @@ def load_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Op
         url = storage.join(path, f"rank-{r}.json")
         try:
             rank_states.append(json.loads(storage.read_bytes(url)))
-        except (FileNotFoundError, json.JSONDecodeError) as e:
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{url}: {type(e).__name__}") from None
+        if not isinstance(rank_states[-1], dict):
+            raise CheckpointError(f"{url}: damaged (not a JSON object)")
     return Loaded(path=path, state=state, rank_states=rank_states)

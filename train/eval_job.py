@@ -32,8 +32,11 @@ class EvalJobConfig:
     batch_size: int = option(8, help="rows per forward pass")
     choices: str | None = option(None, help="JSON-lines multiple-choice file: {prompt, choices, answer} per line")
     length_normalize: bool = option(False, help="choices: compare ELBO per token (acc_norm)")
+    verify: str | None = option(None, help="check each evaluated shard against its manifest first: none, size, sha256 "
+                                           "(default: the loader's, as data.verify in training)")
     json: bool = option(False, help="print one JSON object")
     device: str = option("auto", help="auto, cpu or cuda")
+    verify_model: bool = option(True, help="check an exported model's files against its files.json before loading")
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -49,7 +52,7 @@ def run_eval(cfg: EvalJobConfig) -> dict[str, Any]:
     from trimodal.train.evaluate import EvalConfig, Evaluator, eval_rows, evaluate_choices, read_choices
     from trimodal.train.objective import ObjectiveConfig
 
-    m = trimodal.load(cfg.checkpoint, device=cfg.device)
+    m = trimodal.load(cfg.checkpoint, device=cfg.device, verify=cfg.verify_model)
     given, cfg = cfg, resolved_settings(cfg, m.scoring.get("eval") or {})
     result: dict[str, Any] = {"checkpoint": m.source, "step": m.step, "loaded": m.describe()}
     if cfg.data:
@@ -64,7 +67,8 @@ def run_eval(cfg: EvalJobConfig) -> dict[str, Any]:
         # score as the run's own evaluation did: its row length, objective and attention settings
         seq_len = m.seq_len or m.model.cfg.max_seq_len
         data = LoaderConfig(sources=[SourceConfig(root=r) for r in cfg.data], seq_len=seq_len,
-                            document_attention=bool(m.scoring.get("document_attention")))
+                            document_attention=bool(m.scoring.get("document_attention")),
+                            **({"verify": cfg.verify} if cfg.verify is not None else {}))
         sources = []
         for sc in data.sources:
             manifest = Manifest.load(sc.root)

@@ -36,6 +36,7 @@ class SampleConfig:
     image_tokenizer: str | None = option(None, help="image tokenizer location (default: recorded)")
     audio_tokenizer: str | None = option(None, help="audio tokenizer location (default: recorded)")
     device: str = option("auto", help="auto, cpu or cuda")
+    verify_model: bool = option(True, help="check an exported model's files against its files.json before loading")
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -50,7 +51,7 @@ def run_sample(cfg: SampleConfig) -> list[str]:
     """Generate and write ``cfg.out``; returns the lines to print (what was loaded and written)."""
     import trimodal
 
-    m = trimodal.load(cfg.checkpoint, device=cfg.device)
+    m = trimodal.load(cfg.checkpoint, device=cfg.device, verify=cfg.verify_model)
     lines = [m.describe()]
     sampler = {"steps": cfg.steps, "cfg_scale": cfg.cfg, "temperature": cfg.temperature, "top_p": cfg.top_p,
                "order": cfg.order}

@@ -11,8 +11,8 @@ paper's fits). ``trimodal.load(path)`` returns a trained model to generate and s
 __version__ = "0.2.0"
 
 
-def load(path: str, device: str = "auto"):
+def load(path: str, device: str = "auto", verify: bool = True):
     """A trained model from a run, checkpoint or exported folder (see :mod:`trimodal.api`)."""
     from trimodal.api import load as _load
 
-    return _load(path, device)
+    return _load(path, device, verify)

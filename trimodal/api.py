@@ -34,6 +34,10 @@ EXPORT_CONFIG = "config.json"
 EXPORT_FORMAT = "trimodal-export"
 
 
+class ExportError(ValueError):
+    """An exported folder is damaged or incomplete; the message names the file."""
+
+
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint folder, or a run / checkpoints folder (its newest complete checkpoint)."""
     from trimodal.train import checkpoint as ckpt
@@ -206,13 +210,47 @@ def scoring_of(config: dict[str, Any]) -> dict[str, Any]:
             "eval": {k: ev[k] for k in ("rows", "t_levels", "seed", "split") if k in ev}}
 
 
-def load(path: str, device: str = "auto") -> Model:
-    """A model from a run, checkpoint or export folder (see the module docstring)."""
+def verify_export(path: str) -> None:
+    """Check every file of an export against its ``files.json`` (sizes and SHA-256s, written by
+    :func:`export`); raises :class:`ExportError` naming the first bad file."""
+    from trimodal import integrity
+
+    url = storage.join(path, integrity.FILES)
+    hint = "(pass --no-verify-model, or verify=False, to load it anyway)"
+    try:
+        record = json.loads(storage.read_bytes(url))
+    except FileNotFoundError:
+        raise ExportError(f"{url}: missing: the export cannot be verified {hint}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{url}: damaged ({e}) {hint}") from None
+    problem = integrity.files_problem(record, required=(EXPORT_MODEL, EXPORT_CONFIG))
+    if problem:
+        raise ExportError(f"{url}: damaged ({problem}) {hint}")
+    for name, meta in sorted(record["files"].items()):
+        integrity.check_file(path, name, meta, ExportError)
+
+
+def _export_config(path: str) -> dict[str, Any]:
+    url = storage.join(path, EXPORT_CONFIG)
+    try:
+        meta = json.loads(storage.read_bytes(url))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{url}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ExportError(f"{url}: a JSON {type(meta).__name__}, not an object")
+    return meta
+
+
+def load(path: str, device: str = "auto", verify: bool = True) -> Model:
+    """A model from a run, checkpoint or export folder (see the module docstring). An export is
+    checked against its ``files.json`` first unless ``verify=False`` (a checkpoint always is)."""
     from trimodal.tokenizers.runtime import resolve_device
 
     dev = resolve_device(device)
     if is_export(path):
-        meta = json.loads(storage.read_bytes(storage.join(path, EXPORT_CONFIG)))
+        if verify:
+            verify_export(path)
+        meta = _export_config(path)
         if meta.get("format") != EXPORT_FORMAT:
             raise ValueError(f"{path}/{EXPORT_CONFIG} is not a trimodal export (format={meta.get('format')!r})")
         layout = VocabLayout.from_dict(meta["layout"])
@@ -280,6 +318,13 @@ def export(checkpoint: str, out: str) -> list[str]:
             "scoring": m.scoring}
     storage.write_atomic(storage.join(out, EXPORT_CONFIG), json.dumps(meta, indent=1, sort_keys=True).encode())
     written.append(storage.join(out, EXPORT_CONFIG))
+    from trimodal import integrity
+
+    # written last, like a checkpoint's: every file above with its size and sha256
+    names = [f[len(root.rstrip("/")) + 1:] for f in fs.find(root)]
+    record = {"format": EXPORT_FORMAT, "files": integrity.list_files(out, [n for n in names if n != integrity.FILES])}
+    storage.write_atomic(storage.join(out, integrity.FILES), json.dumps(record, indent=1, sort_keys=True).encode())
+    written.append(storage.join(out, integrity.FILES))
     return written
 
 

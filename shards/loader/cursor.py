@@ -63,6 +63,7 @@ class Cursor:
         self.source, self.stream, self.n, self.seed = source, stream, num_streams, seed
         self.verify, self.on_corrupt, self.cycle = verify, on_corrupt, cycle
         self.counters = counters
+        self.where = source.root  # the shard of the sample returned last (errors name it)
         self.shared = SharedShards(index_cache)  # one store per process, shared by its streams
         shards = source.shards
         self.stride = len(shards) < num_streams
@@ -217,6 +218,7 @@ class Cursor:
                 self._skip_after_damage(at, e)
                 continue
             self._failures = 0
+            self.where = loaded[1].where
             return out
 
     def _skip_after_damage(self, at: tuple[int, int], err: ShardError) -> None:

@@ -198,7 +198,10 @@ class Stream:
             key, j, (column,), (text,) = got
             if text is None:
                 raise ShardError(self.ctx.sources[i].root, "text sample has no text.npy", key)
-            column.check(j, text, codes, "text")
+            try:
+                column.check(j, text, codes, "text")
+            except ValueError as e:  # a code out of the tokenizer's range: damage, named like other damage
+                raise ShardError(cursor.where, str(e), f"{key}.text.npy") from None
             packer.add_checked(text)
         tokens = packer.pop()
         self.parts, self.comp = ((tokens.size, 0, 0),), _TEXT_ROW
@@ -283,10 +286,13 @@ class Stream:
                                      f"data.seq_len {seq_len}: the shortest takes {need:,} positions (tokens + "
                                      f"{PAIRED_FRAMING} framing); raise data.seq_len to {need:,} or filter the data")
                 continue
-            if check is None:
-                _checked_text(text, ids.text_codes)
-            else:
-                check[0].check(check[1], text, ids.text_codes, "text")
+            try:
+                if check is None:
+                    _checked_text(text, ids.text_codes)
+                else:
+                    check[0].check(check[1], text, ids.text_codes, "text")
+            except ValueError as e:  # a code out of the tokenizer's range: damage, named like other damage
+                raise ShardError(self.cursors[i].where, str(e), f"{key}.text.npy") from None
             if text.size > seq_len - media.size - PAIRED_FRAMING:
                 self.counters["captions_truncated"] += 1
             if self.segments_only:

@@ -209,6 +209,35 @@ def test_eval_command_and_its_refusals(split_dataset, text_dataset, tmp_path, ca
     assert f"{bad}:2" in capsys.readouterr().err
 
 
+def test_eval_command_verifies_the_shards_it_reads(split_dataset, tmp_path, capsys):
+    """``trimodal eval --verify`` is the loader's check: a flipped byte in a val shard is named
+    with --verify sha256 instead of silently moving the ELBO, and a truncated one is caught with
+    no flag (the default is data.verify's, as in training)."""
+    import shutil
+
+    out = tmp_path / "run"
+    train(TrainConfig.load(None, _sets(split_dataset, out, 1, "run.ckpt_final=true")))
+    data = tmp_path / "data"
+    shutil.copytree(split_dataset, data)
+    shards = [data / s.name for s in Manifest.load(str(data)).split_shards("val")]
+    raws = {}
+    for shard in shards:  # every val shard: which one the rows come from first is the loader's choice
+        raws[shard] = raw = bytearray(shard.read_bytes())
+        raw[len(raw) // 3] ^= 0x01
+        shard.write_bytes(bytes(raw))
+    ev = ["eval", "--checkpoint", str(out), "--data", str(data), "--samples", "1", "--rows", "4", "--device", "cpu"]
+    capsys.readouterr()
+    assert main(ev + ["--verify", "sha256"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and any(s.name in err for s in shards) and "sha256" in err
+    assert main(ev + ["--verify", "md5"]) == 1 and "verify must be one of" in capsys.readouterr().err
+    for shard, raw in raws.items():
+        shard.write_bytes(bytes(raw[: len(raw) // 2]))
+    assert main(ev) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and any(s.name in err for s in shards)
+
+
 def test_eval_command_scores_as_the_run_did(split_dataset, tmp_path, capsys):
     """``trimodal eval`` on a checkpoint and on its export gives the number the run's own last
     evaluation logged, with no estimator flags (it takes the run's eval rows, draws, seed and

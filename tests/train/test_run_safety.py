@@ -225,7 +225,7 @@ def test_export_loads_in_a_fresh_process_without_fsdp(text_dataset, sp_model, tm
     export = tmp_path / "export"
     assert main(["export", "--checkpoint", str(out), "--out", str(export)]) == 0
     names = sorted(p.name for p in export.iterdir())
-    assert names == ["config.json", "model.safetensors", "tokenizers"]
+    assert names == ["config.json", "files.json", "model.safetensors", "tokenizers"]
     assert (export / "tokenizers" / "text" / Path(sp_model).name).is_file()
     assert main(["export", "--checkpoint", str(out), "--out", str(export)]) == 1  # not into a used folder
     capsys.readouterr()
@@ -248,3 +248,169 @@ def test_export_loads_in_a_fresh_process_without_fsdp(text_dataset, sp_model, tm
                            "--split", "train", "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"loaded {export}" in proc.stdout and "nats" in proc.stdout
+
+
+def _train_args(data: str, out, steps: int = 4, *extra: str) -> list[str]:
+    args = ["train", "--set", f'data.sources=[{{"root": "{data}"}}]']
+    for s in [f"run.out_dir={out}", f"run.steps={steps}", "run.batch_size=4", "run.device=cpu", "run.progress=false",
+              "run.ckpt_every=2", "run.log_every=1", "data.seq_len=64", "data.num_streams=2", "model.dim=32",
+              "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=64", "optim.warmup_steps=1", "log.tensorboard=false", *extra]:
+        args += ["--set", s]
+    return args
+
+
+@pytest.mark.parametrize("files_json", ["{}", "[]", '{"files": 3}', '{"files": {}, "step": 4}',
+                                        '{"files": {"state.json": {"bytes": "x", "sha256": 1}}}'])
+def test_files_json_of_the_wrong_shape_falls_back_on_resume(text_dataset, tmp_path, capsys, files_json):
+    """Valid JSON of the wrong shape is damage like a truncation: named in one line, and the
+    previous complete checkpoint resumes; an empty file list never verifies vacuously."""
+    out = tmp_path / "run"
+    assert main(_train_args(text_dataset, out, 4, "run.stop_at_step=4")) == 0
+    latest = out / "checkpoints" / "step-0000004"
+    (latest / "files.json").write_text(files_json)
+    with pytest.raises(ckpt.CheckpointError, match="files.json: damaged"):
+        ckpt.verify(latest)
+    capsys.readouterr()
+    assert main(_train_args(text_dataset, out, 4) + ["--resume"]) == 0
+    said = [l for l in capsys.readouterr().out.splitlines() if "is damaged" in l]
+    assert len(said) == 1 and f"checkpoint {latest} is damaged" in said[0] and "files.json" in said[0]
+    assert _steps(out) == [1, 2, 3, 4]  # resumed at step 2, nothing twice
+    assert ckpt.read_state(latest)["step"] == 4  # the damaged folder was replaced by a good one
+
+
+def test_a_damaged_export_is_named_in_one_line_unless_verification_is_off(text_dataset, sp_model, tmp_path, capsys):
+    """An export lists its files with sizes and sha256s (files.json, written last); a flipped byte
+    in the weights or a tokenizer file is named instead of sampled from; --no-verify-model loads
+    anyway, and a config.json that is not JSON is then named too."""
+    out, export = tmp_path / "run", tmp_path / "export"
+    train(_cfg(text_dataset, out, steps=2))
+    assert main(["export", "--checkpoint", str(out), "--out", str(export)]) == 0
+    listed = json.loads((export / "files.json").read_text())["files"]
+    assert {"model.safetensors", "config.json", f"tokenizers/text/{Path(sp_model).name}"} <= set(listed)
+    sample = ["sample", "--checkpoint", str(export), "--task", "text", "--prompt", "the", "--steps", "1", "--length", "2",
+              "--out", str(tmp_path / "s.txt"), "--device", "cpu"]
+    assert main(sample) == 0
+    good = (export / "model.safetensors").read_bytes()
+    _damage(export / "model.safetensors", "flip")
+    capsys.readouterr()
+    assert main(sample) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.safetensors: sha256" in err and "damaged" in err
+    assert main(sample + ["--no-verify-model"]) == 0  # the opt-out: a flip inside a weight still loads
+    (export / "model.safetensors").write_bytes(good)
+    _damage(export / "tokenizers" / "text" / Path(sp_model).name, "flip")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(export), "--data", text_dataset, "--split", "train", "--device", "cpu",
+                 "--rows", "2", "--samples", "1"]) == 1
+    assert Path(sp_model).name in capsys.readouterr().err
+    (export / "config.json").write_text('{"format": "trimodal-export", "model": ')
+    assert main(sample + ["--no-verify-model"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{export / 'config.json'}: not valid JSON" in err
+    (export / "files.json").write_text("[]")
+    assert main(sample) == 1
+    assert "files.json: damaged (a JSON list" in capsys.readouterr().err
+
+
+def test_a_text_code_out_of_range_names_the_shard_and_member(text_dataset, tmp_path, capsys):
+    """A high byte flipped in a token (same size: the default size check passes) is damage named
+    like any other: the shard and the member, in one line, not a bare 'text code out of range'."""
+    import io
+    import shutil
+    import tarfile
+
+    import numpy as np
+
+    data = tmp_path / "data"
+    shutil.copytree(text_dataset, data)
+    shards = sorted(data.rglob("*.tar"))
+    for shard in shards:  # every first token of every document: whichever the loader reads first
+        raw = bytearray(shard.read_bytes())
+        with tarfile.open(fileobj=io.BytesIO(bytes(raw))) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".text.npy"):
+                    f = io.BytesIO(bytes(raw[m.offset_data:m.offset_data + m.size]))
+                    major, _ = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                    assert dtype.itemsize >= 2 and shape[0] > 0
+                    raw[m.offset_data + f.tell() + dtype.itemsize - 1] = 0xFF  # little-endian: the high byte
+        shard.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(_train_args(str(data), tmp_path / "run", 2)) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "text code out of range" in err, err
+    assert any(f"{s}: " in err for s in shards) and ".text.npy: " in err, err
+
+
+_FSIZE_LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from trimodal.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_loses_nothing(text_dataset, tmp_path, capsys):
+    """A save that runs out of room (here a real file-size limit, RLIMIT_FSIZE: the kernel refuses
+    the write with EFBIG as a full disk does with ENOSPC) is one line naming the folder and the
+    cause; the previous checkpoint stays complete and the run resumes from it."""
+    out = tmp_path / "run"
+    assert main(_train_args(text_dataset, out, 4, "run.stop_at_step=2")) == 0
+    prev = out / "checkpoints" / "step-0000002"
+    biggest = max(f.stat().st_size for f in prev.iterdir())
+    logs = max((out / n).stat().st_size for n in ("log.jsonl", "config.json"))
+    limit = (biggest + 4 * logs) // 2  # the weights do not fit; the log does
+    assert 4 * logs < limit < biggest
+    proc = subprocess.run([sys.executable, "-c", _FSIZE_LIMITED, str(limit), *_train_args(text_dataset, out, 4),
+                           "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})  # torch's own warnings aside
+    err = proc.stderr.strip()
+    assert proc.returncode == 1 and len(err.splitlines()) == 1, err
+    assert f"could not save checkpoint {out / 'checkpoints' / 'step-0000004.partial'}: File too large" in err, err
+    assert f"the previous checkpoint {prev} is intact" in err and "resume with --resume" in err, err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"]  # no .partial left
+    ckpt.verify(prev)
+    capsys.readouterr()
+    assert main(_train_args(text_dataset, out, 4) + ["--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out and ckpt.read_state(out / "checkpoints" / "step-0000004")["step"] == 4
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 32 MiB filesystem (tmpfs), or a skip where mounting is not allowed."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}); "
+                    "the RLIMIT_FSIZE test covers the same path")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_no_space_left_during_a_checkpoint_save_is_one_line_and_loses_nothing(text_dataset, small_disk, capsys):
+    """ENOSPC itself, on a real small filesystem filled up: one line naming the folder and "No
+    space left on device", the previous checkpoint intact, and the run resumes once space is freed."""
+    out = small_disk / "run"
+    assert main(_train_args(text_dataset, out, 4, "run.stop_at_step=2")) == 0
+    prev = out / "checkpoints" / "step-0000002"
+    need = sum(f.stat().st_size for f in prev.iterdir())
+    st = os.statvfs(small_disk)
+    filler = small_disk / "filler"
+    filler.write_bytes(bytes(st.f_bavail * st.f_frsize - need // 2))  # room for half a checkpoint
+    capsys.readouterr()
+    assert main(_train_args(text_dataset, out, 4) + ["--resume"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"could not save checkpoint {out / 'checkpoints' / 'step-0000004.partial'}: No space left on device" in err
+    assert f"the previous checkpoint {prev} is intact" in err and f"free space under {out / 'checkpoints'}" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"]
+    ckpt.verify(prev)
+    filler.unlink()
+    assert main(_train_args(text_dataset, out, 4) + ["--resume"]) == 0
+    assert ckpt.read_state(out / "checkpoints" / "step-0000004")["step"] == 4
