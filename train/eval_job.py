@@ -32,7 +32,7 @@ class EvalJobConfig:
     batch_size: int = option(8, help="rows per forward pass")
     choices: str | None = option(None, help="JSON-lines multiple-choice file: {prompt, choices, answer} per line")
     length_normalize: bool = option(False, help="choices: compare ELBO per token (acc_norm)")
-    verify: str | None = option(None, help="check each evaluated shard against its manifest first: none, size, sha256 "
+    verify: str | None = option(None, help="check each evaluated shard against its manifest first: none, size, xxh3, sha256 "
                                            "(default: the loader's, as data.verify in training)")
     json: bool = option(False, help="print one JSON object")
     device: str = option("auto", help="auto, cpu or cuda")
