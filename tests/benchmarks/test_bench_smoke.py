@@ -38,7 +38,7 @@ CASES = {
     "bench_verify": ["--samples", "200", "--shards", "2", "--min-len", "20", "--max-len", "300", "--seq-len", "256",
                      "--repeats", "1"],
     "bench_loader": ["--samples", "200", "--shards", "4", "--min-len", "20", "--max-len", "300",
-                     "--seq-len", "256", "--repeats", "1"],
+                     "--seq-len", "1100", "--repeats", "1"],
     # the peers (LitData, webdataset, Mosaic) run when .bench-venv exists, else are reported skipped
     "bench_reader": ["--samples", "200", "--shards", "4", "--min-len", "20", "--max-len", "300",
                      "--repeats", "1", "--mds-repeats", "1"],

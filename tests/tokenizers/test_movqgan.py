@@ -184,7 +184,7 @@ def test_missing_key_and_wrong_shape_are_named(reference_dir: Path, tmp_path: Pa
 
     not_a_ckpt = tmp_path / "list.ckpt"
     torch.save([1, 2, 3], not_a_ckpt)
-    with pytest.raises(MoVQGANLoadError, match="state_dict"):
+    with pytest.raises(MoVQGANLoadError, match="not a MoVQGAN checkpoint.*holds a list, not a state dict"):
         load_movqgan(not_a_ckpt, "movqgan_67M")
 
 
