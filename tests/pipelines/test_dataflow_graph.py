@@ -281,4 +281,4 @@ def test_setup_file_route_stages_a_package_workers_can_run(text_tok, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", check, str(site), str(tmp_path)], check=True, capture_output=True,
                          text=True, env=env, cwd=tmp_path, timeout=120).stdout.split()
-    assert out == ["trimodal.pipelines.sink._WriteShard", "trimodal.pipelines.text.TokenizeText"], out
+    assert out == ["trimodal.pipelines.batch_sink._WriteShardPieces", "trimodal.pipelines.common._BatchOut"], out
