@@ -37,7 +37,7 @@ def test_verify_names_a_corrupted_shard(text_dataset, tmp_path):
     shutil.copytree(text_dataset, copy)
     shard = sorted(copy.glob("shard-*.tar*"))[0]
     data = bytearray(shard.read_bytes())
-    data[700] ^= 0xFF
+    data[len(data) // 2] ^= 0xFF  # zstd shards can be a few hundred bytes: the middle is always inside
     shard.write_bytes(bytes(data))
     res = trimodal("shards", "verify", str(copy), cwd=tmp_path)
     assert res.returncode == 1 and shard.name in res.stdout + res.stderr
