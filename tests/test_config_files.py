@@ -5,7 +5,6 @@ explained, and a repeated list flag extends instead of dropping what came first.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 
