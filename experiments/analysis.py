@@ -155,28 +155,46 @@ def paired(g: dict[str, Any], ref: dict[str, Any], metric: str) -> tuple[float, 
 
 # ---- schedule ---------------------------------------------------------------------------------
 def schedule(groups: list[dict[str, Any]], metric: str = "val_elbo", key: str = "schedule",
-             reference: Any = "linear") -> tuple[list[str], dict[str, Any]]:
-    """Points of one categorical setting ranked by final held-out ELBO, each against
-    ``reference`` (schedules: linear, the evaluation estimator's; anti-masking: off)."""
-    gs = sorted(groups, key=lambda g: mean_of(g, metric))
-    ref = next((g for g in groups if g[key] == reference), gs[0] if gs else None)
-    tol = 2 * pooled_sd(groups, metric)
+             reference: Any = "linear", unit: str = "nats", higher_is_better: bool = False) -> tuple[list[str], dict[str, Any]]:
+    """Points of one categorical setting ranked by ``metric`` (default: the final held-out ELBO),
+    each against ``reference`` (schedules: linear, the evaluation estimator's; anti-masking: off)."""
+    sign = -1.0 if higher_is_better else 1.0
+    gs = sorted((g for g in groups if math.isfinite(mean_of(g, metric))), key=lambda g: sign * mean_of(g, metric))
+    ref = next((g for g in gs if g[key] == reference), gs[0] if gs else None)
+    tol = 2 * pooled_sd(gs, metric)
     lines, nums = [], {"ranking": [str(g[key]) for g in gs], "tolerance": tol}
     if not gs or ref is None:
         return lines, nums
-    lines.append("ranking (best first): " + ", ".join(f"{g[key]} {_fmt(mean_of(g, metric))}" + (f" ± {_fmt(sd_of(g, metric))}" if math.isfinite(sd_of(g, metric)) else "")
-                                                     for g in gs) + ".")
+    name = "" if metric == "val_elbo" else f"{metric}: "
+    lines.append(f"{name}ranking (best first): " + ", ".join(
+        f"{g[key]} {_fmt(mean_of(g, metric))}" + (f" ± {_fmt(sd_of(g, metric))}" if math.isfinite(sd_of(g, metric)) else "")
+        for g in gs) + ".")
     for g in gs:
         if g is ref:
             continue
         d = mean_of(g, metric) - mean_of(ref, metric)
-        verdict = "within" if abs(d) <= tol else ("worse than" if d > 0 else "better than")
+        verdict = "within" if abs(d) <= tol else ("worse than" if sign * d > 0 else "better than")
         pm, psd, n = paired(g, ref, metric)
-        text = f"{g[key]} − {ref[key]}: {d:+.4f} nats ({verdict} 2 seed sd = {_fmt(tol)})"
+        text = f"{name}{g[key]} − {ref[key]}: {d:+.4f}{' ' + unit if unit else ''} ({verdict} 2 seed sd = {_fmt(tol)})"
         if n >= 2:
             text += f"; paired by seed (same init, data order and t draws): {pm:+.4f} ± {psd:.4f} over {n} seeds"
         lines.append(text + ".")
         nums[str(g[key])] = {"difference": d, "paired_mean": pm, "paired_sd": psd, "paired_n": n}
+    return lines, nums
+
+
+# Generation metrics next to the ELBO (experiments/scoring.py): whether higher is better.
+GENERATION_METRICS = {"fid": False, "clip_score": True, "wer": False, "fad": False}
+
+
+def generation(groups: list[dict[str, Any]], key: str, reference: Any) -> tuple[list[str], dict[str, Any]]:
+    """The schedule-style comparison for every generation metric the runs were scored with."""
+    lines, nums = [], {}
+    for metric, higher in GENERATION_METRICS.items():
+        if any(math.isfinite(mean_of(g, metric)) for g in groups):
+            ls, ns = schedule(groups, metric=metric, key=key, reference=reference, unit="", higher_is_better=higher)
+            lines += ls
+            nums[metric] = ns
     return lines, nums
 
 

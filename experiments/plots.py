@@ -128,12 +128,13 @@ def mixing(groups: list[dict[str, Any]], tasks: list[str], path: str) -> str:
 
 
 def schedule(groups: list[dict[str, Any]], path: str, key: str = "schedule", reference: Any = "linear") -> str:
-    """Final val ELBO per schedule, overall and per modality: points with seed sd, and the
-    paired difference to linear (per seed) on the second row."""
+    """Final val ELBO per schedule, overall and per modality, and the generation metrics the runs
+    were scored with: points with seed sd, and the paired difference to linear (per seed) on the
+    second row."""
     plt = _plt()
-    from trimodal.experiments.analysis import paired
+    from trimodal.experiments.analysis import GENERATION_METRICS, paired
 
-    metrics = [m for m in ["val_elbo"] + [f"val_elbo_{m}" for m in MODALITIES]
+    metrics = [m for m in ["val_elbo"] + [f"val_elbo_{m}" for m in MODALITIES] + list(GENERATION_METRICS)
                if any(math.isfinite(mean_of(g, m)) for g in groups)] or ["val_elbo"]  # modalities evaluated
     names = [f"{key} {g[key]}" if isinstance(g[key], bool) else str(g[key]) for g in groups]
     ref = next((g for g in groups if g[key] == reference), groups[0] if groups else None)

@@ -25,8 +25,8 @@ INTRO = {
                 "same linear-schedule ELBO estimator, so the numbers compare. the paper's App. F.",
     "anti-masking": "Training with and without anti-masking (objective.anti_mask: every row is also trained on the "
                     "complement of its mask, doubling compute per row). Paper §7.4. Evaluated with the same "
-                    "linear-schedule ELBO estimator; for generation quality run `trimodal eval --generate` on "
-                    "each run folder (docs/quality.md).",
+                    "linear-schedule ELBO estimator; generation quality is scored when the spec has a `generate:` "
+                    "section (docs/quality.md).",
     "scaling": "Model sizes on the ladder (width ∝ depth, heads = depth) × token horizons. Paper §5.3; "
                "fit eq. 5.1 with `trimodal experiment fit scaling results.csv`.",
 }
@@ -61,11 +61,17 @@ def _point_table(kind: str, groups: list[dict[str, Any]], keys: list[str], tasks
         body = [[_num(g[f"weight_{t}"]) for t in tasks] + [str(g["n"])] +
                 [pm(g.get(f"task_elbo_{t}")) for t in tasks] + [pm(g.get("val_elbo"))] for g in groups]
         return table(heads, body)
-    heads = keys + ["n", "val ELBO", "text", "image", "audio", "steps", "B", "B̃", "κ", "lr", "N"]
+    gen = generation_columns(groups)
+    heads = keys + ["n", "val ELBO", "text", "image", "audio"] + gen + ["steps", "B", "B̃", "κ", "lr", "N"]
     body = [[_num(g[k]) for k in keys] + [str(g["n"]), pm(g.get("val_elbo"))] +
-            [pm(g.get(f"val_elbo_{m}")) for m in R.MODALITIES] +
+            [pm(g.get(f"val_elbo_{m}")) for m in R.MODALITIES] + [pm(g.get(m)) for m in gen] +
             [_num(g.get(f)) for f in ("steps", "B", "logical_batch", "kappa", "lr", "N")] for g in groups]
     return table(heads, body)
+
+
+def generation_columns(groups: list[dict[str, Any]]) -> list[str]:
+    """The generation metrics (FID, CLIP score, WER, FAD) that any point was scored with."""
+    return [m for m in R.GENERATION if any(isinstance(g.get(m), tuple) and math.isfinite(g[m][0]) for g in groups)]
 
 
 def write_report(spec: ExperimentSpec, rows: list[dict[str, Any]], folder: str, point_columns: tuple[str, ...],
@@ -87,6 +93,12 @@ def write_report(spec: ExperimentSpec, rows: list[dict[str, Any]], folder: str, 
     md += [f"Seeds {spec.seeds}; runs: {ok} ok, {len(failed)} failed, {pending} pending. Numbers are the final "
            "held-out ELBO (nats per non-PAD token; fixed val rows, t-levels and masks), mean ± sample sd over "
            "the finished seeds (n).", ""]
+    if spec.generate is not None:
+        g = spec.generate
+        md += [f"Generation metrics (fid, clip_score, wer, fad): {g.get('num', 16)} samples per run and task "
+               f"({', '.join(g.get('tasks', ['image']))}) from its last checkpoint, sample seed {g.get('seed', 0)} for "
+               "every run (paired by training seed); samples and metrics.json under `<run>/generate/`. Lower is "
+               "better except clip_score.", ""]
     plot_files: list[str] = []
     lines: list[str] = []
     if groups:
@@ -100,6 +112,9 @@ def write_report(spec: ExperimentSpec, rows: list[dict[str, Any]], folder: str, 
                                                "anti_masking.png"),
                               }.get(spec.kind, (analysis.scaling, plots.scaling, "scaling.png"))
         lines, _ = analyse(groups)  # numbers only: written even without matplotlib
+        if spec.kind in ("schedule", "anti-masking"):  # judged on samples too, not on the ELBO alone
+            key, ref = ("schedule", "linear") if spec.kind == "schedule" else ("anti_mask", False)
+            lines += analysis.generation(groups, key=key, reference=ref)[0]
         try:
             plot_files.append(plot(groups, os.path.join(folder, png)))
             plot_files.append(plots.curves(groups, keys, os.path.join(folder, "curves.png")))

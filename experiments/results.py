@@ -3,7 +3,8 @@ aggregates over seeds.
 
 Everything here comes from files a run leaves behind, so a report can be rebuilt at any time:
 ``log.jsonl`` (the start record's optimiser and reparameterisation values, the last eval
-record's ELBOs), ``experiment.json`` (the grid point, written by the runner before the run
+record's ELBOs), ``generate/metrics.json`` (generation metrics, when the spec scores samples),
+``experiment.json`` (the grid point, written by the runner before the run
 starts) and ``status.json`` (exit status and reason, written when the run ends).
 """
 
@@ -15,6 +16,7 @@ import math
 import os
 from typing import Any, Iterable
 
+from trimodal.experiments.scoring import scored
 from trimodal.train.metrics import read_log
 
 MODALITIES = ("text", "image", "audio")
@@ -22,8 +24,9 @@ TASK_MODALITY = {"text": "text", "image_text": "image", "audio_text": "audio"}
 EXPERIMENT_FILE, STATUS_FILE = "experiment.json", "status.json"
 
 HEAD = ["name", "status", "reason", "seed"]
+GENERATION = ["fid", "clip_score", "wer", "fad"]  # from <run>/generate/metrics.json (experiments/scoring.py)
 METRICS = ["loss", "val_elbo", "val_elbo_se", *(f"val_elbo_{m}" for m in MODALITIES),
-           *(f"task_elbo_{t}" for t in TASK_MODALITY)]
+           *(f"task_elbo_{t}" for t in TASK_MODALITY), *GENERATION]
 RUN_FACTS = ["eval_step", "steps", "B", "seq_len", "D", "tokens", "N", "params_total", "logical_batch",
              "logical_steps", "kappa", "lr", "beta1", "beta2", "eps", "weight_decay", "seconds", "returncode"]
 
@@ -110,6 +113,7 @@ def read_run(run_dir: str, source_tasks: dict[str, str] | None = None) -> dict[s
                 by_task.setdefault(task, []).append(float(v))
         for task, vs in by_task.items():
             row[f"task_elbo_{task}"] = sum(vs) / len(vs)
+    row.update(scored(run_dir))
     row["_curve"] = [(int(r["step"]), r) for r in evals if r.get("step") is not None]
     return row
 

@@ -208,6 +208,31 @@ def collect(spec: ExperimentSpec, planned: list[PlannedRun]) -> list[dict[str, A
     return [R.read_run(p.folder, tasks) for p in planned]
 
 
+def score_runs(spec: ExperimentSpec, planned: list[PlannedRun]) -> Iterator[str]:
+    """The ``generate:`` section: sample from and score every finished run not scored yet."""
+    from trimodal.experiments.scoring import GENERATE_DIR, reference_once, score_run
+    from trimodal.experiments.spec import generate_of
+
+    gen = generate_of(spec)
+    if gen is None:
+        return
+    todo = [p for p in planned if R.is_finished(p.folder, p.config_hash)
+            and not os.path.exists(os.path.join(p.folder, GENERATE_DIR, "metrics.json"))]
+    if not todo:
+        return
+    metrics = reference_once(gen.metrics, os.path.abspath(spec.out))
+    for i, p in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        try:
+            result = score_run(p.folder, gen, metrics)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:  # one run's failure does not stop the others
+            yield f"[score {i}/{len(todo)}] {p.run.name}: FAILED: {e}"
+            continue
+        vals = ", ".join(f"{k} {v:.4f}" for res in result["metrics"].values() for k, v in res.items()
+                         if k in ("fid", "clip_score", "wer", "fad"))
+        yield f"[score {i}/{len(todo)}] {p.run.name}: {vals or 'samples only'} ({time.perf_counter() - t0:.0f} s)"
+
+
 def run_experiment(cfg: RunSpecConfig) -> Iterator[str]:
     """Run (or print) the spec's runs, then write the results; yields progress lines."""
     from trimodal.experiments.report import write_report
@@ -232,6 +257,7 @@ def run_experiment(cfg: RunSpecConfig) -> Iterator[str]:
             st = run_local(p, cfg.threads, cfg.timeout)
             what = "ok" if st["status"] == "ok" else f"FAILED: {st['reason']}"
             yield f"[{i}/{len(todo)}] {p.run.name}: {what} ({st['seconds']:.0f} s)"
+        yield from score_runs(spec, planned)
     rows = collect(spec, planned)
     folder = os.path.abspath(spec.report or spec.out)
     for path in write_report(spec, rows, folder, POINT_COLUMNS[spec.kind], cfg.spec):

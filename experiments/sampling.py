@@ -33,9 +33,9 @@ from typing import Any
 
 from trimodal.config import option
 
+from trimodal.experiments.scoring import SCORES, check_metrics, reference_once
+
 SETTINGS = ("steps", "cfg", "temperature", "top_p")
-METRIC_KEYS = ("inception", "fid_ref", "clip", "asr", "audio_embed", "fad_ref", "ref_split", "ref_limit")
-SCORES = {"image": ("fid", "clip_score"), "speech": ("wer", "fad")}
 
 
 @dataclass
@@ -56,14 +56,9 @@ class SamplingGrid:
     def __post_init__(self) -> None:
         if not self.checkpoint:
             raise ValueError("checkpoint: give the run, checkpoint or export to sample from")
-        bad = [t for t in self.tasks if t not in SCORES]
-        if bad or not self.tasks:
-            raise ValueError(f"tasks: give image and/or speech, got {self.tasks}")
+        check_metrics(self.tasks, self.metrics)
         if not any(getattr(self, s) for s in SETTINGS):
             raise ValueError(f"give at least one of {', '.join(SETTINGS)} to sweep")
-        unknown = sorted(set(self.metrics) - set(METRIC_KEYS))
-        if unknown:
-            raise ValueError(f"metrics: unknown key {unknown[0]!r} (known: {', '.join(METRIC_KEYS)})")
 
 
 def points(grid: SamplingGrid, seeds: list[int]) -> list[tuple[str, dict[str, Any]]]:
@@ -76,30 +71,6 @@ def points(grid: SamplingGrid, seeds: list[int]) -> list[tuple[str, dict[str, An
                     out.append((f"{task}-{setting}{value:g}-s{seed}",
                                 {"task": task, "setting": setting, "value": value, "seed": seed}))
     return out
-
-
-def _reference_once(grid: SamplingGrid, out: str) -> dict[str, Any]:
-    """The metric options with FID/FAD references computed once into ``out`` (not per point)."""
-    m = dict(grid.metrics)
-    ref, inc = m.get("fid_ref"), m.get("inception")
-    if ref and inc and not str(ref).endswith(".npz"):
-        from trimodal.quality.fid import reference_stats
-        from trimodal.quality.inception import load_fid_inception
-
-        path = os.path.join(out, "fid_reference.npz")
-        if not os.path.exists(path):
-            reference_stats(ref, load_fid_inception(inc), out=path, split=m.get("ref_split", "val"),
-                            limit=m.get("ref_limit"))
-        m["fid_ref"] = path
-    ref, emb = m.get("fad_ref"), m.get("audio_embed")
-    if ref and emb and not str(ref).endswith(".npz"):
-        from trimodal.quality.fad import AudioEmbedder, reference_stats as fad_reference
-
-        path = os.path.join(out, "fad_reference.npz")
-        if not os.path.exists(path):
-            fad_reference(ref, AudioEmbedder.load(emb), out=path, limit=m.get("ref_limit"))
-        m["fad_ref"] = path
-    return m
 
 
 def _elbo(grid: SamplingGrid) -> dict[str, Any] | None:
@@ -119,7 +90,7 @@ def run_sampling(spec: Any) -> Iterator[str]:
     out = os.path.abspath(spec.out)
     todo = points(grid, list(spec.seeds))
     yield f"experiment {spec.name} (sampling): {len(todo)} points from {grid.checkpoint}"
-    metrics = _reference_once(grid, out)
+    metrics = reference_once(grid.metrics, out)
     rows = []
     for i, (name, p) in enumerate(todo, 1):
         folder = os.path.join(out, name)

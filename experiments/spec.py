@@ -8,6 +8,8 @@ A spec file (YAML, JSON or TOML) holds::
     seeds: [0, 1]
     base: {...}   # a train config: the keys of `trimodal train --config`
     grid: {...}   # what varies; the keys depend on the kind (the *Grid dataclasses below)
+    generate: {...}   # optional, training kinds: sample from every run and score the samples
+                      # (FID, CLIP score, WER, FAD; :mod:`trimodal.experiments.scoring`)
 
 Every run is ``base`` plus the run's overrides (dotted keys) plus ``run.seed``; relative paths
 in the spec (``out``, ``report``, dataset roots) are taken from the folder the command runs in,
@@ -41,6 +43,7 @@ class ExperimentSpec:
     seeds: list[int] = option(default_factory=lambda: [0], help="one run per grid point and seed")
     report: str | None = option(None, help="folder of results.csv, report.md and plots (default: out)")
     name: str | None = option(None, help="title of the report (default: the spec file's name)")
+    generate: dict[str, Any] | None = option(None, help="score every run's samples (experiments/scoring.py keys)")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -189,6 +192,7 @@ def load_spec(path: str) -> ExperimentSpec:
     if spec.name is None:
         spec.name = os.path.splitext(os.path.basename(path))[0]
     grid_of(spec, where=path)
+    generate_of(spec, where=path)
     return spec
 
 
@@ -198,6 +202,21 @@ def grid_of(spec: ExperimentSpec, where: str = "spec") -> Any:
     except ConfigError as e:
         msg = str(e)
         raise ConfigError(f"{where}: {msg if msg.startswith(('unknown config key', 'grid')) else 'grid: ' + msg}") from None
+
+
+def generate_of(spec: ExperimentSpec, where: str = "spec") -> Any:
+    """The spec's ``generate:`` section checked (None when absent); a sampling spec has its own."""
+    if spec.generate is None:
+        return None
+    if spec.kind == "sampling":
+        raise ConfigError(f"{where}: generate: a sampling spec scores its points already (grid.metrics)")
+    from trimodal.experiments.scoring import GenerateSpec
+
+    try:
+        return from_dict(GenerateSpec, spec.generate, prefix="generate")
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(f"{where}: {msg if msg.startswith(('unknown config key', 'generate')) else 'generate: ' + msg}") from None
 
 
 # ---- pure helpers ---------------------------------------------------------------------------------

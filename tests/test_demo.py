@@ -9,16 +9,26 @@ import subprocess
 import sys
 import wave
 
+import pytest
+import yaml
 from PIL import Image
 
 from trimodal.shards.manifest import Manifest
 from trimodal.shards.verify import verify
 
 
-def test_demo_runs_the_whole_chain(tmp_path):
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One demo run shared by the tests below (it is the slowest thing in the suite)."""
+    tmp_path = tmp_path_factory.mktemp("demo_run")
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "trimodal.cli", "demo", "--out", str(out), "--steps", "40"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=2400)  # a hang guard, not a speed check: a busy 2-core machine runs this 10x slower
+    return out, proc
+
+
+def test_demo_runs_the_whole_chain(demo, tmp_path):
+    out, proc = demo
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = proc.stdout + proc.stderr
 
@@ -58,14 +68,15 @@ def test_demo_runs_the_whole_chain(tmp_path):
     for i in range(2):
         with wave.open(str(tmp_path / "show-audio_text" / f"sample_{i}.wav")) as w:
             assert w.getnframes() > 0 and w.getframerate() == 16000
-    _eval_generate_on_the_demo_run(out, tmp_path)
 
 
-def _eval_generate_on_the_demo_run(out, tmp_path):
+def test_eval_generate_on_the_demo_run(demo, tmp_path):
     """``trimodal eval --generate`` on the demo's run with tiny random metric weights: every metric
-    is computed, the JSON and the contact sheet are written, and a rerun gives the same samples.
-    (Part of the demo test so as not to pay for a second demo run.)"""
+    is computed, the JSON and the contact sheet are written, and a rerun gives the same samples."""
     import shutil
+
+    out, proc = demo
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
     from trimodal.quality.tiny import write_all
 
@@ -104,6 +115,71 @@ def _eval_generate_on_the_demo_run(out, tmp_path):
                (tmp_path / "gen2" / "images" / f"{i:04d}.png").read_bytes()
     assert again["metrics"]["image"]["fid"] == first["metrics"]["image"]["fid"]
     assert "clip_score (give --clip)" in again["skipped"] and "speech" not in again["metrics"]
+
+
+def _experiment(spec: dict, folder, cwd):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = subprocess.run([sys.executable, "-m", "trimodal.cli", "experiment", "run", str(path)], cwd=cwd,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_experiment_kinds_score_what_the_runs_generate(demo, tmp_path):
+    """The anti-masking kind with a ``generate:`` section samples from each trained run and
+    reports CLIP score and WER next to the ELBO, paired by seed; a rerun scores nothing again. The
+    sampling kind sweeps one setting over the demo's run. Tiny random metric weights: the numbers
+    mean nothing, the plumbing is what is checked."""
+    import csv
+
+    from trimodal.quality.tiny import write_all
+
+    out, proc = demo
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = write_all(tmp_path / "metric_weights")
+    data = out / "data"
+    metrics = {"clip": weights["clip"], "asr": weights["asr"]}
+    spec = {"kind": "anti-masking", "name": "anti", "out": str(tmp_path / "anti"), "seeds": [0, 1],
+            "base": {"model": {"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 256},
+                     "data": {"sources": [{"root": str(data / t)} for t in ("text", "image_text", "audio_text")],
+                              "seq_len": 256, "num_streams": 1},
+                     "optim": {"lr": 3e-3, "warmup_steps": 0, "weight_decay": 0.0},
+                     "eval": {"every": 2, "rows": 4, "t_levels": 2, "batch_size": 4,
+                              "sources": [{"root": str(data / "text")}]},
+                     "log": {"tensorboard": False},
+                     "run": {"device": "cpu", "steps": 2, "batch_size": 2, "log_every": 1, "ckpt_every": 0}},
+            "generate": {"tasks": ["image", "speech"], "num": 2, "steps": 2, "seconds": 0.4, "device": "cpu",
+                         "metrics": metrics}}
+    said = _experiment(spec, tmp_path / "anti_spec", tmp_path)
+    assert said.count("[score ") == 4 and "4 ok, 0 failed" in said
+    with open(tmp_path / "anti" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    for r in rows:
+        assert float(r["clip_score"]) >= 0 and 0 <= float(r["wer"]) and float(r["val_elbo"]) > 0, r
+        assert r["fid"] == "" and r["fad"] == ""  # not asked for: no column invented
+        scored = json.loads((tmp_path / "anti" / "runs" / r["name"] / "generate" / "metrics.json").read_text())
+        assert float(r["clip_score"]) == scored["metrics"]["image"]["clip_score"]
+        assert scored["seed"] == 0  # one sample seed for every run: paired comparisons
+    md = (tmp_path / "anti" / "report.md").read_text()
+    assert "| clip_score | wer |" in md.replace("audio | clip_score", "| clip_score")
+    assert "clip_score: ranking (best first)" in md and "wer: True − False" in md and "over 2 seeds" in md
+    assert "Generation metrics" in md
+    again = _experiment(spec, tmp_path / "anti_spec", tmp_path)
+    assert "[score " not in again and "4 ok, 0 failed" in again  # scored runs are not sampled again
+
+    sweep = {"kind": "sampling", "name": "sweep", "out": str(tmp_path / "sweep"), "seeds": [0],
+             "grid": {"checkpoint": str(out / "run"), "tasks": ["image"], "steps": [2, 4], "num": 2, "device": "cpu",
+                      "metrics": {"clip": weights["clip"]}}}
+    said = _experiment(sweep, tmp_path / "sweep_spec", tmp_path)
+    assert "2 points" in said
+    with open(tmp_path / "sweep" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["setting"], r["value"], r["sampler_steps"]) for r in rows] == [("steps", "2", "2"), ("steps", "4", "4")]
+    assert all(float(r["clip_score"]) >= 0 for r in rows)
+    assert (tmp_path / "sweep" / "image-steps2-s0" / "images.png").exists()
 
 
 def test_demo_runs_with_the_higgs_codec(tmp_path):

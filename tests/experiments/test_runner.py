@@ -375,3 +375,35 @@ def test_sampling_points_move_one_setting_at_a_time(tmp_path):
     assert "| steps | 8 | 1 | 18.0000 | 20.0000 |" in md  # n = 1: no "± 0.0000"
     assert "| cfg | 1 | 1 | 0.5000 | – |" in md
     assert (tmp_path / "results.csv").read_text().count("\n") == len(rows) + 1
+
+
+def test_generate_section_is_checked(tmp_path, data):
+    base = tiny_base(data, steps=2, batch_size=2)
+    ok = write_spec(tmp_path / "ok", "schedule", {"schedules": ["linear"]}, base,
+                    generate={"tasks": ["image"], "num": 2, "metrics": {"clip": "weights/clip"}})
+    gen = S.generate_of(S.load_spec(ok))
+    assert gen.tasks == ["image"] and gen.num == 2 and gen.seed == 0 and gen.metrics == {"clip": "weights/clip"}
+    for generate, match in (({"metrics": {"nope": 1}}, "unknown key 'nope'"), ({"tasks": ["video"]}, "image and/or speech"),
+                            ({"num": 0}, "num must be >= 1"), ({"sample": 3}, "unknown config key generate.sample")):
+        bad = write_spec(tmp_path / "bad", "anti-masking", {}, base, generate=generate)
+        with pytest.raises(ConfigError, match=match):
+            S.load_spec(bad)
+    sampling = write_spec(tmp_path / "s", "sampling", {"checkpoint": "runs/x", "steps": [4]}, {}, generate={"num": 2})
+    with pytest.raises(ConfigError, match="scores its points already"):
+        S.load_spec(sampling)
+
+
+def test_generation_metrics_are_compared_by_direction():
+    """Paired differences of generation metrics; CLIP score ranks higher-is-better, FID lower."""
+    def members(vals):
+        return [{"seed": s, "status": "ok", **v} for s, v in enumerate(vals)]
+
+    rows = [*({"anti_mask": False, **m} for m in members([{"fid": 10.0, "clip_score": 20.0}, {"fid": 12.0, "clip_score": 22.0}])),
+            *({"anti_mask": True, **m} for m in members([{"fid": 8.0, "clip_score": 25.0}, {"fid": 11.0, "clip_score": 23.0}]))]
+    groups = R.aggregate(rows, ["anti_mask"], R.METRICS)
+    lines, nums = analysis.generation(groups, key="anti_mask", reference=False)
+    assert set(nums) == {"fid", "clip_score"}  # wer, fad: not scored, not reported
+    assert nums["fid"]["ranking"] == ["True", "False"] and nums["clip_score"]["ranking"] == ["True", "False"]
+    assert nums["fid"]["True"]["paired_mean"] == pytest.approx(-1.5) and nums["fid"]["True"]["paired_sd"] == pytest.approx(0.5 * 2 ** 0.5)
+    assert nums["clip_score"]["True"]["paired_mean"] == pytest.approx(3.0)
+    assert any(ln.startswith("fid: True − False: -1.5000 (") for ln in lines)
