@@ -1,9 +1,9 @@
 """Small random-initialised metric weights, written through the real save formats, so the whole
 evaluation path can be run (and tested) without the real models: the FID Inception (real
-architecture, random weights, ``torch.save`` of its state dict), and tiny CLIP, CTC-ASR and
-HuBERT folders (``save_pretrained``). Every number they give is meaningless.
+architecture, random weights, ``torch.save`` of its state dict), and tiny CLIP, CTC-ASR, Whisper
+and HuBERT folders (``save_pretrained``). Every number they give is meaningless.
 
-    python -m trimodal.quality.tiny OUT    # writes OUT/{inception,clip,asr,audio_embed}
+    python -m trimodal.quality.tiny OUT    # writes OUT/{inception,clip,asr,whisper,audio_embed}
 """
 
 from __future__ import annotations
@@ -34,17 +34,20 @@ def write_inception(folder: Path, seed: int = 0) -> Path:
     return path
 
 
-def _clip_tokenizer(tf, folder: Path):
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+def _letter_vocab(specials: list[str], space: str, suffix: str) -> dict[str, int]:
+    """Single letters, each also as a word start (``space`` prefix) or word end (``suffix``)."""
+    vocab = {t: i for i, t in enumerate(specials)}
     for c in LETTERS:
         vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(d) / "merges.txt").write_text("#version: 0.2\n")
-        tok = tf.CLIPTokenizer(vocab_file=str(Path(d) / "vocab.json"), merges_file=str(Path(d) / "merges.txt"))
+        vocab[space + c + suffix] = len(vocab)
+    return vocab
+
+
+def _clip_tokenizer(tf, folder: Path):
+    # transformers 5's tokenizers take the vocabulary itself (``vocab=``; a ``vocab_file=`` is ignored)
+    tok = tf.CLIPTokenizer(vocab=_letter_vocab(["<|startoftext|>", "<|endoftext|>"], "", "</w>"), merges=[])
     tok.save_pretrained(str(folder))
-    return len(vocab)
+    return len(tok)
 
 
 def write_clip(folder: Path, seed: int = 0) -> Path:
@@ -101,11 +104,34 @@ def write_audio_embedder(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def write_whisper(folder: Path, seed: int = 0) -> Path:
+    """A tiny Whisper (sequence-to-sequence ASR) with a letter vocabulary: the other WER path."""
+    tf = transformers()
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+    tok = tf.WhisperTokenizer(vocab=_letter_vocab(specials, "\u0120", ""), merges=[])
+    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    proc = tf.WhisperProcessor(feature_extractor=tf.WhisperFeatureExtractor(feature_size=80), tokenizer=tok)
+    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    cfg = tf.WhisperConfig(vocab_size=len(tok), num_mel_bins=80, d_model=16, encoder_layers=1, decoder_layers=1,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                           max_source_positions=1500, max_target_positions=32, pad_token_id=eot, bos_token_id=eot,
+                           eos_token_id=eot, decoder_start_token_id=sot, begin_suppress_tokens=None, suppress_tokens=None)
+    model = tf.WhisperForConditionalGeneration(cfg)
+    gen = model.generation_config
+    gen.decoder_start_token_id, gen.no_timestamps_token_id, gen.forced_decoder_ids = sot, ids["<|notimestamps|>"], None
+    model.save_pretrained(str(folder))
+    proc.save_pretrained(str(folder))
+    return folder
+
+
 def write_all(out: str | Path, seed: int = 0) -> dict[str, str]:
     out = Path(out)
     return {"inception": str(write_inception(out / "inception", seed)),
             "clip": str(write_clip(out / "clip", seed)),
             "asr": str(write_asr(out / "asr", seed)),
+            "whisper": str(write_whisper(out / "whisper", seed)),
             "audio_embed": str(write_audio_embedder(out / "audio_embed", seed))}
 
 

@@ -82,6 +82,12 @@ class Transcriber:
     def sample_rate(self) -> int:
         return int(self.processor.feature_extractor.sampling_rate)
 
+    def _new_tokens(self) -> int:
+        """At most ``max_new_tokens``, and never past the decoder's positions (Whisper: 448) less
+        its start tokens (start of transcript, language, task, no timestamps)."""
+        limit = getattr(self.model.config, "max_target_positions", None)
+        return self.max_new_tokens if limit is None else max(1, min(self.max_new_tokens, int(limit) - 4))
+
     @torch.no_grad()
     def transcribe(self, clips: list[np.ndarray], sr: int) -> list[str]:
         device = next(self.model.parameters()).device
@@ -92,6 +98,6 @@ class Transcriber:
             if self.ctc:
                 ids = self.model(feats["input_values"].to(device)).logits.argmax(-1)
             else:
-                ids = self.model.generate(feats["input_features"].to(device), max_new_tokens=self.max_new_tokens)
+                ids = self.model.generate(feats["input_features"].to(device), max_new_tokens=self._new_tokens())
             out.append(self.processor.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)[0])
         return out

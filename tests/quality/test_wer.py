@@ -57,3 +57,33 @@ def test_tiny_ctc_model_loads_and_transcribes(metric_weights, tmp_path) -> None:
     clips = [rng.standard_normal(12000).astype(np.float32), rng.standard_normal(6000).astype(np.float32)]
     assert fixed.transcribe(clips, 24000) == ["o", "o"]  # resampled 24 → 16 kHz on the way
     assert word_error_rate(["Oh!", "o no"], fixed.transcribe(clips, 24000)) == pytest.approx(2 / 3)
+
+
+def test_tiny_whisper_model_loads_and_transcribes(metric_weights, tmp_path) -> None:
+    """The sequence-to-sequence path: a Whisper whose decoder output is pinned (final layer norm
+    gives a constant vector, the untied output head maps it to 'o') emits 'o' at every step and
+    never ends, so the transcript is known by hand: 'o' times the decoder's positions (32) less the
+    4 start tokens. Round-trips through ``save_pretrained``."""
+    tr = Transcriber.load(metric_weights["whisper"])
+    assert not tr.ctc and tr.sample_rate == 16000
+    tok = tr.processor.tokenizer
+    o = tok.convert_tokens_to_ids("o")
+    cfg = tr.model.config
+    cfg.tie_word_embeddings = False
+    model = type(tr.model)(cfg)
+    model.load_state_dict(tr.model.state_dict())
+    model.generation_config = tr.model.generation_config
+    with torch.no_grad():
+        norm = model.model.decoder.layer_norm
+        norm.weight.zero_()
+        norm.bias.zero_()
+        norm.bias[0] = 1.0
+        model.proj_out.weight.zero_()
+        model.proj_out.weight[o, 0] = 10.0
+    model.save_pretrained(str(tmp_path))
+    tr.processor.save_pretrained(str(tmp_path))
+    fixed = Transcriber.load(str(tmp_path))
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(12000).astype(np.float32), rng.standard_normal(6000).astype(np.float32)]
+    assert fixed.transcribe(clips, 24000) == ["o" * 28, "o" * 28]
+    assert word_error_rate(["o", "a b"], fixed.transcribe(clips, 24000)) == pytest.approx(3 / 3)
