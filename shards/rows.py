@@ -217,32 +217,6 @@ def write_paired(out: np.ndarray, ids: _Ids, task: str, media: np.ndarray, media
     return m + t + PAIRED_FRAMING
 
 
-def frame_documents(ids: _Ids, values: np.ndarray, starts: list[int], ends: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """``(stream, ends)``: documents ``values[starts[k]:ends[k]]`` (range-checked local text ids)
-    framed ``BOS_text doc… EOS_text`` as one int64 stream of global ids, and the cumulative end
-    of each framed document in it.
-
-    Why: what :class:`TextPacker` builds document by document (a few numpy calls per document
-    and per row piece), built for a window of documents at once: one ``concatenate`` of the
-    views (two placeholder ids between documents), one converting ``add`` of the offset, two
-    fancy writes of the BOS/EOS ids."""
-    n = len(starts)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    sep = np.zeros(DOC_FRAMING, dtype=values.dtype)  # EOS of a document, BOS of the next (placeholders)
-    pieces = [sep] * (2 * n + 1)
-    pieces[0], pieces[-1] = sep[:1], sep[:1]
-    pieces[1::2] = [values[a:b] for a, b in zip(starts, ends)]
-    local = np.concatenate(pieces)
-    stream = np.empty(local.size, dtype=np.int64)
-    np.add(local, ids.text_offset, out=stream, dtype=np.int64)
-    lengths = np.asarray(ends, dtype=np.int64) - np.asarray(starts, dtype=np.int64) + DOC_FRAMING
-    doc_ends = np.cumsum(lengths)
-    stream[doc_ends - lengths] = ids.text_bos
-    stream[doc_ends - 1] = ids.text_eos
-    return stream, doc_ends
-
-
 class TextPacker:
     """Packs text documents into rows of exactly ``seq_len`` ids, no padding.
 
@@ -300,12 +274,6 @@ class TextPacker:
         loader checks a shard's whole column at once)."""
         self._pieces.append([doc, 0, True])
         self._n += doc.size + DOC_FRAMING
-
-    def add_framed(self, stream: np.ndarray) -> None:
-        """Feed documents already framed as global int64 ids (:func:`frame_documents`; a
-        view, kept until emitted): one piece however many documents it holds."""
-        self._pieces.append([stream, 0, False])
-        self._n += stream.size
 
     def pop(self) -> np.ndarray:
         """The next row, int64[seq_len]; raises ``ValueError`` when not :meth:`ready`.

@@ -22,7 +22,7 @@ import numpy as np
 from trimodal.shards.format import ShardError
 from trimodal.shards.loader.cursor import Cursor
 from trimodal.shards.loader.sources import LoaderConfig, Source
-from trimodal.shards.rows import PAIRED_FRAMING, TextPacker, frame_documents, layout_ids, media_to_global, paired_length, write_paired
+from trimodal.shards.rows import PAIRED_FRAMING, TextPacker, layout_ids, media_to_global, paired_length, write_paired
 from trimodal.tokenizers.vocab import AUDIO, IMAGE, TASK, TASKS, VocabLayout
 
 _MEDIA = {"image_text": ("image", IMAGE), "audio_text": ("audio", AUDIO)}
@@ -70,7 +70,6 @@ class Stream:
                         if s.kind == "tokenized" and s.task == "text"}
         self.draws = 0
         self.rows = 0
-        self._windows: dict[int, tuple] = {}  # text source → (perm, first sample, framed stream, ends)
         self._active_key: tuple | None = None
         self._active: list[int] = []
         self._cum: list[float] = []
@@ -175,25 +174,22 @@ class Stream:
             loaded = cursor._loaded
             col = loaded[2].get("text") if loaded is not None else None
             if col is not None and col.clean(codes):
-                # the shard's column is checked whole: its next documents come framed from a
-                # window (frame_documents), as many as one add per document until the row is
-                # full would take, moving the cursor's state exactly as that would
-                perm, pos = cursor._perm, cursor.sample_pos
-                win = self._windows.get(i)
-                if win is None or win[0] is not perm or not win[1] <= pos < win[1] + win[3].size:
-                    win = self._windows[i] = _window(self.ctx.ids, col, perm, pos)
-                _, p0, stream, doc_ends = win
-                if doc_ends.size:  # else: the next sample has no text.npy; the per-sample path raises it
-                    k = pos - p0
-                    base = int(doc_ends[k - 1]) if k else 0
-                    last = min(int(doc_ends.searchsorted(base + need - packer._n)), doc_ends.size - 1)
-                    packer.add_framed(stream[base:int(doc_ends[last])])
-                    pos = p0 + last + 1
+                # the shard's column is checked whole: take its next documents as slices, moving
+                # the cursor's state exactly as one next_columns call per document would
+                perm, pos, starts, ends, values = cursor._perm, cursor.sample_pos, col.starts, col.ends, col.values
+                n = len(perm)
+                while pos < n and packer._n < need:
+                    j = perm[pos]
+                    e = ends[j]
+                    if e < 0:
+                        break  # no text.npy: the per-sample path below raises it
+                    packer.add_checked(values[starts[j]:e])
+                    pos += 1
+                if pos > cursor.sample_pos:
                     cursor._failures = 0
                     cursor.sample_pos = pos
-                    if pos >= len(perm):
+                    if pos >= n:
                         cursor._advance_shard()
-                        self._windows.pop(i, None)
                     continue
             got = cursor.next_columns(names)  # no sample dict: a text row needs the one array
             if got is None:
@@ -352,29 +348,6 @@ class Stream:
         c["tokens_audio"] += audio
         c["tokens_task"] += task_tokens
         c["pad_tokens"] += pads
-
-
-WINDOW_DOCS = 512  # documents framed at once by a text source's window
-WINDOW_TOKENS = 1 << 18  # …or fewer, once they hold this many tokens (2 MB of int64)
-
-
-def _window(ids, col, perm: list[int], pos: int) -> tuple:
-    """The next documents of a shard's permutation from ``pos`` (up to the first one with no
-    ``text.npy``), framed as one stream: ``(perm, pos, stream, cumulative framed ends)``."""
-    starts, ends = col.starts, col.ends
-    docs = perm[pos : pos + WINDOW_DOCS]
-    a, b, total = [], [], 0
-    for j in docs:
-        e = ends[j]
-        if e < 0:
-            break
-        a.append(starts[j])
-        b.append(e)
-        total += e - starts[j]
-        if total >= WINDOW_TOKENS:
-            break
-    stream, doc_ends = frame_documents(ids, col.values, a, b)
-    return perm, pos, stream, doc_ends
 
 
 _TEXT_ROW = (0, 0, 1, 0)  # a packed text row: TASK_text, then L - 1 text positions, no PAD

@@ -99,35 +99,3 @@ def test_bad_text_id_in_a_column_raises_the_range_error(tmp_path):
     with pytest.raises(ValueError, match=r"text code out of range \[0, 100\)"):
         list(TrimodalDataset(_cfg([str(tmp_path / "bad")]), LAYOUT))
 
-
-def _rows_and_states(ds):
-    it = ds._iter(arrays=True)
-    out = []
-    for tokens, task, _ in it:
-        out.append((tokens.copy(), task, ds.state_dict()))
-    return out
-
-
-@pytest.mark.parametrize("window", [(3, 10), (512, 1 << 18)])
-def test_windowed_text_rows_and_states_equal_the_per_document_path(roots, monkeypatch, window):
-    """Documents framed a window at once (``frame_documents``) give the rows, the cursor
-    positions and the pending tokens that feeding them one at a time gives, after every row;
-    a run resumed from any of those states continues with the same rows."""
-    import trimodal.shards.loader.columns as columns
-    import trimodal.shards.loader.stream as stream
-
-    monkeypatch.setattr(stream, "WINDOW_DOCS", window[0])
-    monkeypatch.setattr(stream, "WINDOW_TOKENS", window[1])
-    windowed = _rows_and_states(TrimodalDataset(_cfg(roots[:1]), LAYOUT))
-    with monkeypatch.context() as m:
-        m.setattr(columns.Column, "clean", lambda self, codes: False)  # the per-document path
-        per_doc = _rows_and_states(TrimodalDataset(_cfg(roots[:1]), LAYOUT))
-    assert len(windowed) == len(per_doc) > 10
-    for (a, ta, sa), (b, tb, sb) in zip(windowed, per_doc):
-        assert np.array_equal(a, b) and ta == tb and sa == sb
-    for k in (0, 4, len(windowed) // 2):
-        ds = TrimodalDataset(_cfg(roots[:1]), LAYOUT)
-        ds.load_state_dict(windowed[k][2])
-        rest = [r[0] for r in _rows_and_states(ds)]
-        assert len(rest) == len(windowed) - k - 1
-        assert all(np.array_equal(x, y[0]) for x, y in zip(rest, windowed[k + 1:]))
