@@ -27,7 +27,11 @@ clock is ``process_time`` (single-threaded work; wall time on a shared machine i
 wall figures are in the output too. Goal: text rows ≥ 50 M tokens/s; ``ratio`` is text rows over
 the ``tarfile`` baseline.
 
-    python benchmarks/bench_loader.py [--samples 20000] [--shards 4] [--repeats 5]
+``--workers 0,1,2`` adds the steady-state wall rows/s of a cycling ``RowLoader`` with that many
+``data.num_workers`` (the first batches, i.e. worker start-up, left out; ``--worker-rows`` rows
+timed), and the training process's CPU per 1,000 rows; ``--workers-only`` times just that.
+
+    python benchmarks/bench_loader.py [--samples 20000] [--shards 4] [--repeats 5] [--workers 0,1,2]
 """
 
 from __future__ import annotations
@@ -78,16 +82,32 @@ def summary(xs: list[float]) -> dict[str, float]:
 
 
 def workers_rows_per_s(roots: list[str], seq_len: int, num_streams: int, layout, pack_paired: bool,
-                       counts: list[int], batch: int) -> dict[str, Any]:
-    """Wall rows/s of a full pass with ``data.num_workers`` = each of ``counts`` (worker start-up
-    included: on a small shared machine more workers than idle cores cannot add speed)."""
+                       counts: list[int], batch: int, rows: int, warm_batches: int = 8) -> dict[str, Any]:
+    """Steady-state wall rows/s with ``data.num_workers`` = each of ``counts``: a cycling loader
+    (``cycle=True``, as in training), the first ``warm_batches`` batches (worker start-up, the
+    first shards) left out, then ``rows`` rows timed; also the training process's CPU seconds
+    per 1,000 rows over the same window (what loading leaves on the training thread)."""
     import time
+
+    from trimodal.shards.loader import LoaderConfig, RowLoader, SourceConfig, TrimodalDataset
 
     out = {}
     for w in counts:
-        t0 = time.perf_counter()
-        rows, _ = read_loader(roots, seq_len, num_streams, layout, pack_paired, batch, num_workers=w)
-        out[str(w)] = bc.rnd(rows / (time.perf_counter() - t0))
+        ds = TrimodalDataset(
+            LoaderConfig(sources=[SourceConfig(root=r) for r in roots], seq_len=seq_len, num_streams=num_streams,
+                         cycle=True, pack_paired=pack_paired),
+            layout, rank=0, world_size=1,
+        )
+        loader = RowLoader(ds, batch, num_workers=w)
+        it = iter(loader.dl)
+        for _ in range(warm_batches):
+            next(it)
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
+        while n < rows:
+            n += next(it)["tokens"].shape[0]
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        out[str(w)] = {"rows_per_s": bc.rnd(n / wall), "main_cpu_s_per_1k_rows": bc.rnd(1000 * cpu / n), "rows": n}
+        del it, loader  # shuts the workers down before the next count starts
     return out
 
 
@@ -104,7 +124,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-paired", action="store_true", help="skip the image-text rows")
     ap.add_argument("--tarfile", action="store_true", help="also time tarfile + numpy.load (slow: seconds a round)")
     ap.add_argument("--streams-eq-shards", action="store_true", help="also time the loader with as many streams as shards")
-    ap.add_argument("--workers", default="", help="comma list of data.num_workers to time (wall rows/s), e.g. 1,2,4")
+    ap.add_argument("--workers", default="", help="comma list of data.num_workers to time (steady-state wall rows/s), e.g. 0,1,2")
+    ap.add_argument("--workers-only", action="store_true", help="time only the --workers counts (no interleaved rounds)")
+    ap.add_argument("--worker-rows", type=int, default=20_000, help="rows timed per worker count, after the warm-up batches")
     bc.add_args(ap, repeats=5, clock=True, work=True)
     args = ap.parse_args(argv)
 
@@ -140,6 +162,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fns["loader_packed"] = lambda: read_loader([str(root), str(proot)], L, S, layout, pack_paired=True, batch=B)
         payload.update(floor_paired=paired_tokens, loader_paired=paired_tokens, floor_both=tokens + paired_tokens)
     load_before = bc.machine().get("loadavg_1m")
+    if args.workers_only:
+        counts = [int(x) for x in args.workers.split(",")]
+        kinds = {"text": ([str(root)], False)}
+        if not args.no_paired:
+            kinds["packed"] = ([str(root), str(proot)], True)
+        return bc.emit({"benchmark": "loader_workers", "metric": "steady-state wall rows/s", "seq_len": L,
+                        "batch": B, "streams": S, "loadavg_1m_before": load_before,
+                        "workers_steady_state": {k: workers_rows_per_s(r, L, S, layout, pk, counts, B, args.worker_rows)
+                                                 for k, (r, pk) in kinds.items()},
+                        "loadavg_1m_after": bc.machine().get("loadavg_1m")})
     for fn in fns.values():  # warm-up: page cache, imports, lookup tables
         fn()
     runs = bc.interleave(fns, args.repeats, args.clock)
@@ -189,10 +221,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "pad_share": bc.rnd(kc["pad_tokens"] / (krows * L))}
     if args.workers:
         counts = [int(x) for x in args.workers.split(",")]
-        result["workers_wall_rows_per_s"] = {"text": workers_rows_per_s([str(root)], L, S, layout, False, counts, B)}
+        result["workers_steady_state"] = {"text": workers_rows_per_s([str(root)], L, S, layout, False, counts, B,
+                                                                      args.worker_rows)}
         if not args.no_paired:
-            result["workers_wall_rows_per_s"]["packed"] = workers_rows_per_s(
-                [str(root), str(proot)], L, S, layout, True, counts, B)
+            result["workers_steady_state"]["packed"] = workers_rows_per_s(
+                [str(root), str(proot)], L, S, layout, True, counts, B, args.worker_rows)
+        result["loadavg_1m_after_workers"] = bc.machine().get("loadavg_1m")
     return bc.emit(result)
 
 

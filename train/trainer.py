@@ -10,6 +10,10 @@ One optimizer step (:meth:`Trainer.train_step`), top to bottom:
 4. forward + masked-diffusion loss + backward per micro-batch; clip; AdamW at the scheduled lr;
 5. log; evaluate every ``eval.every`` steps; checkpoint every ``run.ckpt_every`` steps.
 
+The step's counts, loss and gradient norm stay on the device: the host reads them once per
+log interval (``run.log_every``), so steps between log steps queue work without waiting for it.
+The loss head still gathers the masked positions (``nonzero``: a dynamic shape, a device sync).
+
 So gradient accumulation is a pure memory knob and a run's loss sequence does not depend on how
 it is spread over processes, nor on being resumed (nothing random needs saving).
 """
@@ -180,10 +184,13 @@ def prepare_run_dir(cfg: RunConfig, is_main: bool) -> tuple[str, bool]:
 
 @dataclass
 class StepResult:
-    loss: float
+    """One step's results, left on the device (reading them waits for the step's kernels: the
+    loop reads them once per log interval, :meth:`Trainer.fit`)."""
+
+    loss: torch.Tensor  # 0-dim, the global mean loss
     lr: float
-    grad_norm: float
-    n_tokens: int
+    grad_norm: torch.Tensor  # 0-dim, before clipping
+    n_tokens: torch.Tensor  # 0-dim int64: non-PAD positions of the global batch (one copy of anti-masked rows)
     stats: torch.Tensor  # [4, 3]: weighted CE sum, CE sum, masked, tokens per modality
 
 
@@ -295,23 +302,25 @@ class Trainer:
         # t for the whole global batch (strata and antithetic pairs span it), masks per global row
         t_all = sample_t(cfg.run.batch_size, cfg.objective.eps, torch.Generator().manual_seed(seed_of(cfg.run.seed, step)),
                          cfg.objective.time_sampling)
-        corrupted, n_local = [], torch.zeros(2, dtype=torch.float64)
+        # counts stay on the device (no host sync inside the step; the loop reads them at log steps)
+        corrupted, n_local = [], torch.zeros(2, dtype=torch.float64, device=info.device)
         for i, b in enumerate(batches):
             rows = self._global_rows(torch.arange(i * self.micro, (i + 1) * self.micro))
+            segs_host = b.get("segments")  # the loader's (host) copy: segment_times reads it on the host
             b = {k: v.to(info.device, non_blocking=True) for k, v in b.items()}
             tokens, valid = subsample_rows(b["tokens"], b["valid"], b["task"], row_uniforms(cfg.run.seed, step, rows, 2, SUBSAMPLE),
                                            cfg.objective.subsample, layout.pad)
             u = row_uniforms(cfg.run.seed, step, rows, tokens.shape[1])
             segs = b.get("segments")
             if segs is not None and cfg.data.pack_paired:  # one t per sample (segment), not per row
-                t = segment_times(cfg.run.seed, step, rows, segs, cfg.objective.eps).to(info.device)
+                t = segment_times(cfg.run.seed, step, rows, segs_host, cfg.objective.eps).to(info.device)
             else:
                 t = t_all[rows]
             c = corrupt(tokens, b["modality"], valid, t, layout, cfg.objective, self.schedule, uniforms=u,
                         segments=segs, positions=b.get("positions"))
             corrupted.append(c)
-            n_local += torch.tensor([float(c.valid.sum()), float(c.is_masked.sum())], dtype=torch.float64)
-        n_global = D.all_reduce_sum(n_local.to(info.device)).cpu()
+            n_local += torch.stack([c.valid.sum(), c.is_masked.sum()]).to(torch.float64)
+        n_global = D.all_reduce_sum(n_local)
         n_tokens, n_masked = n_global[0].float(), n_global[1].float()  # anti-masked rows counted as scored
 
         stats = torch.zeros(4, 3, device=info.device)
@@ -328,8 +337,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         D.all_reduce_sum(loss_sum)
         D.all_reduce_sum(stats)
-        n_rows_tokens = int(n_global[0]) // (2 if cfg.objective.anti_mask else 1)
-        return StepResult(float(loss_sum), lr, float(grad_norm), n_rows_tokens, stats)
+        n_rows_tokens = n_global[0].to(torch.int64) // (2 if cfg.objective.anti_mask else 1)
+        return StepResult(loss_sum, lr, grad_norm, n_rows_tokens, stats)
 
     # ---- records ----------------------------------------------------------------------------------
     def _counters(self) -> dict[str, int]:
@@ -338,14 +347,17 @@ class Trainer:
         t = D.all_reduce_sum(torch.tensor([float(local[k]) for k in keys], dtype=torch.float64, device=self.info.device))
         return {k: int(v) for k, v in zip(keys, t.tolist())}
 
-    def step_record(self, step: int, r: StepResult, elapsed: float, tokens_seen: int) -> dict[str, Any]:
-        rec: dict[str, Any] = {"step": step + 1, "elapsed": elapsed, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm,
+    def step_record(self, step: int, r: StepResult, elapsed: float, tokens_seen: int, loss: float) -> dict[str, Any]:
+        """The log record of step ``step`` (``loss``: ``r.loss`` read on the host already)."""
+        stats = r.stats.cpu()
+        rec: dict[str, Any] = {"step": step + 1, "elapsed": elapsed, "loss": loss, "lr": r.lr,
+                               "grad_norm": float(r.grad_norm),
                                "tokens": tokens_seen, "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
-                               "padding": 1.0 - r.n_tokens / (self.cfg.run.batch_size * self.cfg.data.seq_len)}
+                               "padding": 1.0 - int(r.n_tokens) / (self.cfg.run.batch_size * self.cfg.data.seq_len)}
         for m, name in enumerate(MODALITIES):
-            if r.stats[3, m] > 0:
-                rec[f"loss/{name}"] = float(r.stats[0, m] / r.stats[3, m])
-                rec[f"tokens/{name}"] = int(r.stats[3, m])
+            if stats[3, m] > 0:
+                rec[f"loss/{name}"] = float(stats[0, m] / stats[3, m])
+                rec[f"tokens/{name}"] = int(stats[3, m])
         counters = self._counters()
         for k in ("audio_too_long_cropped", "audio_too_long_skipped", "audio_frames_dropped", "image_too_long_skipped",
                   "captions_truncated", "shards_skipped_corrupt"):
@@ -402,19 +414,28 @@ class Trainer:
             bar = tqdm(total=self.total_steps, initial=self.start_step, desc="train", unit="step", dynamic_ncols=True)
         end = min(self.total_steps, cfg.run.stop_at_step) if cfg.run.stop_at_step > 0 else self.total_steps
         history: list[float] = []
+        # losses and token counts stay on the device between log steps: one host read per log
+        # interval, not per step (the step itself never waits for the device)
+        pending: list[torch.Tensor] = []
+        tokens_dev = torch.zeros((), dtype=torch.int64, device=info.device)
         tokens_seen, t0, eval_s = 0, time.perf_counter(), 0.0
         self.model.train()
         for step in range(self.start_step, end):
             r = self.train_step(step)
-            history.append(r.loss)
-            tokens_seen += r.n_tokens
+            pending.append(r.loss)
+            tokens_dev += r.n_tokens
             if bar is not None:
                 bar.update(1)
-                per = {n: f"{float(r.stats[0, m] / r.stats[3, m]):.3f}" for m, n in enumerate(MODALITIES) if r.stats[3, m] > 0}
-                bar.set_postfix(loss=f"{r.loss:.4f}", **per, lr=f"{r.lr:.2e}")
             last = step + 1 == end
             if (step + 1) % cfg.run.log_every == 0 or step == self.start_step or last:
-                rec = self.step_record(step, r, time.perf_counter() - t0 - eval_s, tokens_seen)
+                history.extend(torch.stack(pending).tolist())
+                pending.clear()
+                tokens_seen = int(tokens_dev)
+                if bar is not None:  # the bar's figures: those of the log steps
+                    stats = r.stats.cpu()
+                    per = {n: f"{float(stats[0, m] / stats[3, m]):.3f}" for m, n in enumerate(MODALITIES) if stats[3, m] > 0}
+                    bar.set_postfix(loss=f"{history[-1]:.4f}", **per, lr=f"{r.lr:.2e}")
+                rec = self.step_record(step, r, time.perf_counter() - t0 - eval_s, tokens_seen, history[-1])
                 metrics.log(rec)
                 if bar is None and info.is_main:
                     print(json.dumps(rec))

@@ -25,7 +25,7 @@ from trimodal.shards.loader.sources import LoaderConfig, load_manifests, resolve
 from trimodal.shards.loader.stream import Context, Stream
 from trimodal.shards.manifest import Manifest
 from trimodal.shards.rows import row_dict
-from trimodal.tokenizers.vocab import TASK, VocabLayout
+from trimodal.tokenizers.vocab import TASK, TEXT, VocabLayout
 
 STATE_FORMAT = "trimodal-loader"
 # 2: with fewer shards than streams, every stream of a source walks one shard order (seeded
@@ -292,34 +292,78 @@ class BatchCollate:
         self.segmented, self.documents, self.layout = dataset.segmented, dataset.config.document_attention, dataset.layout
 
     def __call__(self, rows: list[tuple[np.ndarray, int, tuple | None]]) -> dict[str, torch.Tensor]:
-        from trimodal.shards.packing import segment_ids, segments_from_lengths
+        from trimodal.shards.packing import segment_ids
 
         b, L = len(rows), self.seq_len
         tokens = np.empty((b, L), dtype=np.int64)
-        modality = np.zeros((b, L), dtype=np.int64)  # TEXT (PAD counts as TEXT)
-        for i, (row, _, parts) in enumerate(rows):
-            tokens[i] = row
-            if parts is None:
-                self.lut.take(row, out=modality[i])
-                continue
-            mod, a = modality[i], 0
-            for n, media, kind in parts:
-                mod[a] = TASK
-                if media:
-                    mod[a + 1 : a + 1 + media] = kind
-                a += n
+        for i, r in enumerate(rows):
+            tokens[i] = r[0]
         valid = tokens != self.pad
+        known = [i for i, r in enumerate(rows) if r[2] is not None]
+        # rows whose make-up is known: modality and segments of all of them expanded from runs
+        # with one np.repeat each (no per-segment writes); the others from their tokens
+        mod_runs, seg_runs = _runs([rows[i][2] for i in known], L)
+        if len(known) == b:
+            modality = np.repeat(mod_runs[0], mod_runs[1]).reshape(b, L)
+        else:
+            modality = self.lut.take(tokens)  # TEXT for PAD
+            if known:
+                modality[known] = np.repeat(mod_runs[0], mod_runs[1]).reshape(len(known), L)
         out = {"tokens": torch.from_numpy(tokens), "modality": torch.from_numpy(modality),
                "valid": torch.from_numpy(valid), "task": torch.tensor([r[1] for r in rows], dtype=torch.int64)}
         if self.segmented:
             seg, pos = np.empty((b, L), dtype=np.int64), np.empty((b, L), dtype=np.int64)
-            for i, r in enumerate(rows):
-                if r[2] is None or self.documents:
-                    seg[i], pos[i] = segment_ids(tokens[i], valid[i], self.layout, self.documents)
-                else:
-                    segments_from_lengths([p[0] for p in r[2]], seg[i], pos[i])
+            if known and not self.documents:
+                ids, lengths = seg_runs
+                flat = np.repeat(ids, lengths)
+                ramp = _ramp(len(known) * L)
+                p = ramp - np.repeat(np.cumsum(lengths) - lengths, lengths)  # position within its segment
+                p[flat < 0] = 0  # PAD: segment -1, position 0
+                seg[known], pos[known] = flat.reshape(-1, L), p.reshape(-1, L)
+                rest = [i for i, r in enumerate(rows) if r[2] is None]
+            else:
+                rest = range(b)
+            for i in rest:
+                seg[i], pos[i] = segment_ids(tokens[i], valid[i], self.layout, self.documents)
             out["segments"], out["positions"] = torch.from_numpy(seg), torch.from_numpy(pos)
         return out
+
+
+def _runs(makeups: list[tuple], L: int) -> tuple[tuple[np.ndarray, list[int]], tuple[np.ndarray, list[int]]]:
+    """Runs ``(values, lengths)`` of the modality and of the segment ids of rows of length ``L``
+    from their make-up (per segment ``(positions, media positions, media modality)``): a
+    segment is TASK, its media positions, then TEXT; segment ``k`` of a row has id ``k``; what
+    follows the last segment is PAD (TEXT, segment −1)."""
+    mv: list[int] = []
+    ml: list[int] = []
+    sv: list[int] = []
+    sl: list[int] = []
+    for parts in makeups:
+        used = 0
+        for k, (n, media, kind) in enumerate(parts):
+            mv += (TASK, kind, TEXT)
+            ml += (1, media, n - 1 - media)
+            sv.append(k)
+            sl.append(n)
+            used += n
+        mv.append(TEXT)
+        ml.append(L - used)
+        sv.append(-1)
+        sl.append(L - used)
+    return (np.asarray(mv, dtype=np.int64), ml), (np.asarray(sv, dtype=np.int64), np.asarray(sl, dtype=np.int64))
+
+
+_RAMPS: dict[int, np.ndarray] = {}
+
+
+def _ramp(n: int) -> np.ndarray:
+    r = _RAMPS.get(n)
+    if r is None:
+        if len(_RAMPS) > 16:
+            _RAMPS.clear()
+        r = _RAMPS[n] = np.arange(n, dtype=np.int64)
+        r.setflags(write=False)
+    return r
 
 
 class _BatchRows(IterableDataset):

@@ -98,3 +98,4 @@ def test_bad_text_id_in_a_column_raises_the_range_error(tmp_path):
     _source(tmp_path / "bad", "text", 30, 2, bad=17)
     with pytest.raises(ValueError, match=r"text code out of range \[0, 100\)"):
         list(TrimodalDataset(_cfg([str(tmp_path / "bad")]), LAYOUT))
+

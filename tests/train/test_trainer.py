@@ -32,6 +32,22 @@ def test_resume_continues_identical_loss_sequence(text_dataset, tmp_path):
     assert [r["step"] for r in logged if "loss" in r] == list(range(1, 9))
 
 
+def test_step_results_read_once_per_log_interval_log_what_every_step_logs(text_dataset, tmp_path):
+    """Losses and counts stay on the device between log steps: the loss sequence and the records
+    of a run logging every 3rd step are those of the run logging every step (elapsed aside)."""
+    every = train(_cfg(text_dataset, tmp_path / "every", 7, **{"run.micro_batch_size": 2}))
+    sparse = train(_cfg(text_dataset, tmp_path / "sparse", 7, **{"run.micro_batch_size": 2, "run.log_every": 3}))
+    assert sparse["losses"] == every["losses"] and len(every["losses"]) == 7
+
+    def records(out):
+        rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+        return {r["step"]: {k: v for k, v in r.items() if k not in ("elapsed", "tokens_per_s")} for r in rows if "loss" in r}
+
+    a, b = records(tmp_path / "every"), records(tmp_path / "sparse")
+    assert sorted(b) == [1, 3, 6, 7] and all(b[s] == a[s] for s in b)
+    assert b[7]["tokens"] == a[7]["tokens"] > b[6]["tokens"] > 0
+
+
 def _tiny_corpus_dataset(root: Path, sp_model: str) -> str:
     from trimodal.shards.manifest import Manifest
     from trimodal.shards.writer import write_shard
