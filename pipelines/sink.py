@@ -106,24 +106,40 @@ def make_sample(record: Record, modality: str, lengths: dict[str, Any], arrays: 
 
 
 _JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode  # json.dumps(x, sort_keys=True, ensure_ascii=False)
-_FLAT = (str, int, float, bool, type(None))
+_STR = json.encoder.encode_basestring  # what that encoder writes for a str (C), without its dispatch
 
 
-def _provenance_json(provenance: Any) -> str:
-    """``json.dumps(safe_json(provenance), sort_keys=True, ensure_ascii=False)``; a flat dict of
-    str keys and plain values (what the readers write) skips the copy ``safe_json`` makes (it
-    differs only for lone surrogates, which the caller's UTF-8 encode catches)."""
-    if type(provenance) is dict and all(type(k) is str and type(v) in _FLAT for k, v in provenance.items()):
-        return _JSON(provenance)
-    return _JSON(safe_json(provenance))
+def _flat_json(d: Any) -> str | None:
+    """``json.dumps(d, sort_keys=True, ensure_ascii=False)`` for a dict of str keys and str, int
+    or None values (what the readers write for provenance, and every lengths dict), else None."""
+    if type(d) is not dict:
+        return None
+    parts = []
+    for k in sorted(d) if all(type(k) is str for k in d) else ():
+        v = d[k]
+        t = type(v)
+        if t is str:
+            parts.append(f"{_STR(k)}: {_STR(v)}")
+        elif t is int:
+            parts.append(f"{_STR(k)}: {v}")
+        elif v is None:
+            parts.append(f"{_STR(k)}: null")
+        else:
+            return None
+    if len(parts) != len(d):
+        return None
+    return "{" + ", ".join(parts) + "}"
 
 
 def _meta_json(record: Record, modality: str, lengths: dict[str, Any]) -> bytes:
     """The sample's json member, the bytes :func:`make_sample` writes for the same fields
     (``json.dumps(meta, sort_keys=True, ensure_ascii=False)``, keys in sorted order) without
-    building the dict."""
-    text = (f'{{"id": {_JSON(record.id)}, "lengths": {_JSON(lengths)}, "modality": {_JSON(modality)}, '
-            f'"provenance": {_provenance_json(record.provenance)}, "source": {_JSON(record.source)}}}')
+    building the dict; a value outside :func:`_flat_json`'s plain case goes through ``json``."""
+    prov = _flat_json(record.provenance)
+    if prov is None:
+        prov = _JSON(safe_json(record.provenance))
+    text = (f'{{"id": {_STR(record.id)}, "lengths": {_flat_json(lengths) or _JSON(lengths)}, '
+            f'"modality": {_STR(modality)}, "provenance": {prov}, "source": {_JSON(record.source)}}}')
     try:
         return text.encode()
     except UnicodeEncodeError:  # a lone surrogate in the provenance: escaped as make_sample does
