@@ -19,20 +19,27 @@ Measured in the same run, each interleaved with its reference and repeated (medi
    its ``JsonlReader`` → its ``DocumentTokenizer`` (batched encode, token file + index +
    metadata, default document shuffle), with our SentencePiece model behind the two tokenizer
    methods it calls, ``LocalPipelineExecutor`` with one task; and our pipeline, each in a fresh
-   process (CPU time of the child from ``os.wait4``: imports, start-up, everything), on the same
-   files. Skipped, and reported so, when ``.bench-venv`` (or datatrove in it) is missing; to
-   make it: ``python -m venv .bench-venv`` then ``.bench-venv/bin/pip install -c C datatrove==0.9.0
-   orjson sentencepiece==0.2.3`` with a constraints file C holding ``torch==2.13.0`` (so that
-   nothing pulls a CUDA build; datatrove itself needs no torch).
+   process (CPU time of the child from ``os.wait4``: imports, start-up, everything; peak RSS: the
+   child's own ``VmHWM``), on the same files, on the long and on the short corpus; per-round
+   ratios (median and range). Skipped, and reported so, when ``.bench-venv`` (or datatrove in it)
+   is missing; to make it: ``python -m venv .bench-venv`` then ``.bench-venv/bin/pip install -c C
+   torch==2.13.0 numpy==2.4.6`` and ``.bench-venv/bin/pip install -c C datatrove==0.9.0 orjson
+   sentencepiece==0.2.3 litdata==0.2.76 mosaicml-streaming==0.10.0 webdataset==1.0.2`` with a
+   constraints file C holding ``torch==2.13.0`` and ``numpy==2.4.6`` (so that nothing pulls a CUDA
+   build; datatrove itself needs no torch). ``--baseline-rev REV`` adds our package as of git
+   revision ``REV`` ("before") to every fresh-process comparison, interleaved, and checks that it
+   writes the same shards; ``--ours-python`` runs ours from another virtualenv (e.g. the package
+   without its test extras, whose GCS/BigQuery clients Beam imports when present).
 3. **Short documents** (``--short-mb``, 20–60 words, ~300 bytes): pipeline vs baseline (goal ≥ 0.5×).
 4. **Fixed cost**: the pipeline on a one-document input, in this process (graph construction,
    translation, runner start-up, manifest) and in a fresh process (plus Python and Beam imports),
    next to datatrove's one-document run in a fresh process. ``marginal`` is the throughput once
    the in-process fixed cost is paid (what a large corpus sees).
 5. **Workers**: ``--direct_running_mode=multi_processing`` with 2 vs 1 worker processes on a long-
-   document corpus of ``--workers-mb`` (wall clock: the work runs in the workers), with the
-   default encode threads and with one encode thread per worker, and whether all wrote the same
-   shards (goal ≥ 1.6×).
+   document corpus of ``--workers-mb``, each run a fresh process: CPU seconds (the launcher and
+   the worker processes it waited for) and wall seconds, per-round ratios, and whether both wrote
+   the same shards (goal: no extra CPU from a second worker when no core is idle; the default
+   number of workers is one per two cores).
 
 The corpora are generated (random words of a Zipf-distributed synthetic vocabulary, JSONL) and
 cached with the trained SentencePiece model (BPE, 16k) under ``$TRIMODAL_BENCH_DIR`` (default
@@ -303,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-peer", action="store_true", help="skip datatrove and the fresh-process runs")
     ap.add_argument("--no-workers", action="store_true", help="skip 2 vs 1 multi_processing workers")
     ap.add_argument("--peer-python", default=str(PEER_PYTHON), help="python of the virtualenv holding datatrove")
+    ap.add_argument("--ours-python", default=sys.executable,
+                    help="python for our fresh-process runs (e.g. a virtualenv with the package and no extras)")
     ap.add_argument("--baseline-rev", default=None,
                     help="also run, in fresh processes interleaved with ours, the package as of this git revision "
                          "('before'), on every fresh-process corpus")
@@ -392,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def fresh_compare(cpaths: list[str], folder: Path, one_doc: bool, baseline_tps: float) -> dict[str, Any]:
         def ours(inputs: list[str], dst: str, path: str | None = None):
-            return lambda: fresh_process(sys.executable, OURS_CHILD, [inputs, model, dst, args.batch_size, LOCAL_ARGS],
+            return lambda: fresh_process(args.ours_python, OURS_CHILD, [inputs, model, dst, args.batch_size, LOCAL_ARGS],
                                          dst, pythonpath=path)
 
         def peer(src: str, pattern: str, dst: str):
