@@ -1,7 +1,8 @@
 """Peak memory of a local text pipeline vs its input size: bounded, or growing with the corpus?
 
 Each run is ``run_text_pipeline`` (DirectRunner, ``--direct_running_mode=in_memory``, the default
-local mode) in a fresh subprocess; its peak RSS is the child's ``ru_maxrss`` (``os.wait4``), and
+local mode) in a fresh subprocess; its peak RSS is the child's own ``VmHWM`` (``ru_maxrss`` from
+``os.wait4`` would keep the launcher's high-water mark across the exec), and
 the child also reports the peak of its own children (the worker processes of a
 ``multi_processing`` run, with ``--mode multi_processing``). Inputs are JSONL corpora of
 ``--mb`` sizes made from one generated base corpus (the text benchmark's generator: random words
@@ -45,8 +46,9 @@ t0 = time.perf_counter()
 m = run_text_pipeline(TextPipelineConfig(inputs=inputs, text_tokenizer=model, out=out, progress=False,
                                          target_shard_bytes=shard_bytes),
                       ["--runner=DirectRunner", f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"])
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"wall_s": time.perf_counter() - t0, "written": m.counts["written"], "shards": len(m.shards),
-                  "children_maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+                  "children_maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "hwm_kb": hwm}))
 """
 
 
@@ -107,7 +109,8 @@ def peak(inputs: list[str], model: str, out: Path, mode: str, workers: int, shar
     args = json.dumps([inputs, model, str(out), mode, workers, shard_bytes])
     info, usage, _ = bc.run_child([sys.executable, "-c", CHILD, args], env=env)
     shutil.rmtree(out, ignore_errors=True)
-    return {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    # the child's own VmHWM: its ru_maxrss would keep the launcher's high-water mark across the exec
+    return {"peak_rss_mb": round(info["hwm_kb"] / 1024, 1),
             "children_peak_rss_mb": round(info["children_maxrss_kb"] / 1024, 1),
             "cpu_s": bc.rnd(usage.ru_utime + usage.ru_stime), "wall_s": bc.rnd(info["wall_s"]),
             "written": info["written"], "shards": info["shards"]}

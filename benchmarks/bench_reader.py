@@ -34,9 +34,11 @@ Readers (every one decodes every sample of every shard, from the page cache):
 Rounds are interleaved: ours, then the peers', then the peers', then ours, ... (the peers' process
 stays up between rounds), so a slow moment of the shared machine hits both; ``ratio_per_round``
 is the median and range of ours over the baseline within each round. The peers run in a
-subprocess with ``.bench-venv``'s python (``pip install torch==2.13.0`` then
-``litdata==0.2.76 mosaicml-streaming==0.10.0 webdataset==1.0.2 numpy==2.4.6`` with torch
-constrained; never the project's venv), in the same benchmark run, on the same files; ours runs in
+subprocess with ``.bench-venv``'s python (``python -m venv .bench-venv``; ``pip install -c C
+torch==2.13.0 numpy==2.4.6``, then ``pip install -c C litdata==0.2.76 mosaicml-streaming==0.10.0
+webdataset==1.0.2 datatrove==0.9.0 orjson sentencepiece==0.2.3`` with a constraints file C holding
+``torch==2.13.0`` and ``numpy==2.4.6``; never the project's venv; Mosaic pulls torchvision 0.28.0,
+a CUDA build that cannot load beside the CPU torch, so its ``streaming.vision`` is stubbed), in the same benchmark run, on the same files; ours runs in
 this process. Without that venv the peers are skipped and the result says so. Clock:
 ``process_time`` (CPU seconds of the process, its threads included; wall is in the output too).
 Goal: ``ours`` ≥ LitData's reader (``ratio`` = ours / litdata).

@@ -40,7 +40,8 @@ from trimodal.pipelines.records import FILTERED, REJECTED, DeadLetter, Record, s
 from trimodal.shards.format import key_from_id
 from trimodal.shards.lock import DatasetLock
 from trimodal.shards.manifest import Manifest, ShardInfo
-from trimodal.shards.writer import fast_encode_sample, frame_sample, sample_tokens, shard_name, write_framed
+from trimodal.shards.writer import (fast_encode_sample, frame_sample, frame_samples, sample_tokens, shard_name,
+                                    write_framed)
 from trimodal.tokenizers.base import TokenizerInfo
 
 DEAD_LETTER_DIR = "deadletter"
@@ -82,8 +83,8 @@ def split_of(record_id: str, val_fraction: float) -> str:
 
 def make_sample(record: Record, modality: str, lengths: dict[str, Any], arrays: dict[str, np.ndarray],
                 tally: Tally | None = None) -> dict[str, Any]:
-    """The sample a tokenize step hands to the sink, already serialised: tar members made once, in
-    the (parallel, fused) step that produced the sample, so the shard GroupByKey moves bytes
+    """The sample a tokenize step hands to the sink, already serialised: its tar members made and
+    framed once, in the (parallel, fused) step that produced the sample, so the sink moves bytes
     rather than pickled arrays. Also its token counts, payload size and text bytes (UTF-8 bytes
     of the document, caption or transcript: the manifest's bits-per-byte denominator).
     ``sink/written`` is counted here, or in ``tally`` when a batch step passes one."""
@@ -97,11 +98,69 @@ def make_sample(record: Record, modality: str, lengths: dict[str, Any], arrays: 
     return {
         "key": key,
         "id": record.id,
-        "members": fast_encode_sample(key, meta, arrays),
+        "framed": frame_sample(fast_encode_sample(key, meta, arrays)),
         "tokens": sample_tokens(arrays),
         "size": 1024 + sum(int(np.asarray(a).nbytes) for a in arrays.values()),
         "text_bytes": len(record.text.encode("utf-8")),
     }
+
+
+_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode  # json.dumps(x, sort_keys=True, ensure_ascii=False)
+_STR = json.encoder.encode_basestring  # what that encoder writes for a str (C), without its dispatch
+
+
+def _flat_json(d: Any) -> str | None:
+    """``json.dumps(d, sort_keys=True, ensure_ascii=False)`` for a dict of str keys and str, int
+    or None values (what the readers write for provenance, and every lengths dict), else None."""
+    if type(d) is not dict:
+        return None
+    parts = []
+    for k in sorted(d) if all(type(k) is str for k in d) else ():
+        v = d[k]
+        t = type(v)
+        if t is str:
+            parts.append(f"{_STR(k)}: {_STR(v)}")
+        elif t is int:
+            parts.append(f"{_STR(k)}: {v}")
+        elif v is None:
+            parts.append(f"{_STR(k)}: null")
+        else:
+            return None
+    if len(parts) != len(d):
+        return None
+    return "{" + ", ".join(parts) + "}"
+
+
+def _meta_json(record: Record, modality: str, lengths: dict[str, Any]) -> bytes:
+    """The sample's json member, the bytes :func:`make_sample` writes for the same fields
+    (``json.dumps(meta, sort_keys=True, ensure_ascii=False)``, keys in sorted order) without
+    building the dict; a value outside :func:`_flat_json`'s plain case goes through ``json``."""
+    prov = _flat_json(record.provenance)
+    if prov is None:
+        prov = _JSON(safe_json(record.provenance))
+    text = (f'{{"id": {_STR(record.id)}, "lengths": {_flat_json(lengths) or _JSON(lengths)}, '
+            f'"modality": {_STR(modality)}, "provenance": {prov}, "source": {_JSON(record.source)}}}')
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate in the provenance: escaped as make_sample does
+        meta = {"id": record.id, "source": record.source, "modality": modality, "lengths": lengths,
+                "provenance": safe_json(record.provenance)}
+        return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
+
+
+def make_samples(records: list[Record], modality: str, lengths: list[dict[str, Any]], name: str,
+                 arrays: list[np.ndarray], tally: Tally) -> list[dict[str, Any]]:
+    """:func:`make_sample` for a batch of samples of one array each (``{name: array}``), the same
+    samples and bytes, with the batch's tar framing done at once
+    (:func:`~trimodal.shards.writer.frame_samples`): per-document Python was what bounded a
+    pipeline of short documents."""
+    arrays = [np.asarray(a) for a in arrays]
+    keys = [key_from_id(r.id) for r in records]
+    framed = frame_samples(keys, [_meta_json(r, modality, n) for r, n in zip(records, lengths)], name, arrays)
+    tally.add("sink", "written", n=len(records))
+    return [{"key": key, "id": r.id, "framed": f, "tokens": {name: int(a.size)}, "size": 1024 + int(a.nbytes),
+             "text_bytes": len(r.text) if r.text.isascii() else len(r.text.encode("utf-8"))}
+            for key, r, f, a in zip(keys, records, framed, arrays)]
 
 
 def num_shards(total_bytes: int, n_samples: int, target: int) -> int:
@@ -142,7 +201,7 @@ class _WriteShard(beam.DoFn):
         tokens: dict[str, int] = {}
         text_bytes = 0
         for s in samples:
-            framed.append((s["key"].encode(), frame_sample(s["members"])))
+            framed.append((s["key"].encode(), s["framed"]))
             for k, v in s["tokens"].items():
                 tokens[k] = tokens.get(k, 0) + v
             text_bytes += s["text_bytes"]

@@ -44,7 +44,6 @@ from trimodal.pipelines.sink import (SinkConfig, bucket_of, dead_line, finalize_
 from trimodal.shards.format import ARRAY_NAMES
 from trimodal.shards.lock import pid_alive
 from trimodal.shards.manifest import Manifest
-from trimodal.shards.writer import frame_sample
 
 SPLITS = ("train", "val")
 SPILL_PART_BYTES = 256 * 2**20  # framed samples in one spill part
@@ -121,18 +120,24 @@ class SpillWriter:
     def add(self, samples: Iterable[dict[str, Any]], dead: Iterable[DeadLetter], n_read: int) -> None:
         part = self.part or self._open()
         part.n_read += n_read
-        rows, write, vf = self._rows, self._data.write, self.val_fraction
-        for s in samples:
-            framed = frame_sample(s["members"])
-            split = split_of(s["id"], vf)
+        rows, vf, offset = self._rows, self.val_fraction, self._offset
+        samples = list(samples)
+        framed = [s["framed"] for s in samples]
+        self._data.write(b"".join(framed))  # one write a batch
+        totals = part.totals
+        for s, f in zip(samples, framed):
+            split = split_of(s["id"], vf) if vf > 0 else "train"
             tok = s["tokens"]
-            rows.append((split == "val", hash64(s["key"]), s["key"].encode(), self._offset, len(framed),
-                         s["text_bytes"], *(tok.get(n, -1) for n in ARRAY_NAMES)))
-            write(framed)
-            self._offset += len(framed)
-            t = part.totals.setdefault(split, [0, 0])
+            n = len(f)
+            rows.append((split == "val", hash64(s["key"]), s["key"].encode(), offset, n,
+                         s["text_bytes"], *[tok.get(a, -1) for a in ARRAY_NAMES]))
+            offset += n
+            t = totals.get(split)
+            if t is None:
+                t = totals[split] = [0, 0]
             t[0] += 1
             t[1] += s["size"]
+        self._offset = offset
         lines = []
         for d in dead:
             lines.append(dead_line(d))

@@ -25,7 +25,7 @@ from trimodal.config import option
 from trimodal.pipelines import common
 from trimodal.pipelines.outcomes import BatchStep, Step, Tally
 from trimodal.pipelines.records import DeadLetter, Drop, Record, filtered, rejected
-from trimodal.pipelines.sink import SinkConfig, make_sample
+from trimodal.pipelines.sink import SinkConfig, make_samples
 from trimodal.pipelines.text_readers import FORMATS, TXT_UNITS, TextReader
 from trimodal.tokenizers.registry import load_text_tokenizer
 
@@ -173,15 +173,19 @@ class TokenizeText(BatchStep):
         return kept, dead
 
     def _samples(self, kept: list[Record], ids: list, dead: list[DeadLetter], tally: Tally) -> tuple[list[dict], list[DeadLetter]]:
-        samples = []
-        for record, codes in zip(kept, ids):
-            n = int(codes.size)
+        good: list[Record] = []
+        codes: list = []
+        lengths: list[dict[str, int]] = []
+        for record, c in zip(kept, ids):
+            n = int(c.size)
             if n < self.min_tokens:
                 dead.append(tally.dead(record, filtered("too_few_tokens", f"{n} < {self.min_tokens}"), self.stage))
                 continue
-            samples.append(make_sample(record, "text", {"text": n, "chars": len(record.text)}, {"text": codes}, tally))
-        tally.add(self.stage, "ok", n=len(samples))
-        return samples, dead
+            good.append(record)
+            codes.append(c)
+            lengths.append({"text": n, "chars": len(record.text)})
+        tally.add(self.stage, "ok", n=len(good))
+        return make_samples(good, "text", lengths, "text", codes, tally), dead
 
 
 def _set_encode_threads(tok: Any, n: int) -> None:

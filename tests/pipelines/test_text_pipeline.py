@@ -146,6 +146,56 @@ def test_fast_serialisation_is_byte_identical_to_tarfile_and_numpy():
         assert member + tar_end(len(member)) == tar_bytes([(name, b"z" * 700)])
 
 
+def test_batch_framing_is_byte_identical_to_per_sample_framing():
+    # make_samples (the text pipeline's batch path: tar headers of a batch at once, json from a
+    # template) against make_sample (json.dumps + per-member headers), whose bytes the test above
+    # pins to tarfile and numpy
+    import random
+
+    from trimodal.pipelines.outcomes import Tally
+    from trimodal.pipelines.records import Record
+    from trimodal.pipelines.sink import make_sample, make_samples
+    from trimodal.shards.writer import fast_encode_sample, frame_sample, frame_samples
+
+    rng = random.Random(1)
+    provenances = [{"file": "/d/a.jsonl", "line": 3}, {"file": "caf\u00e9 \udcff.jsonl", "line": 1},
+                   {"row": 2, "file": None, "x": 1.5, "ok": True}, {"nested": {"b": [1, "\udc80"], "a": (2,)}},
+                   {3: "int key"}, ["list"], None]
+    for _ in range(60):
+        n = rng.randint(0, 9)
+        records, lengths, arrays = [], [], []
+        for i in range(n):
+            text = rng.choice(["plain ascii", "é 日本 text", "x" * 700])
+            rid = rng.choice([f"f.jsonl:{i}", f"données/日本.jsonl:{i}", f'quote"back\\slash:{i}'])
+            records.append(Record(id=rid, source=rng.choice(["src", "s\u00e9"]), text=text,
+                                  provenance=rng.choice(provenances)))
+            size = rng.choice([0, 1, 7, 255, 256, 257, 3000])
+            arrays.append(np.arange(size, dtype=rng.choice([np.uint16, np.uint32, np.int64])))
+            lengths.append({"text": size, "chars": len(text)})
+        tally = Tally()
+        got = make_samples(records, "text", lengths, "text", arrays, tally)
+        want = [make_sample(r, "text", ln, {"text": a}, Tally()) for r, ln, a in zip(records, lengths, arrays)]
+        assert got == want
+        assert tally.counts.get(("sink", "written", ""), 0) == n
+    # outside the fast case (keys of unequal length, an object dtype falls to numpy's own path)
+    keys = ["k" * 20, "k" * 80, "short"]
+    metas = [b'{"a": 1}', b"{}", b'{"b": "\xc3\xa9"}']
+    arrays = [np.arange(5, dtype=np.uint16), np.arange(0, dtype=np.uint16), np.arange(300, dtype=np.int32)]
+    want = []
+    for k, m, a in zip(keys, metas, arrays):
+        members = fast_encode_sample(k, {}, {"text": a})
+        want.append(frame_sample([(members[0][0], m), members[1]]))
+    assert frame_samples(keys, metas, "text", arrays) == want
+    keys = ["a" * 30, "b" * 30, "c" * 30]  # equal, but not the 20 of key_from_id: the fast path too
+    want = []
+    for k, m, a in zip(keys, metas, arrays):
+        members = fast_encode_sample(k, {}, {"text": a})
+        want.append(frame_sample([(members[0][0], m), members[1]]))
+    assert frame_samples(keys, metas, "text", arrays) == want
+    with pytest.raises(ValueError, match="must not contain"):
+        frame_samples(["a.b"], [b"{}"], "text", [np.arange(2, dtype=np.uint16)])
+
+
 def test_reader_batches_hold_the_same_items_in_order(tmp_path, corpus):
     from trimodal.pipelines.text_readers import TextReader
 
