@@ -90,32 +90,33 @@ def curve_label(curve: tuple[str, str | None, float | None]) -> str:
 
 
 def critical_batches(groups: list[dict[str, Any]], metric: str = "val_elbo", tolerance: float | None = None,
-                     seq_len: int | None = None) -> tuple[float, dict[tuple, CriticalBatch]]:
-    """B_crit / S_crit of every (rule, clip, D) curve (:mod:`trimodal.experiments.critical_batch`);
-    the tolerance is given or twice the pooled sd of the single-seed paired differences."""
+                     seq_len: int | None = None, scale: float = 1.0) -> dict[tuple, CriticalBatch]:
+    """B_crit / S_crit of every (rule, clip, D) curve (:mod:`trimodal.experiments.critical_batch`).
+    The tolerance is given, or each curve's own: twice the pooled sd of its single-seed paired
+    differences (curves differ in noise: a short horizon, far from convergence, is much noisier),
+    times ``scale`` (1/√n: two sd of the mean of n paired differences)."""
     curves: dict[tuple, dict[float, dict[int, float]]] = {}
     for g in groups:
         curves.setdefault(curve_of(g), {})[float(g["batch_size"])] = seed_losses(g, metric)
-    tol = paired_tolerance(list(curves.values())) if tolerance is None else tolerance
     out = {}
     for curve, losses in curves.items():
+        tol = (paired_tolerance([losses]) if tolerance is None else tolerance) * scale
         L = seq_len or next((int(m["seq_len"]) for g in groups if curve_of(g) == curve
                              for m in g.get("_members", []) if m.get("seq_len")), 0)
         d = curve[2] if curve[2] is not None else next((float(g["D"]) for g in groups if curve_of(g) == curve
                                                         and g.get("D")), math.nan)
         out[curve] = critical_batch(losses, d, L or 1, tol)
-    return tol, out
+    return out
 
 
 def batch_size(groups: list[dict[str, Any]], metric: str = "val_elbo") -> tuple[list[str], dict[str, Any]]:
     """Per curve (rule, clipping, D): the ELBO range over B, the slope per doubling of B, the
     paired differences to the smallest B and the critical batch; then the rules and clipping
     treatments against each other at the same B, D and seed."""
-    tol, crit = critical_batches(groups, metric)
-    lines = [f"Tolerance τ = {_fmt(tol)} nats: twice the pooled sd of the single-seed paired differences to the "
-             "smallest B (B_crit: the largest B up to which every paired Δ to the smallest B is ≤ τ; "
-             "S_crit = D/(B_crit·L))."]
-    nums: dict[str, Any] = {"tolerance": tol, "rules": {}, "curves": {}}
+    crit = critical_batches(groups, metric)
+    lines = ["Per curve: τ = twice the pooled sd of the curve's single-seed paired differences to its smallest B; "
+             "B_crit = the largest B up to which every paired Δ to the smallest B is ≤ τ; S_crit = D/(B_crit·L)."]
+    nums: dict[str, Any] = {"rules": {}, "curves": {}}
     for curve, cb in crit.items():
         gs = sorted((g for g in groups if curve_of(g) == curve), key=lambda g: g["batch_size"])
         bs = [float(g["batch_size"]) for g in gs]
@@ -131,7 +132,7 @@ def batch_size(groups: list[dict[str, Any]], metric: str = "val_elbo") -> tuple[
         lines.append(f"{curve_label(curve)}: val ELBO {_fmt(ms[0])} at B={bs[0]:g} … {_fmt(ms[-1])} at B={bs[-1]:g} "
                      f"(range {_fmt(max(ms) - min(ms))}, {_fmt(per_doubling)} nats per doubling of B, best at "
                      f"B={bs[best]:g}; {'rises at every doubling' if rising else 'does not rise at every doubling'}). "
-                     f"Paired Δ to B={bs[0]:g}: {deltas or 'n/a'}. {cb.describe()}.")
+                     f"Paired Δ to B={bs[0]:g}: {deltas or 'n/a'}. τ = {_fmt(cb.tolerance)}: {cb.describe()}.")
     by = {(*curve_of(g), g["batch_size"]): g for g in groups}
     # SDE rule − no rule at the same clipping, D, B and seed
     diffs = []

@@ -58,7 +58,7 @@ def batch_size(groups: list[dict[str, Any]], path: str) -> str:
     from trimodal.experiments import analysis as A
 
     plt = _plt()
-    tol, crit = A.critical_batches(groups)
+    crit = A.critical_batches(groups)
     fig, (ax, axd, ax3) = plt.subplots(1, 3, figsize=(16, 4.2))
     horizons = sorted({c[2] for c in crit if c[2] is not None})
     palette = ["tab:green", "tab:blue", "tab:purple", "tab:orange", "tab:brown", "tab:cyan"]
@@ -93,11 +93,12 @@ def batch_size(groups: list[dict[str, Any]], path: str) -> str:
         axd.errorbar([p[0] for p in pts], [p[1] for p in pts],
                      yerr=[p[2] if math.isfinite(p[2]) else 0.0 for p in pts], color=c, ls=ls, marker=mk, capsize=3,
                      label=label)
+        if math.isfinite(cb.tolerance):  # the curve's tolerance: 2 × its pooled paired sd
+            axd.axhline(cb.tolerance, color=c, lw=0.8, ls=(0, (2, 3)), alpha=0.8)
     axd.axhline(0.0, color="black", lw=0.8)
-    if math.isfinite(tol):
-        axd.axhline(tol, color="gray", lw=1, ls="--", label=f"τ = {tol:.3f} (2 × pooled paired sd)")
     axd.set_ylabel("Δ val ELBO to the smallest B, same seed (nats)")
-    axd.set_title(f"paired difference to the smallest B ({_nseeds(groups).replace('error bars: ', 'bars: ')})",
+    axd.set_title(f"paired Δ to the smallest B ({_nseeds(groups).replace('error bars: ', 'bars: ')}; "
+                  "dotted: the curve's τ)",
                   fontsize=9)
     axd.legend(fontsize=7)
     # right panel: what the grid can compare at the same B and seed

@@ -61,32 +61,32 @@ def _cell(key: str, v: Any) -> str:
 def critical_tables(groups: list[dict[str, Any]]) -> list[str]:
     """The batch-size study's paired differences to the smallest B and its B_crit / S_crit, one
     row per (rule, clipping, D) curve."""
-    tol, crit = analysis.critical_batches(groups)
+    crit = analysis.critical_batches(groups)
     if not crit:
         return []
     bs = sorted({b for cb in crit.values() for b in cb.batch_sizes})
     # the stricter reading: 2 sd of the *mean* of n paired differences (τ/√n), n the fewest seeds paired
     n = min((d[2] for cb in crit.values() for d in cb.deltas.values() if d[2]), default=0)
-    strict = analysis.critical_batches(groups, tolerance=tol / math.sqrt(n))[1] if n > 1 else {}
+    strict = analysis.critical_batches(groups, scale=1 / math.sqrt(n)) if n > 1 else {}
     rows, rows_c = [], []
     for curve, cb in crit.items():
         rows.append([analysis.curve_label(curve)] +
                     [analysis.pm_text(*cb.deltas[b]) if b in cb.deltas and b != cb.reference_batch else
                      ("ref" if b == cb.reference_batch else "–") for b in bs])
-        rows_c.append([analysis.curve_label(curve), f"{cb.reference_batch:g}",
-                       pm((cb.plateau, cb.plateau_sd)), cb.describe()] +
+        rows_c.append([analysis.curve_label(curve), f"{cb.reference_batch:g}", pm((cb.plateau, cb.plateau_sd)),
+                       f"{cb.tolerance:.4f}" if math.isfinite(cb.tolerance) else "n/a", cb.describe()] +
                       ([strict[curve].describe()] if strict else []))
     return ["## Paired differences to the smallest B", "",
             "Per seed, val ELBO at B minus val ELBO at the curve's smallest B (same seed: same initialisation and "
             "data order); mean ± sample sd over the seeds (n).", "",
             table(["curve"] + [f"B = {b:g}" for b in bs], rows), "",
             "## Critical batch", "",
-            f"Tolerance τ = {tol:.4f} nats (twice the pooled sd of the single-seed paired differences above). "
-            "The plateau is the smallest B's mean loss; B_crit is the largest B up to which every paired Δ is ≤ τ; "
-            "S_crit = D/(B_crit·L). The grid doubles B, so each value is resolved to a factor of 2."
-            + (f" The last column uses the stricter τ/√{n} = {tol / math.sqrt(n):.4f} nats (2 sd of the mean of "
-               f"{n} paired differences)." if strict else ""), "",
-            table(["curve", "smallest B", "plateau (val ELBO)", "B_crit / S_crit at τ"] +
+            "τ: twice the pooled sd of the curve's single-seed paired differences above (each curve its own: a "
+            "short horizon is noisier). The plateau is the smallest B's mean loss; B_crit is the largest B up to "
+            "which every paired Δ is ≤ τ; S_crit = D/(B_crit·L). The grid doubles B, so each value is resolved to a "
+            "factor of 2." + (f" The last column uses the stricter τ/√{n} (2 sd of the mean of {n} paired "
+                              "differences)." if strict else ""), "",
+            table(["curve", "smallest B", "plateau (val ELBO)", "τ", "B_crit / S_crit at τ"] +
                   ([f"at τ/√{n}"] if strict else []), rows_c), ""]
 
 

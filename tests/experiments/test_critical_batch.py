@@ -94,12 +94,19 @@ def test_the_batch_size_analysis_per_horizon_and_clipping():
     groups = _groups({("sde", "off", D): curve({4: 3.00, 8: 3.01, 16: 3.30}),
                       ("sde", "off", 2 * D): curve({4: 2.80, 8: 2.81, 16: 2.82}),
                       ("sde", "fixed", D): curve({4: 3.10, 8: 3.30, 16: 3.40})})
-    tol, crit = analysis.critical_batches(groups, tolerance=0.05)
-    assert tol == 0.05
+    crit = analysis.critical_batches(groups, tolerance=0.05)
+    assert all(cb.tolerance == 0.05 for cb in crit.values())
     assert crit[("sde", "off", D)].b_crit == 8 and crit[("sde", "off", D)].s_crit == D / (8 * L)
     assert crit[("sde", "off", 2 * D)].bound == "above" and crit[("sde", "fixed", D)].bound == "below"
+    # each curve's own tolerance: the hand-made seeds shift every B alike, so its paired sd is 0
+    assert all(cb.tolerance == pytest.approx(0.0) for cb in analysis.critical_batches(groups).values())
+    noisy = _groups({("sde", "off", D): {4.0: {0: 3.0, 1: 3.0}, 8.0: {0: 3.1, 1: 3.3}},
+                     ("sde", "fixed", D): {4.0: {0: 3.0, 1: 3.0}, 8.0: {0: 3.0, 1: 3.0}}})
+    own = analysis.critical_batches(noisy)
+    assert own[("sde", "off", D)].tolerance == pytest.approx(2 * math.sqrt(0.02))
+    assert own[("sde", "fixed", D)].tolerance == 0.0
+    assert analysis.critical_batches(noisy, scale=0.5)[("sde", "off", D)].tolerance == pytest.approx(math.sqrt(0.02))
     lines, nums = analysis.batch_size(groups)
-    assert nums["tolerance"] == pytest.approx(0.0)  # the hand-made seeds shift every B alike: paired sd 0
     clip = nums["clip"][("sde", D, "off", "fixed")]
     assert clip[4.0][0] == pytest.approx(-0.10) and clip[8.0][0] == pytest.approx(-0.29) and clip[4.0][2] == 3
     assert any(ln.startswith("SDE rule, no clipping, D = 2^20 − clip fixed, paired by seed: B=4: -0.1000")
