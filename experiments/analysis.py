@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from trimodal.experiments.critical_batch import CriticalBatch, critical_batch, paired_tolerance
+
 
 def mean_of(g: dict[str, Any], metric: str) -> float:
     """The mean of a (mean, sd) summary, NaN when missing."""
@@ -59,46 +61,121 @@ def _fmt(x: float, digits: int = 4) -> str:
 
 
 # ---- batch size -------------------------------------------------------------------------------
+def seed_losses(g: dict[str, Any], metric: str) -> dict[int, float]:
+    """seed -> the metric, over a point's finished runs."""
+    return {int(m["seed"]): float(m[metric]) for m in g.get("_members", [])
+            if m.get(metric) is not None and m.get("seed") is not None and math.isfinite(float(m[metric]))}
+
+
+def curve_of(g: dict[str, Any]) -> tuple[str, str | None, float | None]:
+    """The curve a batch-size point belongs to: (rule, clipping treatment, token horizon D)."""
+    return g["rule"], g.get("clip"), g.get("tokens_target")
+
+
+def tokens_label(d: float | None) -> str:
+    """2^k for a power of two (the horizons of the specs), else the number."""
+    if d is None or not math.isfinite(float(d)):
+        return "D ?"
+    k = math.log2(d)
+    return f"D = 2^{int(k)}" if k.is_integer() else f"D = {d:g}"
+
+
+def curve_label(curve: tuple[str, str | None, float | None]) -> str:
+    rule, clip, d = curve
+    parts = ["SDE rule" if rule == "sde" else "no rule"]
+    if clip:
+        parts.append({"fixed": "clip fixed", "scaled": "clip 1/√κ", "off": "no clipping"}.get(clip, clip))
+    parts.append(tokens_label(d))
+    return ", ".join(parts)
+
+
+def critical_batches(groups: list[dict[str, Any]], metric: str = "val_elbo", tolerance: float | None = None,
+                     seq_len: int | None = None, scale: float = 1.0) -> dict[tuple, CriticalBatch]:
+    """B_crit / S_crit of every (rule, clip, D) curve (:mod:`trimodal.experiments.critical_batch`).
+    The tolerance is given, or each curve's own: twice the pooled sd of its single-seed paired
+    differences (curves differ in noise: a short horizon, far from convergence, is much noisier),
+    times ``scale`` (1/√n: two sd of the mean of n paired differences)."""
+    curves: dict[tuple, dict[float, dict[int, float]]] = {}
+    for g in groups:
+        curves.setdefault(curve_of(g), {})[float(g["batch_size"])] = seed_losses(g, metric)
+    out = {}
+    for curve, losses in curves.items():
+        tol = (paired_tolerance([losses]) if tolerance is None else tolerance) * scale
+        L = seq_len or next((int(m["seq_len"]) for g in groups if curve_of(g) == curve
+                             for m in g.get("_members", []) if m.get("seq_len")), 0)
+        d = curve[2] if curve[2] is not None else next((float(g["D"]) for g in groups if curve_of(g) == curve
+                                                        and g.get("D")), math.nan)
+        out[curve] = critical_batch(losses, d, L or 1, tol)
+    return out
+
+
 def batch_size(groups: list[dict[str, Any]], metric: str = "val_elbo") -> tuple[list[str], dict[str, Any]]:
-    """Per rule: the ELBO range over B, the slope per doubling of B, and the B up to which the
-    curve stays within 2 seed sd (the flat region below B_crit of the paper's §5.1)."""
-    tol = 2 * pooled_sd(groups, metric)  # NaN with one seed per point: no flatness verdict
-    lines, nums = [], {"tolerance": tol, "rules": {}}
-    for rule in dict.fromkeys(g["rule"] for g in groups):
-        gs = sorted((g for g in groups if g["rule"] == rule), key=lambda g: g["batch_size"])
+    """Per curve (rule, clipping, D): the ELBO range over B, the slope per doubling of B, the
+    paired differences to the smallest B and the critical batch; then the rules and clipping
+    treatments against each other at the same B, D and seed."""
+    crit = critical_batches(groups, metric)
+    lines = ["Per curve: τ = twice the pooled sd of the curve's single-seed paired differences to its smallest B; "
+             "B_crit = the largest B up to which every paired Δ to the smallest B is ≤ τ; S_crit = D/(B_crit·L)."]
+    nums: dict[str, Any] = {"rules": {}, "curves": {}}
+    for curve, cb in crit.items():
+        gs = sorted((g for g in groups if curve_of(g) == curve), key=lambda g: g["batch_size"])
         bs = [float(g["batch_size"]) for g in gs]
         ms = [mean_of(g, metric) for g in gs]
-        if not gs:
-            continue
         best = int(np.nanargmin(ms))
         per_doubling = slope([math.log2(b) for b in bs], ms)
-        flat = flat_until(bs, ms, tol) if math.isfinite(tol) else math.nan
-        nums["rules"][rule] = {"B": bs, "mean": ms, "range": max(ms) - min(ms), "per_doubling": per_doubling,
-                               "flat_until": flat, "best_B": bs[best]}
-        label = "with the SDE rule" if rule == "sde" else "without the rule (base HPs fixed)"
-        text = (f"{label}: val ELBO {_fmt(ms[0])} at B={bs[0]:g} … {_fmt(ms[-1])} at B={bs[-1]:g} "
-                f"(range {_fmt(max(ms) - min(ms))}, {_fmt(per_doubling)} nats per doubling of B, best at B={bs[best]:g})")
         rising = all(b > a for a, b in zip(ms, ms[1:]))
-        nums["rules"][rule]["monotone_rising"] = rising
-        if math.isfinite(flat):
-            text += f"; within 2 seed sd ({_fmt(tol)}) of each other up to B={flat:g}"
-        text += "; the mean rises at every doubling" if rising else "; the mean does not rise at every doubling"
-        lines.append(text + ".")
-    r = nums["rules"]
-    if "sde" in r and "none" in r:
-        ratio = r["none"]["range"] / r["sde"]["range"] if r["sde"]["range"] > 0 else math.inf
-        lines.append(f"The range over B is {_fmt(ratio, 2)}× larger without the rule than with it.")
-        nums["range_ratio"] = ratio
-        by = {(g["rule"], g["batch_size"]): g for g in groups}
-        diffs = []
-        for b in sorted({g["batch_size"] for g in groups}):
-            if ("sde", b) in by and ("none", b) in by:
-                pm, psd, n = paired(by[("sde", b)], by[("none", b)], metric)
-                if n:
-                    diffs.append(f"B={b:g}: {pm:+.4f} ± {psd:.4f}")
-        if diffs:
-            lines.append("SDE rule − no rule at the same B and seed: " + "; ".join(diffs) + ".")
+        entry = {"B": bs, "mean": ms, "range": max(ms) - min(ms), "per_doubling": per_doubling, "best_B": bs[best],
+                 "monotone_rising": rising, "critical": cb}
+        nums["curves"][curve] = entry
+        nums["rules"].setdefault(curve[0], entry)
+        deltas = "; ".join(f"B={b:g}: {pm_text(*cb.deltas[b])}" for b in bs[1:] if cb.deltas[b][2])
+        lines.append(f"{curve_label(curve)}: val ELBO {_fmt(ms[0])} at B={bs[0]:g} … {_fmt(ms[-1])} at B={bs[-1]:g} "
+                     f"(range {_fmt(max(ms) - min(ms))}, {_fmt(per_doubling)} nats per doubling of B, best at "
+                     f"B={bs[best]:g}; {'rises at every doubling' if rising else 'does not rise at every doubling'}). "
+                     f"Paired Δ to B={bs[0]:g}: {deltas or 'n/a'}. τ = {_fmt(cb.tolerance)}: {cb.describe()}.")
+    by = {(*curve_of(g), g["batch_size"]): g for g in groups}
+    # SDE rule − no rule at the same clipping, D, B and seed
+    diffs = []
+    for (rule, clip, d, b), g in sorted(by.items(), key=lambda kv: (str(kv[0][1]), kv[0][2] or 0, kv[0][3])):
+        if rule == "sde" and ("none", clip, d, b) in by:
+            pmn, psd, n = paired(g, by[("none", clip, d, b)], metric)
+            if n:
+                diffs.append(f"B={b:g}: {pm_text(pmn, psd, n)}")
+    if diffs:
+        lines.append("SDE rule − no rule at the same B and seed: " + "; ".join(diffs) + ".")
+    rs = nums["rules"]
+    if "sde" in rs and "none" in rs and rs["sde"]["range"] > 0:
+        nums["range_ratio"] = rs["none"]["range"] / rs["sde"]["range"]
+        lines.append(f"The range over B is {_fmt(nums['range_ratio'], 2)}× larger without the rule than with it.")
+    # clipping treatments against the reference treatment (fixed if run) at the same rule, D, B and seed
+    nums["clip"] = {}
+    for rule, d in dict.fromkeys((c[0], c[2]) for c in crit):
+        clips = [c[1] for c in crit if c[0] == rule and c[2] == d and c[1]]
+        if len(clips) < 2:
+            continue
+        ref = "fixed" if "fixed" in clips else clips[0]
+        for clip in clips:
+            if clip == ref:
+                continue
+            parts, vals = [], {}
+            for b in sorted({k[3] for k in by if k[:3] == (rule, clip, d)}):
+                if (rule, ref, d, b) in by:
+                    pmn, psd, n = paired(by[(rule, clip, d, b)], by[(rule, ref, d, b)], metric)
+                    if n:
+                        vals[float(b)] = (pmn, psd, n)
+                        parts.append(f"B={b:g}: {pm_text(pmn, psd, n)}")
+            nums["clip"][(rule, d, clip, ref)] = vals
+            if parts:
+                lines.append(f"{curve_label((rule, clip, d))} − {curve_label((rule, ref, d)).split(', ')[1]}, paired by "
+                             f"seed: " + "; ".join(parts) + ".")
     return lines, nums
+
+
+def pm_text(mean: float, sd: float, n: int) -> str:
+    """A paired difference in words: ``+0.0123 ± 0.0045 (n=3)``; no ``± 0`` for one seed."""
+    if not n or not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:+.4f}" + (f" ± {sd:.4f}" if n > 1 and math.isfinite(sd) else "") + f" (n={n})"
 
 
 # ---- mixing -----------------------------------------------------------------------------------

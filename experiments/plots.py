@@ -50,50 +50,104 @@ def _save(fig, path: str) -> str:
 
 
 def batch_size(groups: list[dict[str, Any]], path: str) -> str:
-    """Final val ELBO against B (log scale), one curve per rule; right: per modality, as the
-    excess over that modality's best point (the modalities' ELBOs differ by nats)."""
+    """Left: final val ELBO against B (log scale), one curve per (rule, clipping, D), the
+    critical batch ringed. Middle: the paired difference to the curve's smallest B (same seed),
+    with the tolerance τ. Right: the comparison the grid allows at the same B and seed: clipping
+    treatments against the fixed threshold, else the SDE rule against no rule, else each
+    modality's excess over its best point."""
+    from trimodal.experiments import analysis as A
+
     plt = _plt()
-    best = {m: min((mean_of(g, f"val_elbo_{m}") for g in groups if math.isfinite(mean_of(g, f"val_elbo_{m}"))),
-                   default=0.0) for m in MODALITIES}
-    fig, (ax, ax3, ax2) = plt.subplots(1, 3, figsize=(15, 3.8))
-    colors = {"sde": "tab:blue", "none": "tab:red"}
-    labels = {"sde": "SDE rule (reparam.tokens = D)", "none": "no rule (base HPs, S = D/(B·L))"}
-    for rule in dict.fromkeys(g["rule"] for g in groups):
-        gs = sorted((g for g in groups if g["rule"] == rule), key=lambda g: g["batch_size"])
+    crit = A.critical_batches(groups)
+    fig, (ax, axd, ax3) = plt.subplots(1, 3, figsize=(16, 4.2))
+    horizons = sorted({c[2] for c in crit if c[2] is not None})
+    palette = ["tab:green", "tab:blue", "tab:purple", "tab:orange", "tab:brown", "tab:cyan"]
+    d_color = {d: palette[i % len(palette)] for i, d in enumerate(horizons)}
+    styles = {("sde", "off"): ("-", "o"), ("sde", "scaled"): ("--", "s"), ("sde", "fixed"): (":", "^"),
+              ("none", "fixed"): ("-.", "v"), ("none", "off"): ("-.", "D"), ("none", "scaled"): ("-.", "P")}
+    clip_color = {"off": "tab:blue", "scaled": "tab:orange", "fixed": "tab:gray"}
+    many_clips = len({c[1] for c in crit}) > 1
+
+    def color(curve: tuple) -> str:
+        """By D where there are several, else by clipping where that varies, else by rule."""
+        if len(horizons) > 1:
+            return d_color[curve[2]]
+        if many_clips:
+            return clip_color.get(curve[1] or "fixed", "tab:gray")
+        return "tab:blue" if curve[0] == "sde" else "tab:red"
+
+    for curve, cb in crit.items():
+        gs = sorted((g for g in groups if A.curve_of(g) == curve), key=lambda g: g["batch_size"])
         bs = [g["batch_size"] for g in gs]
-        c = colors.get(rule, "gray")
-        ax.errorbar(bs, [mean_of(g, "val_elbo") for g in gs], yerr=_yerr(gs, "val_elbo"), color=c,
-                    marker="o", capsize=3, label=labels.get(rule, rule))
+        c = color(curve)
+        ls, mk = styles.get((curve[0], curve[1] or "fixed"), ("-", "o"))
+        label = A.curve_label(curve)
+        ax.errorbar(bs, [mean_of(g, "val_elbo") for g in gs], yerr=_yerr(gs, "val_elbo"), color=c, ls=ls, marker=mk,
+                    capsize=3, label=label)
         for g in gs:
             _seeds(ax, g["batch_size"], g, "val_elbo", c)
-        for m, ls in zip(MODALITIES, ("-", "--", ":")):
-            ax2.plot(bs, [mean_of(g, f"val_elbo_{m}") - best[m] for g in gs], color=c, ls=ls, marker=".",
-                     label=f"{m} ({rule})")
-    # paired by seed: SDE rule − no rule at each B (runs of one B and seed share init and data)
-    from trimodal.experiments.analysis import paired
-
-    by = {(g["rule"], g["batch_size"]): g for g in groups}
-    pts = [(b, *paired(by[("sde", b)], by[("none", b)], "val_elbo")) for (r, b) in by if r == "sde" and ("none", b) in by]
-    pts = [(b, d, s, n) for b, d, s, n in sorted(pts) if n]
-    if pts:
-        for b, d, s, n in pts:
-            ax3.errorbar([b], [d], yerr=[s if math.isfinite(s) else 0.0], color="tab:purple", marker="o", capsize=3)
-        ax3.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:purple", lw=1)
-    ax3.axhline(0.0, color="black", lw=0.8)
-    ax3.set_ylabel("Δ val ELBO, SDE rule − no rule (nats)")
-    ax3.set_title(f"paired by seed ({_nseeds(groups).replace('error bars: ', 'bars: ')})", fontsize=9)
+        if math.isfinite(cb.b_crit):
+            gc = next(g for g in gs if float(g["batch_size"]) == cb.b_crit)
+            ax.scatter([cb.b_crit], [mean_of(gc, "val_elbo")], s=160, facecolors="none", edgecolors=c, linewidths=1.5)
+        pts = [(b, *cb.deltas[float(b)]) for b in bs if cb.deltas[float(b)][2]]
+        axd.errorbar([p[0] for p in pts], [p[1] for p in pts],
+                     yerr=[p[2] if math.isfinite(p[2]) else 0.0 for p in pts], color=c, ls=ls, marker=mk, capsize=3,
+                     label=label)
+        if math.isfinite(cb.tolerance):  # the curve's tolerance: 2 × its pooled paired sd
+            axd.axhline(cb.tolerance, color=c, lw=0.8, ls=(0, (2, 3)), alpha=0.8)
+    axd.axhline(0.0, color="black", lw=0.8)
+    axd.set_ylabel("Δ val ELBO to the smallest B, same seed (nats)")
+    axd.set_title(f"paired Δ to the smallest B ({_nseeds(groups).replace('error bars: ', 'bars: ')}; "
+                  "dotted: the curve's τ)",
+                  fontsize=9)
+    axd.legend(fontsize=7)
+    # right panel: what the grid can compare at the same B and seed
+    _, nums = A.batch_size(groups)
+    if nums.get("clip"):
+        for (rule, d, clip, ref), vals in nums["clip"].items():
+            bs = sorted(vals)
+            ls, mk = styles.get((rule, clip), ("-", "o"))
+            ax3.errorbar(bs, [vals[b][0] for b in bs], yerr=[vals[b][1] if math.isfinite(vals[b][1]) else 0.0
+                                                               for b in bs],
+                         color=color((rule, clip, d)),
+                         ls=ls, marker=mk, capsize=3, label=f"{A.curve_label((rule, clip, d))} − clip {ref}")
+        ax3.axhline(0.0, color="black", lw=0.8)
+        ax3.set_ylabel("Δ val ELBO to the reference clipping (nats)")
+        ax3.set_title(f"clipping, paired by seed ({_nseeds(groups).replace('error bars: ', 'bars: ')})", fontsize=9)
+        ax3.legend(fontsize=7)
+    elif {"sde", "none"} <= {c[0] for c in crit}:
+        by = {(*A.curve_of(g), g["batch_size"]): g for g in groups}
+        pts = sorted((b, *A.paired(g, by[("none", cl, d, b)], "val_elbo")) for (r, cl, d, b), g in by.items()
+                     if r == "sde" and ("none", cl, d, b) in by)
+        pts = [p for p in pts if p[3]]
+        for b, dlt, sd, n in pts:
+            ax3.errorbar([b], [dlt], yerr=[sd if math.isfinite(sd) and n > 1 else 0.0], color="tab:purple", marker="o",
+                         capsize=3)
+        if pts:
+            ax3.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:purple", lw=1)
+        ax3.axhline(0.0, color="black", lw=0.8)
+        ax3.set_ylabel("Δ val ELBO, SDE rule − no rule (nats)")
+        ax3.set_title(f"paired by seed ({_nseeds(groups).replace('error bars: ', 'bars: ')})", fontsize=9)
+    else:
+        best = {m: min((mean_of(g, f"val_elbo_{m}") for g in groups if math.isfinite(mean_of(g, f"val_elbo_{m}"))),
+                       default=0.0) for m in MODALITIES}
+        for curve in crit:
+            gs = sorted((g for g in groups if A.curve_of(g) == curve), key=lambda g: g["batch_size"])
+            for m, ls in zip(MODALITIES, ("-", "--", ":")):
+                ax3.plot([g["batch_size"] for g in gs], [mean_of(g, f"val_elbo_{m}") - best[m] for g in gs],
+                         color=color(curve), ls=ls, marker=".", label=f"{m} ({A.curve_label(curve)})")
+        ax3.set_title("per modality: ELBO − its best point", fontsize=9)
+        ax3.legend(fontsize=6)
     ticks = sorted({g["batch_size"] for g in groups})
-    for a in (ax, ax3, ax2):
+    for a in (ax, axd, ax3):
         a.set_xscale("log", base=2)
         a.set_xticks(ticks, [str(t) for t in ticks])
         a.minorticks_off()
         a.set_xlabel("physical batch B (rows)")
         a.grid(alpha=0.3)
     ax.set_ylabel("final val ELBO (nats/token)")
-    ax.set_title(f"fixed token horizon D ({_nseeds(groups)})", fontsize=9)
-    ax.legend(fontsize=8)
-    ax2.set_title("per modality: ELBO − its best point")
-    ax2.legend(fontsize=7, ncol=2)
+    ax.set_title(f"fixed token horizons ({_nseeds(groups)}; ring: B_crit)", fontsize=9)
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -18,7 +18,10 @@ from trimodal.experiments.spec import ExperimentSpec, grid_of
 INTRO = {
     "batch-size": "Physical batch B at a fixed token horizon D, with the SDE rule (B̃ = B_base·(D/D_base)^γ, "
                   "κ = B/B̃, lr·√κ, β^κ, ε/√κ, S = D/(B·L)) and without it (the base AdamW values held fixed, "
-                  "S = D/(B·L)). Paper §5.1: with the rule the loss is flat in B below a critical batch.",
+                  "S = D/(B·L)), at one or several "
+                  "token horizons D and, where the grid sweeps it, under several clipping treatments (fixed: "
+                  "optim.grad_clip at every B; scaled: × 1/√κ; off). Paper §5.1: with the rule the loss is flat in B "
+                  "below a critical batch B_crit = D/(L·S_crit).",
     "mixing": "The mixing weights of the three tasks (data.task_weights). Paper §7.2, Fig. 16: each modality's "
               "loss falls as its own weight rises, with no cross-modal synergy.",
     "schedule": "The masking schedule α(t) trained with (objective.schedule.name); every run is evaluated with the "
@@ -49,6 +52,44 @@ def _num(v: Any) -> str:
     return str(v)
 
 
+def _cell(key: str, v: Any) -> str:
+    if key == "tokens_target" and isinstance(v, (int, float)):
+        return analysis.tokens_label(float(v)).removeprefix("D = ")
+    return _num(v)
+
+
+def critical_tables(groups: list[dict[str, Any]]) -> list[str]:
+    """The batch-size study's paired differences to the smallest B and its B_crit / S_crit, one
+    row per (rule, clipping, D) curve."""
+    crit = analysis.critical_batches(groups)
+    if not crit:
+        return []
+    bs = sorted({b for cb in crit.values() for b in cb.batch_sizes})
+    # the stricter reading: 2 sd of the *mean* of n paired differences (τ/√n), n the fewest seeds paired
+    n = min((d[2] for cb in crit.values() for d in cb.deltas.values() if d[2]), default=0)
+    strict = analysis.critical_batches(groups, scale=1 / math.sqrt(n)) if n > 1 else {}
+    rows, rows_c = [], []
+    for curve, cb in crit.items():
+        rows.append([analysis.curve_label(curve)] +
+                    [analysis.pm_text(*cb.deltas[b]) if b in cb.deltas and b != cb.reference_batch else
+                     ("ref" if b == cb.reference_batch else "–") for b in bs])
+        rows_c.append([analysis.curve_label(curve), f"{cb.reference_batch:g}", pm((cb.plateau, cb.plateau_sd)),
+                       f"{cb.tolerance:.4f}" if math.isfinite(cb.tolerance) else "n/a", cb.describe()] +
+                      ([strict[curve].describe()] if strict else []))
+    return ["## Paired differences to the smallest B", "",
+            "Per seed, val ELBO at B minus val ELBO at the curve's smallest B (same seed: same initialisation and "
+            "data order); mean ± sample sd over the seeds (n).", "",
+            table(["curve"] + [f"B = {b:g}" for b in bs], rows), "",
+            "## Critical batch", "",
+            "τ: twice the pooled sd of the curve's single-seed paired differences above (each curve its own: a "
+            "short horizon is noisier). The plateau is the smallest B's mean loss; B_crit is the largest B up to "
+            "which every paired Δ is ≤ τ; S_crit = D/(B_crit·L). The grid doubles B, so each value is resolved to a "
+            "factor of 2." + (f" The last column uses the stricter τ/√{n} (2 sd of the mean of {n} paired "
+                              "differences)." if strict else ""), "",
+            table(["curve", "smallest B", "plateau (val ELBO)", "τ", "B_crit / S_crit at τ"] +
+                  ([f"at τ/√{n}"] if strict else []), rows_c), ""]
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -62,8 +103,9 @@ def _point_table(kind: str, groups: list[dict[str, Any]], keys: list[str], tasks
                 [pm(g.get(f"task_elbo_{t}")) for t in tasks] + [pm(g.get("val_elbo"))] for g in groups]
         return table(heads, body)
     gen = generation_columns(groups)
-    heads = keys + ["n", "val ELBO", "text", "image", "audio"] + gen + ["steps", "B", "B̃", "κ", "lr", "N"]
-    body = [[_num(g[k]) for k in keys] + [str(g["n"]), pm(g.get("val_elbo"))] +
+    heads = [{"tokens_target": "D"}.get(k, k) for k in keys] + ["n", "val ELBO", "text", "image", "audio"] + gen + \
+        ["steps", "B", "B̃", "κ", "lr", "N"]
+    body = [[_cell(k, g[k]) for k in keys] + [str(g["n"]), pm(g.get("val_elbo"))] +
             [pm(g.get(f"val_elbo_{m}")) for m in R.MODALITIES] + [pm(g.get(m)) for m in gen] +
             [_num(g.get(f)) for f in ("steps", "B", "logical_batch", "kappa", "lr", "N")] for g in groups]
     return table(heads, body)
@@ -103,6 +145,8 @@ def write_report(spec: ExperimentSpec, rows: list[dict[str, Any]], folder: str, 
     lines: list[str] = []
     if groups:
         md += ["## Results", "", _point_table(spec.kind, groups, keys, tasks), ""]
+        if spec.kind == "batch-size":
+            md += critical_tables(groups)
         analyse, plot, png = {"batch-size": (analysis.batch_size, plots.batch_size, "batch_size.png"),
                               "mixing": (lambda g: analysis.mixing(g, tasks), lambda g, f: plots.mixing(g, tasks, f),
                                          "mixing.png"),

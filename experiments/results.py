@@ -146,6 +146,34 @@ def write_csv(rows: list[dict[str, Any]], path: str, point_columns: Iterable[str
     return path
 
 
+def read_csv(path: str, point: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The rows of a ``results.csv`` back as typed rows (numbers as numbers, empty cells
+    absent), with ``point`` filled in where a column is missing: a committed report's runs can
+    then be aggregated and compared with newer ones (e.g. an older spec's rows, which lack a
+    grid column added since, given its value)."""
+    text = {"name", "status", "reason", "rule", "clip", "schedule", "task", "setting"}
+    out = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for k, v in raw.items():
+                if v is None or v == "":
+                    continue
+                if k in text:
+                    row[k] = v
+                    continue
+                try:
+                    x = float(v)
+                    row[k] = int(x) if x.is_integer() and k in ("seed", "batch_size", "steps", "B", "seq_len", "D",
+                                                                  "N", "eval_step") else x
+                except ValueError:
+                    row[k] = v
+            for k, v in (point or {}).items():
+                row.setdefault(k, v)
+            out.append(row)
+    return out
+
+
 # ---- aggregation (pure) ------------------------------------------------------------------------
 def mean_sd(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (NaN sd for one value: a spread of one seed is

@@ -31,6 +31,7 @@ from trimodal.train.schedules import SCHEDULES
 
 KINDS = ("batch-size", "mixing", "schedule", "scaling", "sampling", "anti-masking")
 RULES = ("sde", "none")
+CLIPS = ("fixed", "scaled", "off")
 TASKS = ("text", "image_text", "audio_text")
 
 
@@ -56,19 +57,40 @@ class ExperimentSpec:
 
 @dataclass
 class BatchSizeGrid:
-    """Physical batch B at a fixed token horizon D, with and without the SDE rule (paper §5.1)."""
+    """Physical batch B at one or several fixed token horizons D, with and without the SDE rule
+    (paper §5.1), optionally under several gradient-clipping treatments.
+
+    ``clip`` (optional) sweeps the clipping: ``fixed`` keeps ``optim.grad_clip`` at every B
+    (``reparam.grad_clip_rule = none``), ``scaled`` multiplies it by 1/√κ
+    (``reparam.grad_clip_rule = inv_sqrt_kappa``), ``off`` sets ``optim.grad_clip = 0``. A fixed
+    threshold is a confound of the batch-size study: the gradient-noise norm falls like 1/√B, so
+    one threshold clips small-B runs far more often than large-B ones."""
 
     batch_sizes: list[int] = option(default_factory=list, help="physical batch sizes B")
-    tokens: float = option(0.0, help="token horizon D (positions: steps·B·L)")
+    tokens: float | list[float] = option(0.0, help="token horizon D (positions: steps·B·L), or a list of horizons")
     rules: list[str] = option(default_factory=lambda: list(RULES),
                               help="sde: reparam.tokens = D; none: reparam off, run.steps = D/(B·L)")
+    clip: list[str] = option(default_factory=list,
+                             help="clipping treatments among fixed, scaled, off (empty: the base config's, unnamed)")
     evals: int = option(4, help="evaluations per run (eval.every = steps // evals; 0: keep base eval.every)")
+
+    @property
+    def horizons(self) -> list[float]:
+        """The token horizons as a list (one number given: a list of one)."""
+        return [float(t) for t in (self.tokens if isinstance(self.tokens, list) else [self.tokens])]
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise ValueError(f"batch_sizes: give positive batch sizes, got {self.batch_sizes}")
-        if not self.tokens > 0:
-            raise ValueError(f"tokens: give the token horizon D > 0, got {self.tokens}")
+        if not self.horizons or any(not t > 0 for t in self.horizons):
+            raise ValueError(f"tokens: give the token horizon D > 0 (or a list of them), got {self.tokens}")
+        if len(set(self.horizons)) != len(self.horizons):
+            raise ValueError(f"tokens: give distinct token horizons, got {self.tokens}")
+        bad_clip = [c for c in self.clip if c not in CLIPS]
+        if bad_clip:
+            raise ValueError(f"clip: unknown treatment {bad_clip[0]!r} (known: {', '.join(CLIPS)})")
+        if len(set(self.clip)) != len(self.clip):
+            raise ValueError(f"clip: give distinct treatments, got {self.clip}")
         if not self.rules:
             raise ValueError(f"rules: give at least one of {', '.join(RULES)}")
         bad = [r for r in self.rules if r not in RULES]
@@ -163,7 +185,7 @@ class _Grids(dict):
 GRIDS: dict[str, type] = _Grids({"batch-size": BatchSizeGrid, "mixing": MixingGrid, "schedule": ScheduleGrid,
                                  "scaling": ScalingGrid, "anti-masking": AntiMaskingGrid})
 POINT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "batch-size": ("rule", "batch_size"),
+    "batch-size": ("rule", "clip", "tokens_target", "batch_size"),
     "mixing": tuple(f"weight_{t}" for t in TASKS),
     "schedule": ("schedule",),
     "scaling": ("depth", "tokens_target"),
@@ -251,6 +273,26 @@ def _num(x: float) -> str:
     return f"{x:g}".replace("+", "")
 
 
+def _tokens_tag(x: float) -> str:
+    """A horizon in a run name, exactly (2^20 → 1048576, not 1.04858e06)."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+CLIP_OVERRIDES: dict[str, dict[str, Any]] = {
+    "fixed": {"reparam.grad_clip_rule": "none"},
+    "scaled": {"reparam.grad_clip_rule": "inv_sqrt_kappa"},
+    "off": {"optim.grad_clip": 0.0},
+}
+
+
+def base_clip(base: dict[str, Any]) -> str:
+    """The clipping treatment a base config already gives (the ``clip`` column when the grid
+    does not sweep it)."""
+    if not float(base_value(base, "optim.grad_clip", 1.0) or 0.0) > 0:
+        return "off"
+    return "scaled" if base_value(base, "reparam.grad_clip_rule", "none") == "inv_sqrt_kappa" else "fixed"
+
+
 def base_value(base: dict[str, Any], dotted: str, default: Any) -> Any:
     node: Any = base
     for part in dotted.split("."):
@@ -271,17 +313,32 @@ def expand(spec: ExperimentSpec, seq_len: int, batch_size: int) -> list[RunPoint
     grid = grid_of(spec)
     points: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     if spec.kind == "batch-size":
+        # names: <rule>-B<b>[-D<tokens>][-<clip>]; the D and clip parts only where the spec lists
+        # them, so the runs of a single-horizon spec keep their names (and are found on a re-run)
+        many_d = isinstance(grid.tokens, list)
+        if grid.clip and float(base_value(spec.base, "optim.grad_clip", 1.0) or 0.0) <= 0:
+            named = [c for c in grid.clip if c != "off"]
+            if named:
+                raise ConfigError(f"spec {spec.name}: grid.clip {named[0]!r} needs base optim.grad_clip > 0 "
+                                  "(the threshold it keeps or scales)")
         for rule in grid.rules:
-            for b in grid.batch_sizes:
-                steps = steps_for(grid.tokens, b, seq_len)
-                ov: dict[str, Any] = {"run.batch_size": b}
-                if rule == "sde":
-                    ov["reparam.tokens"] = float(grid.tokens)
-                else:
-                    ov.update({"reparam.tokens": 0.0, "run.steps": steps})
-                if grid.evals:
-                    ov["eval.every"] = max(1, steps // grid.evals)
-                points.append((f"{rule}-B{b}", {"rule": rule, "batch_size": b}, ov))
+            for clip in grid.clip or [base_clip(spec.base)]:
+                for tokens in grid.horizons:
+                    for b in grid.batch_sizes:
+                        steps = steps_for(tokens, b, seq_len)
+                        ov: dict[str, Any] = {"run.batch_size": b}
+                        if rule == "sde":
+                            ov["reparam.tokens"] = float(tokens)
+                        else:
+                            ov.update({"reparam.tokens": 0.0, "run.steps": steps})
+                        if grid.clip:
+                            ov.update(CLIP_OVERRIDES[clip])
+                        if grid.evals:
+                            ov["eval.every"] = max(1, steps // grid.evals)
+                        name = f"{rule}-B{b}" + (f"-D{_tokens_tag(tokens)}" if many_d else "") + \
+                            (f"-{clip}" if grid.clip else "")
+                        points.append((name, {"rule": rule, "clip": clip, "tokens_target": float(tokens),
+                                              "batch_size": b}, ov))
     elif spec.kind == "mixing":
         for w in grid.weights or simplex_points(grid.tasks, grid.step, grid.min_weight):
             name = "-".join(f"{_short(t)}{_num(w[t])}" for t in grid.tasks)

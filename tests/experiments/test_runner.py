@@ -74,7 +74,29 @@ def test_expand_batch_size_both_rules():
     sde, none = runs[0], runs[6]
     assert sde.overrides == {"run.batch_size": 4, "reparam.tokens": 65536.0, "eval.every": 64}
     assert none.overrides == {"run.batch_size": 16, "reparam.tokens": 0.0, "run.steps": 32, "eval.every": 16}
-    assert none.point == {"rule": "none", "batch_size": 16} and none.seed == 0
+    assert none.point == {"rule": "none", "clip": "fixed", "tokens_target": 65536.0, "batch_size": 16}
+    assert none.seed == 0
+
+
+def test_expand_batch_size_horizons_and_clipping():
+    """A list of horizons and a clipping sweep name their runs by D and treatment; one horizon
+    given as a number keeps the names of a single-horizon spec."""
+    grid = {"batch_sizes": [4, 8], "tokens": [65536, 131072], "rules": ["sde"], "clip": ["fixed", "scaled", "off"]}
+    runs = S.expand(_spec("batch-size", grid, seeds=(0,)), seq_len=128, batch_size=8)
+    assert [r.name for r in runs[:4]] == ["sde-B4-D65536-fixed-s0", "sde-B8-D65536-fixed-s0",
+                                          "sde-B4-D131072-fixed-s0", "sde-B8-D131072-fixed-s0"]
+    assert len(runs) == 12
+    by = {r.name: r for r in runs}
+    assert by["sde-B8-D131072-scaled-s0"].overrides == {"run.batch_size": 8, "reparam.tokens": 131072.0,
+                                                        "reparam.grad_clip_rule": "inv_sqrt_kappa", "eval.every": 32}
+    assert by["sde-B4-D65536-off-s0"].overrides["optim.grad_clip"] == 0.0
+    assert by["sde-B4-D65536-fixed-s0"].overrides["reparam.grad_clip_rule"] == "none"
+    assert by["sde-B4-D65536-off-s0"].point == {"rule": "sde", "clip": "off", "tokens_target": 65536.0, "batch_size": 4}
+    one = S.expand(_spec("batch-size", {"batch_sizes": [4], "tokens": 65536, "rules": ["sde"]},
+                         base={"optim": {"grad_clip": 0}}, seeds=(0,)), 128, 8)
+    assert one[0].name == "sde-B4-s0" and one[0].point["clip"] == "off"
+    with pytest.raises(ConfigError, match="grid.clip 'scaled' needs base optim.grad_clip > 0"):
+        S.expand(_spec("batch-size", {**grid, "clip": ["scaled"]}, base={"optim": {"grad_clip": 0}}), 128, 8)
 
 
 def test_expand_mixing_simplex_and_explicit_points():
@@ -120,6 +142,9 @@ def test_run_config_sets_run_keys_and_absolute_roots(tmp_path, monkeypatch):
     ({"grid": {"batch_sizes": [4], "tokens": 1e5, "bogus": 2}}, "grid.bogus"),
     ({"grid": {"batch_sizes": [4], "tokens": 1e5, "rules": ["fast"]}}, "unknown rule 'fast'"),
     ({"grid": {"batch_sizes": [4], "tokens": 1e5, "rules": []}}, "rules: give at least one of sde, none"),
+    ({"grid": {"batch_sizes": [4], "tokens": [1e5, 0]}}, "tokens: give the token horizon D > 0"),
+    ({"grid": {"batch_sizes": [4], "tokens": [1e5, 1e5]}}, "tokens: give distinct token horizons"),
+    ({"grid": {"batch_sizes": [4], "tokens": 1e5, "clip": ["half"]}}, "clip: unknown treatment 'half'"),
     ({"kind": "mixing", "grid": {"weights": [{"text": 0.9, "image_text": 0.05, "audio_text": 0.05}]}}, "min_weight"),
     ({"kind": "schedule", "grid": {"schedules": ["exponential"]}}, "unknown schedule 'exponential'"),
     ({"base": {"optim": {"nonsense": 1}}}, "base.optim.nonsense"),
@@ -161,7 +186,7 @@ def test_batch_size_experiment_end_to_end(finished):
             assert math.isfinite(float(r[col])), col
         assert float(r["loss"]) == float(r["val_elbo"])
     md = (folder / "report" / "report.md").read_text()
-    assert "| none | 2 | 1 |" in md and "## What the plots show" in md and "![batch_size.png]" in md
+    assert f"| none | fixed | {TOKENS} | 2 | 1 |" in md and "## Critical batch" in md and "## What the plots show" in md and "![batch_size.png]" in md
     for png in ("batch_size.png", "curves.png"):
         assert (folder / "report" / png).stat().st_size > 2000
     run = folder / "exp" / "runs" / "none-B2-s0"
