@@ -467,6 +467,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) training; returns a summary (losses, steps, paths)."""
     info = D.init_distributed(cfg.run.device)
     try:
-        return Trainer(cfg, info).fit()
+        summary = Trainer(cfg, info).fit()
+        # ranks tear the process group down together: a gloo rank whose peer has already
+        # destroyed its connections can abort at exit ("terminate called without an active
+        # exception", seen once in a 2-rank test on a loaded machine)
+        D.barrier()
+        return summary
     finally:
         D.cleanup()
