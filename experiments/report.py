@@ -171,6 +171,12 @@ def write_report(spec: ExperimentSpec, rows: list[dict[str, Any]], folder: str, 
             md += ["`curves.png`: val ELBO at every evaluation against the positions trained on, mean over seeds.", ""]
     if failed:
         md += ["## Failed runs", ""] + [f"- `{r['name']}`: {r['reason']}" for r in failed] + [""]
+    unscored = [r["name"] for r in rows if spec.generate is not None and r["status"] == "ok"
+                and not any(isinstance(r.get(m), float) for m in R.GENERATION)]
+    if unscored:  # a scoring that failed said why when it ran; the report keeps the gap visible
+        md += ["## Runs without generation metrics", "",
+               "No `<run>/generate/metrics.json` (its scoring failed or has not run: `experiment run` retries it):", ""]
+        md += [f"- `{n}`" for n in unscored] + [""]
     path = os.path.join(folder, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(md))

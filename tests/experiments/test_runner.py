@@ -432,3 +432,15 @@ def test_generation_metrics_are_compared_by_direction():
     assert nums["fid"]["True"]["paired_mean"] == pytest.approx(-1.5) and nums["fid"]["True"]["paired_sd"] == pytest.approx(0.5 * 2 ** 0.5)
     assert nums["clip_score"]["True"]["paired_mean"] == pytest.approx(3.0)
     assert any(ln.startswith("fid: True − False: -1.5000 (") for ln in lines)
+
+
+def test_the_report_names_finished_runs_without_generation_metrics(tmp_path):
+    from trimodal.experiments.report import write_report
+
+    spec = from_dict(S.ExperimentSpec, {"kind": "anti-masking", "out": str(tmp_path), "grid": {}, "seeds": [0],
+                                        "generate": {"metrics": {"clip": "weights/clip"}}, "name": "anti"})
+    rows = [{"name": "plain-s0", "status": "ok", "seed": 0, "anti_mask": False, "val_elbo": 3.0, "clip_score": 20.0},
+            {"name": "anti-s0", "status": "ok", "seed": 0, "anti_mask": True, "val_elbo": 2.9}]
+    write_report(spec, rows, str(tmp_path), S.POINT_COLUMNS["anti-masking"])
+    md = (tmp_path / "report.md").read_text()
+    assert "## Runs without generation metrics" in md and "- `anti-s0`" in md and "- `plain-s0`" not in md
